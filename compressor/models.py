@@ -1,0 +1,531 @@
+"""Model specs -> ``nn.Module``.
+
+One registry of factories (timm-style). A spec is one of:
+
+* ``torchvision:NAME`` -- every torchvision classification model
+  (``torchvision.models.list_models(module=torchvision.models)``), built with ``weights=None``;
+* ``cifar:resnet20|resnet32|resnet56|resnet110`` -- He et al. 2016 CIFAR ResNets;
+* ``cifar:vgg16`` -- the CIFAR VGG-16 with BatchNorm of the pruning literature;
+* ``timm:NAME`` -- any timm model, if timm is installed;
+* ``path/to/file.py:factory`` -- user code, only with ``trust_code=True`` (it runs arbitrary code).
+
+A bare name (``resnet20``, ``mobilenet_v2``) is accepted when exactly one registry entry has it.
+
+Every model accepts any ``num_classes`` and ``in_channels``. For torchvision models with
+``in_channels != 3`` the stem (the first ``Conv2d`` in module order, which is also the first one run
+in forward order for every torchvision classification model) is replaced by a conv with the same
+hyper-parameters and ``in_channels`` inputs; its weights are derived from the freshly initialised
+RGB ones the way timm adapts pretrained stems (1 channel: sum over RGB; otherwise: repeat RGB
+cyclically and scale by ``3 / in_channels``), so the initial function and scale are preserved.
+
+Building is deterministic given ``torch.manual_seed``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import inspect
+import math
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.errors import BadInput
+
+__all__ = [
+    "build_model",
+    "load_weights",
+    "list_models",
+    "is_classifier",
+    "find_classifiers",
+    "adapt_stem",
+    "CifarResNet",
+    "CifarVGG",
+    "BasicBlock",
+]
+
+CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
+CIFAR_VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"]
+CIFAR_VGG16_CFG += [512, 512, 512]
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR networks
+# --------------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """3x3-3x3 residual block. Shortcut: identity, or option B (1x1 conv + BN) when the shape changes."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + identity)
+
+
+class CifarResNet(nn.Module):
+    """He et al. 2016 ("Deep Residual Learning", sec. 4.2) CIFAR ResNet of depth 6n+2.
+
+    3x3 stem conv (16 channels) + BN + ReLU, three stages of ``n`` BasicBlocks with 16/32/64 channels
+    (strides 1/2/2), global average pooling and a linear classifier. Shortcuts use **option B**:
+    identity when the shape is unchanged, a projection (1x1 conv with stride + BN) where the stage
+    changes width/resolution (option B rather than A's zero-padding, so every channel is a real,
+    prunable conv channel for DepGraph). Kaiming-normal init (fan_out, ReLU) for convs, BN gamma=1 and
+    beta=0. resnet20 has ~0.27M parameters.
+    """
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise BadInput(f"CIFAR ResNet depth must be 6n+2 (e.g. 20, 32, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = 16
+        stages = []
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+class CifarVGG(nn.Module):
+    """The CIFAR VGG-16 with BatchNorm used in the filter-pruning literature (Li et al. 2017, Liu et
+    al. 2017): 13 conv3x3+BN+ReLU layers with cfg ``[64,64,M,128,128,M,256,256,256,M,512,512,512,M,
+    512,512,512]``, then adaptive average pooling to 1x1 and ``Linear(512, num_classes)``. Works for
+    any input of at least 16x16 (e.g. 28x28 Fashion-MNIST, 32x32 CIFAR).
+    """
+
+    def __init__(self, cfg: list[int | str] | None = None, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        cfg = list(CIFAR_VGG16_CFG if cfg is None else cfg)
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                assert isinstance(v, int)
+                layers += [
+                    nn.Conv2d(c, v, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(v),
+                    nn.ReLU(inplace=True),
+                ]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Stem adaptation
+# --------------------------------------------------------------------------------------------
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    return None
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+@torch.no_grad()
+def adapt_stem(model: nn.Module, in_channels: int) -> nn.Module:
+    """Replace the first ``Conv2d`` (module order) by one with ``in_channels`` inputs, in place.
+
+    The new conv keeps every other hyper-parameter (kernel, stride, padding, dilation, bias, padding
+    mode, dtype/device); its weights are derived from the old ones (timm's ``adapt_input_conv`` rule)
+    so the model's initialisation scale is preserved. Returns ``model``.
+    """
+    found = _first_conv(model)
+    if found is None:
+        raise BadInput("cannot adapt the input channels: the model has no Conv2d")
+    name, old = found
+    if old.in_channels == in_channels:
+        return model
+    if old.groups != 1:
+        raise BadInput(f"cannot adapt the input channels: first conv {name!r} is grouped")
+    new = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,  # type: ignore[arg-type]
+        stride=old.stride,  # type: ignore[arg-type]
+        padding=old.padding,  # type: ignore[arg-type]
+        dilation=old.dilation,  # type: ignore[arg-type]
+        groups=1,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    w = old.weight
+    c_old = old.in_channels
+    if in_channels == 1:
+        new_w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = math.ceil(in_channels / c_old)
+        new_w = w.repeat(1, reps, 1, 1)[:, :in_channels] * (c_old / in_channels)
+    new.weight.copy_(new_w)
+    if old.bias is not None:
+        new.bias.copy_(old.bias)  # type: ignore[union-attr]
+    new.train(old.training)
+    _set_submodule(model, name, new)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+Factory = Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> model
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register(spec: str) -> Callable[[Factory], Factory]:
+    """Register a factory ``f(num_classes, in_channels) -> nn.Module`` under ``spec``."""
+
+    def deco(fn: Factory) -> Factory:
+        _REGISTRY[spec] = fn
+        return fn
+
+    return deco
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _make_torchvision(name: str) -> Factory:
+    def factory(num_classes: int, in_channels: int) -> nn.Module:
+        import torchvision
+
+        kwargs: dict[str, Any] = {"weights": None, "num_classes": num_classes}
+        if name in ("googlenet", "inception_v3"):
+            # Plain tensor from forward (no aux heads), explicit init (no FutureWarning), and no
+            # ImageNet RGB input transform (it indexes channels 0..2).
+            kwargs.update(aux_logits=False, init_weights=True, transform_input=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = torchvision.models.get_model(name, **kwargs)
+        if in_channels != 3:
+            adapt_stem(model, in_channels)
+        return model
+
+    return factory
+
+
+def _make_cifar_resnet(depth: int) -> Factory:
+    def factory(num_classes: int, in_channels: int) -> nn.Module:
+        return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels)
+
+    return factory
+
+
+def _populate() -> None:
+    if _REGISTRY:
+        return
+    for name, depth in CIFAR_RESNET_DEPTHS.items():
+        _REGISTRY[f"cifar:{name}"] = _make_cifar_resnet(depth)
+    _REGISTRY["cifar:vgg16"] = lambda num_classes, in_channels: CifarVGG(
+        num_classes=num_classes, in_channels=in_channels
+    )
+    for name in _torchvision_names():
+        _REGISTRY[f"torchvision:{name}"] = _make_torchvision(name)
+
+
+def list_models() -> list[str]:
+    """All registered specs: ``cifar:*`` and ``torchvision:*`` (timm models and user files not listed)."""
+    _populate()
+    return sorted(_REGISTRY)
+
+
+def _suggest(spec: str) -> str:
+    names = list_models()
+    bare = {n.split(":", 1)[1]: n for n in names}
+    key = spec.split(":", 1)[-1]
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
+    close += [bare[b] for b in difflib.get_close_matches(key, list(bare), n=3, cutoff=0.6)]
+    close = list(dict.fromkeys(close))[:3]
+    return f"; did you mean {', '.join(close)}?" if close else "; see list_models() / `compress info`"
+
+
+def _build_timm(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    try:
+        import timm  # type: ignore[import-not-found]
+    except ImportError:
+        raise BadInput(
+            f"model spec 'timm:{name}' needs timm, which is not installed (pip install timm)"
+        ) from None
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    except Exception as e:  # timm raises RuntimeError for unknown names
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise BadInput(f"cannot build timm model {name!r}: {_one_line(e)}{hint}") from None
+
+
+def _load_user_module(path: Path) -> Any:
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    mod_name = f"compress_user_{path.stem}_{digest}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise BadInput(f"cannot import user model file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[mod_name]
+        raise BadInput(
+            f"error importing user model file {path}: {type(e).__name__}: {_one_line(e)}"
+        ) from None
+    return module
+
+
+def _build_user(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
+    file_part, _, factory_name = spec.rpartition(":")
+    if not trust_code:
+        raise BadInput(
+            f"model spec {spec!r} runs Python code from {file_part}; pass --trust-code if you trust it"
+        )
+    if not factory_name.isidentifier():
+        raise BadInput(f"model spec {spec!r}: expected path/to/file.py:factory_function")
+    path = Path(file_part).expanduser().resolve()
+    if not path.is_file():
+        raise BadInput(f"user model file not found: {path}")
+    module = _load_user_module(path)
+    factory = getattr(module, factory_name, None)
+    if factory is None or not callable(factory):
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(factory_name, public, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise BadInput(f"{path} has no callable {factory_name!r}{hint}")
+    kwargs: dict[str, Any] = {}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if var_kw or "num_classes" in params:
+        kwargs["num_classes"] = num_classes
+    if var_kw or "in_channels" in params:
+        kwargs["in_channels"] = in_channels
+    try:
+        model = factory(**kwargs)
+    except Exception as e:
+        raise BadInput(f"{spec}: factory raised {type(e).__name__}: {_one_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"{spec}: factory returned {type(model).__name__}, expected a torch.nn.Module")
+    if "in_channels" not in kwargs:
+        first = _first_conv(model)
+        if first is not None and first[1].in_channels != in_channels:
+            adapt_stem(model, in_channels)
+    return model
+
+
+def build_model(
+    spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False
+) -> nn.Module:
+    """Build the model named by ``spec`` (see the module docstring) with fresh weights.
+
+    Raises :class:`BadInput` (one line) for an unknown/malformed spec, an untrusted user file, or bad
+    ``num_classes``/``in_channels``.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise BadInput("empty model spec; expected e.g. cifar:resnet20 or torchvision:resnet18")
+    spec = spec.strip()
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise BadInput(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise BadInput(f"in_channels must be a positive integer, got {in_channels!r}")
+
+    head, sep, rest = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        return _build_user(spec, num_classes, in_channels, trust_code)
+    if spec.endswith(".py"):
+        raise BadInput(f"model spec {spec!r}: name the factory function, e.g. {spec}:build")
+    if spec.startswith("timm:"):
+        return _build_timm(spec[len("timm:") :], num_classes, in_channels)
+
+    _populate()
+    factory = _REGISTRY.get(spec)
+    if factory is None and ":" not in spec:
+        # Bare names are accepted when unambiguous (resnet20 -> cifar:resnet20, resnet18 -> torchvision:).
+        matches = [s for s in _REGISTRY if s.split(":", 1)[1] == spec]
+        if len(matches) == 1:
+            factory = _REGISTRY[matches[0]]
+        elif len(matches) > 1:
+            raise BadInput(f"ambiguous model name {spec!r}: use one of {', '.join(sorted(matches))}")
+    if factory is None:
+        raise BadInput(f"unknown model spec {spec!r}{_suggest(spec)}")
+    return factory(num_classes, in_channels)
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier detection (for methods/graph: never prune the classifier)
+# --------------------------------------------------------------------------------------------
+
+
+def is_classifier(module: nn.Module, num_classes: int) -> bool:
+    """Whether ``module`` *could* be a classifier head: a Linear with ``num_classes`` outputs or a 1x1
+    Conv2d with ``num_classes`` output channels (SqueezeNet's head). Use :func:`find_classifiers` to
+    decide for a whole model: a 1x1 conv deep inside a network may coincidentally have that width."""
+    if isinstance(module, nn.Linear):
+        return module.out_features == num_classes
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels == num_classes and tuple(module.kernel_size) == (1, 1)
+    return False
+
+
+def find_classifiers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """The classifier layers of ``model``: every ``nn.Linear`` with ``num_classes`` outputs (main and
+    auxiliary heads), plus the last Linear/Conv2d in module order if it is a classifier candidate
+    (covers conv heads such as SqueezeNet's)."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    out = [m for m in layers if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if layers and is_classifier(layers[-1], num_classes) and not any(m is layers[-1] for m in out):
+        out.append(layers[-1])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise BadInput(f"checkpoint {path} holds no state_dict (expected a dict of tensors)")
+    sd: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise BadInput(f"checkpoint {path} is not a state_dict: entry {k!r} is {type(v).__name__}")
+        for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
+            while k.startswith(prefix):
+                k = k[len(prefix) :]
+        sd[k] = v
+    return sd
+
+
+def _preview(keys: list[str], n: int = 3) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into ``model`` (in place), strictly.
+
+    Reads with ``torch.load(weights_only=True)``; accepts a raw state_dict or a dict holding it under
+    ``"state_dict"``/``"model"``; strips ``module.`` (DDP) and ``_orig_mod.`` (torch.compile)
+    prefixes. Missing/corrupt file, missing/unexpected keys or shape mismatches -> :class:`BadInput`.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BadInput(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BadInput(f"cannot read checkpoint {path}: {type(e).__name__}: {_one_line(e)[:200]}") from None
+    sd = _extract_state_dict(obj, path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
+        raise BadInput(f"checkpoint {path} does not match the model: {'; '.join(parts)}")
+    bad = [
+        f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if sd[k].shape != v.shape
+    ]
+    if bad:
+        raise BadInput(
+            f"checkpoint {path} has mismatched shapes: {_preview(bad, 2)}"
+            " (a pruned model? load it with its pruning history)"
+        )
+    try:
+        model.load_state_dict(sd, strict=True)
+    except Exception as e:
+        raise BadInput(f"cannot load checkpoint {path}: {_one_line(e)[:200]}") from None

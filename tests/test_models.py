@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from compressor.errors import BadInput
+from compressor.models import (
+    CifarResNet,
+    adapt_stem,
+    build_model,
+    find_classifiers,
+    list_models,
+    load_weights,
+)
+
+CIFAR_SPECS = ["cifar:resnet20", "cifar:resnet32", "cifar:resnet56", "cifar:resnet110", "cifar:vgg16"]
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("spec", CIFAR_SPECS)
+def test_cifar_nets_forward(spec):
+    for c, hw in ((1, 28), (3, 32)):
+        m = build_model(spec, num_classes=10, in_channels=c).eval()
+        with torch.no_grad():
+            assert m(torch.randn(2, c, hw, hw)).shape == (2, 10)
+    m = build_model(spec, num_classes=3, in_channels=5).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 5, 16, 16)).shape == (1, 3)
+
+
+def test_resnet20_structure():
+    m = build_model("cifar:resnet20")
+    assert isinstance(m, CifarResNet)
+    assert 0.26e6 < n_params(m) < 0.28e6  # He et al.: 0.27M
+    assert len(m.layer1) == len(m.layer2) == len(m.layer3) == 3
+    assert m.layer1[0].downsample is None  # identity shortcuts where shapes match
+    assert isinstance(m.layer2[0].downsample[0], nn.Conv2d)  # option B projection
+    assert m.layer2[0].downsample[0].kernel_size == (1, 1)
+    assert find_classifiers(m, 10) == [m.fc]
+    assert 0.85e6 < n_params(build_model("cifar:resnet56")) < 0.87e6
+    assert 1.7e6 < n_params(build_model("cifar:resnet110")) < 1.75e6
+
+
+def test_deterministic_given_seed():
+    torch.manual_seed(0)
+    a = build_model("cifar:resnet20").state_dict()
+    torch.manual_seed(0)
+    b = build_model("cifar:resnet20").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "mobilenet_v2", "efficientnet_b0", "googlenet", "densenet121", "squeezenet1_0"]
+)
+def test_torchvision_in_channels(name):
+    torch.manual_seed(0)
+    m = build_model(f"torchvision:{name}", num_classes=7, in_channels=1).eval()
+    first = next(x for x in m.modules() if isinstance(x, nn.Conv2d))
+    assert first.in_channels == 1
+    with torch.no_grad():
+        out = m(torch.randn(2, 1, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 7)
+    assert len(find_classifiers(m, 7)) == 1
+
+
+def test_stem_adaptation_preserves_function():
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(num_classes=4).eval()
+    gray = adapt_stem(torchvision.models.resnet18(num_classes=4).eval(), 1)
+    gray.load_state_dict({**ref.state_dict(), "conv1.weight": ref.conv1.weight.sum(1, keepdim=True)})
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gray(x), ref(x.expand(-1, 3, -1, -1)), atol=1e-5)
+    five = adapt_stem(torchvision.models.resnet18(num_classes=4), 5)
+    assert five.conv1.in_channels == 5 and five.conv1.stride == (2, 2) and five.conv1.padding == (3, 3)
+
+
+def test_list_models_covers_torchvision():
+    specs = list_models()
+    tv = torchvision.models.list_models(module=torchvision.models)
+    assert {f"torchvision:{n}" for n in tv} <= set(specs)
+    assert set(CIFAR_SPECS) <= set(specs)
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet19", "cifar:resnet21", "nonsense", "vgg16", ""])
+def test_unknown_spec(spec):
+    with pytest.raises(BadInput) as e:
+        build_model(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_spec_suggests():
+    with pytest.raises(BadInput, match="torchvision:resnet18"):
+        build_model("torchvision:resnet19")
+
+
+USER_CODE = """
+import torch.nn as nn
+
+def make(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+
+def bare():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+def not_a_model():
+    return 42
+"""
+
+
+def test_user_file(tmp_path):
+    f = tmp_path / "mynet.py"
+    f.write_text(USER_CODE)
+    with pytest.raises(BadInput, match="--trust-code"):
+        build_model(f"{f}:make")
+    m = build_model(f"{f}:make", num_classes=5, in_channels=2, trust_code=True)
+    assert m(torch.randn(1, 2, 8, 8)).shape == (1, 5)
+    b = build_model(f"{f}:bare", in_channels=1, trust_code=True)  # no kwargs: stem adapted
+    assert b(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+    for bad in (f"{f}:missing", f"{f}:not_a_model", f"{tmp_path / 'nofile.py'}:make"):
+        with pytest.raises(BadInput):
+            build_model(bad, trust_code=True)
+
+
+def test_timm_absent_or_present():
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(BadInput, match="timm"):
+            build_model("timm:resnet18")
+    else:
+        assert build_model("timm:resnet18", num_classes=3, in_channels=1).eval()(
+            torch.randn(1, 1, 32, 32)
+        ).shape == (1, 3)
+
+
+def test_load_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    a = build_model("cifar:resnet20", in_channels=1)
+    torch.manual_seed(1)
+    b = build_model("cifar:resnet20", in_channels=1)
+    raw, wrapped, ddp = tmp_path / "raw.pt", tmp_path / "wrapped.pt", tmp_path / "ddp.pt"
+    torch.save(a.state_dict(), raw)
+    torch.save({"state_dict": a.state_dict(), "epoch": 3}, wrapped)
+    torch.save({"model": {f"module.{k}": v for k, v in a.state_dict().items()}}, ddp)
+    x = torch.randn(2, 1, 28, 28)
+    for path in (raw, wrapped, ddp):
+        load_weights(b, path)
+        assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_load_weights_errors(tmp_path):
+    m = build_model("cifar:resnet20")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(2048))
+    with pytest.raises(BadInput, match="cannot read checkpoint") as e:
+        load_weights(m, junk)
+    assert "\n" not in str(e.value)
+    with pytest.raises(BadInput, match="not found"):
+        load_weights(m, tmp_path / "absent.pt")
+    other = tmp_path / "other.pt"
+    torch.save(build_model("cifar:resnet20", num_classes=100).state_dict(), other)
+    with pytest.raises(BadInput, match="mismatched shapes") as e:
+        load_weights(m, other)
+    assert "fc.weight" in str(e.value) and "\n" not in str(e.value)
+    deeper = tmp_path / "deeper.pt"
+    torch.save(build_model("cifar:resnet32").state_dict(), deeper)
+    with pytest.raises(BadInput, match="unexpected"):
+        load_weights(m, deeper)
+    notsd = tmp_path / "notsd.pt"
+    torch.save({"epoch": 1}, notsd)
+    with pytest.raises(BadInput):
+        load_weights(m, notsd)
