@@ -111,7 +111,8 @@ def solve_counts(
 
     def counts_at(c: float) -> dict[int, int]:
         return {
-            g.id: _nearest_allowed(allowed[g.id], g.size * (1.0 - min(c * w[g.id], max_ratio))) for g in groups
+            g.id: _nearest_allowed(allowed[g.id], g.size * (1.0 - min(c * w[g.id], max_ratio)))
+            for g in groups
         }
 
     if not groups:
@@ -136,7 +137,12 @@ def solve_counts(
 
 
 def _refine(
-    budget: Budget, counts: dict[int, int], allowed: dict[int, list[int]], target: float, metric: str, tol: float
+    budget: Budget,
+    counts: dict[int, int],
+    allowed: dict[int, list[int]],
+    target: float,
+    metric: str,
+    tol: float,
 ) -> dict[int, int]:
     """Move rounding units between groups until the drop is within ``tol`` of ``target``."""
 

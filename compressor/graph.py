@@ -25,7 +25,7 @@ Masks = dict[int, torch.Tensor]
 TP_VERSION = importlib.metadata.version("torch-pruning")
 PRUNED_FORMAT = "compress.pruned/1"
 
-# Model families Torch-Pruning cannot handle (checked): refuse with a clear message instead of crashing/hanging.
+# Families Torch-Pruning cannot handle (checked): refuse clearly instead of crashing or hanging.
 UNSUPPORTED = {
     "shufflenet": "channel shuffle breaks Torch-Pruning's dependency graph (ZeroDivisionError at build)",
     "swin": "Torch-Pruning's group search does not finish in reasonable time on Swin",
@@ -89,7 +89,9 @@ class Dim:
     """The channel dimension of one module side: ``size`` channels, of which ``links`` map to group roots."""
 
     size: int
-    links: list[tuple[int, list[int]]] = field(default_factory=list)  # (group id, root idx per coupled channel)
+    links: list[tuple[int, list[int]]] = field(
+        default_factory=list
+    )  # (group id, root idx per coupled channel)
 
 
 def _classifiers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -143,7 +145,9 @@ class PruningGraph:
         self.classifiers = _classifiers(model, example)
         ignored = list(ignored_layers or []) + self.classifiers
         self.names = {m: n for n, m in model.named_modules()}
-        self.skipped: list[tuple[str, str]] = [(self.names[m], "classifier (output layer)") for m in self.classifiers]
+        self.skipped: list[tuple[str, str]] = [
+            (self.names[m], "classifier (output layer)") for m in self.classifiers
+        ]
 
         calls: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...], Any]] = []
 
@@ -158,7 +162,12 @@ class PruningGraph:
             active[0] = False
 
         def record(mod: nn.Module, inputs: tuple, output: Any) -> None:
-            if active[0] and isinstance(output, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor):
+            if (
+                active[0]
+                and isinstance(output, torch.Tensor)
+                and inputs
+                and isinstance(inputs[0], torch.Tensor)
+            ):
                 calls.append((mod, tuple(inputs[0].shape), tuple(output.shape), output.grad_fn))
 
         hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
@@ -173,14 +182,16 @@ class PruningGraph:
             raise
         except Exception as exc:  # Torch-Pruning raises many types on untraceable models
             raise BadInput(
-                f"Torch-Pruning cannot trace model {arch or type(model).__name__}: {type(exc).__name__}: {exc}"
+                f"Torch-Pruning cannot trace {arch or type(model).__name__}: {type(exc).__name__}: {exc}"
             ) from None
         finally:
             for h in hooks:
                 h.remove()
             model.train(was_training)
         self.groups: list[ChannelGroup] = []
-        for tp_group in self.DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        for tp_group in self.DG.get_all_groups(
+            ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)
+        ):
             self._add_group(tp_group)
         self._build_costs(calls)
 
@@ -198,7 +209,9 @@ class PruningGraph:
         size = len(tp_group[0].idxs)
         broken = next((m for m in members if not _consistent(m, size)), None)
         if broken is not None:
-            self.skipped.append((root_name, f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)"))
+            self.skipped.append(
+                (root_name, f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)")
+            )
             return
         grouped = [m for m in members if _is_grouped(m.module)]
         if grouped:
@@ -233,7 +246,7 @@ class PruningGraph:
             dropped = ~mask.cpu()
             for m in g.members:
                 mod = mods[m.name] if mods is not None else m.module
-                pos = [i for i, r in zip(m.idxs, m.root_idxs) if dropped[r]]
+                pos = [i for i, r in zip(m.idxs, m.root_idxs, strict=True) if dropped[r]]
                 if pos:
                     _zero(mod, m.side, pos, zero_inputs)
 
@@ -338,7 +351,7 @@ def _channels(mod: nn.Module, side: str) -> int | None:
 
 
 def _module_cost(mod: nn.Module, in_shape: tuple, out_shape: tuple) -> tuple[tuple, tuple] | None:
-    """(flops coefficients, params coefficients) as (io, o, i, const), mirroring tp.utils.count_ops_and_params."""
+    """(flops, params) coefficients as (io, o, i, const), mirroring tp.utils.count_ops_and_params."""
     batch = in_shape[0]
     bias = 1.0 if getattr(mod, "bias", None) is not None else 0.0
     if isinstance(mod, nn.Conv2d):
@@ -357,7 +370,11 @@ def _module_cost(mod: nn.Module, in_shape: tuple, out_shape: tuple) -> tuple[tup
         n_params = 2.0 if affine else 0.0
         return (0.0, per_c * (2.0 if affine else 1.0), 0.0, 0.0), (0.0, n_params, 0.0, 0.0)
     if isinstance(mod, _PASSTHROUGH):
-        shape = out_shape if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample)) else in_shape
+        shape = (
+            out_shape
+            if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample))
+            else in_shape
+        )
         per_c = float(torch.tensor(shape).prod()) / shape[1]
         n_params = float(sum(p.numel() for p in mod.parameters()))
         return (0.0, per_c, 0.0, 0.0), (0.0, 0.0, 0.0, n_params)
@@ -378,8 +395,10 @@ def _zero(mod: nn.Module, side: str, pos: list[int], zero_inputs: bool) -> None:
             if getattr(mod, "running_mean", None) is not None:
                 mod.running_mean.index_fill_(0, idx.to(mod.running_mean.device), 0.0)
                 mod.running_var.index_fill_(0, idx.to(mod.running_var.device), 1.0)
-    elif zero_inputs and isinstance(mod, (nn.Conv2d, nn.Linear)) and not (
-        isinstance(mod, nn.Conv2d) and mod.groups > 1
+    elif (
+        zero_inputs
+        and isinstance(mod, (nn.Conv2d, nn.Linear))
+        and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
     ):
         mod.weight.index_fill_(1, idx.to(mod.weight.device), 0.0)
 
