@@ -40,6 +40,7 @@ from compressor.errors import BadInput
 log = logging.getLogger("compress.export")
 
 EXPORTERS = ("auto", "dynamo", "legacy")
+DYNAMO_MIN_OPSET = 18  # torch's dynamo exporter builds opset 18+ graphs; asked for less it falls back
 INPUT_NAME = "input"
 BATCH_DIM = "batch"
 #: Batch used for the example input of a dynamic-batch export (1 invites specialization).
@@ -234,6 +235,9 @@ def _run_exporters(
     """Return (proto, exporter used, fallback reason)."""
     order = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     failures: list[str] = []
+    if exporter == "auto" and opset < DYNAMO_MIN_OPSET:  # known in advance: no need to try and warn
+        order = ["legacy"]
+        failures.append(f"dynamo: needs opset >= {DYNAMO_MIN_OPSET}, {opset} requested")
     for name in order:
         try:
             proto = _EXPORT_FNS[name](model, example, opset, dynamic_batch, output_names)

@@ -1,0 +1,320 @@
+"""The ``compress`` command line: prune, export, bench, run (a recipe: all three) and info.
+
+Exit codes: 0 ok; 1 a gate failed (verification, target, speedup, provider); 2 bad input (one line).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from compressor.errors import BadInput, GateFailed
+
+
+def _fail(exc: Exception) -> None:
+    code = 1 if isinstance(exc, GateFailed) else 2
+    click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Map our errors (and click's usage errors) to one line and the documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (BadInput, GateFailed) as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise click.BadParameter(f"{path} does not exist", param_hint="--config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of option names to values")
+    return data
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--config FILE``: YAML keys become option defaults, so the command line still wins."""
+    if value:
+        data = _read_yaml(value)
+        data = data.get(ctx.info_name, data) if isinstance(data.get(ctx.info_name), dict) else data
+        known = {p.name for p in ctx.command.params}
+        norm = {str(k).replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(norm) - known - {"prune", "export", "bench"})
+        if unknown:
+            raise click.BadParameter(
+                f"unknown option(s) in {value}: {', '.join(unknown)}", param_hint="--config"
+            )
+        ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in known}}
+    return value
+
+
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True, expose_value=False,
+    help="YAML recipe with option values (the command line wins).",
+)  # fmt: skip
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="compress")
+def main() -> None:
+    """compress: prune CNN filters, export verified ONNX, measure real latency."""
+
+
+def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option(
+            "--model",
+            required=True,
+            help="torchvision:NAME, cifar:resnet20|32|56|110, cifar:vgg16, "
+            "timm:NAME, or path/file.py:factory (needs --trust-code).",
+        ),
+        click.option(
+            "--weights", default=None, help="state_dict checkpoint to start from (weights_only load)."
+        ),
+        click.option(
+            "--data",
+            default="fashion-mnist",
+            show_default=True,
+            help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic:CxHxW:classes.",
+        ),
+        click.option(
+            "--data-dir", default=None, help="Where the dataset lives (default: its standard place)."
+        ),
+        click.option("--download", is_flag=True, help="Download the dataset if missing (needs a network)."),
+        click.option(
+            "--method", default="l2", show_default=True, help="l1 | l2 | bn-scale | taylor | random."
+        ),
+        click.option(
+            "--target-flops", type=float, default=None, help="FLOPs (MACs) drop to reach, e.g. 0.5."
+        ),
+        click.option("--target-params", type=float, default=None, help="Parameter drop to reach."),
+        click.option(
+            "--epochs",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Epochs of pruning/fine-tuning (0 = one-shot prune of the given weights).",
+        ),
+        click.option(
+            "--pretrain-epochs",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Train the dense model from scratch for N epochs first.",
+        ),
+        click.option("--steps", type=int, default=1, show_default=True, help="Pruning steps (iterative)."),
+        click.option(
+            "--round-to",
+            type=int,
+            default=8,
+            show_default=True,
+            help="Kept channel counts are multiples of this (faster kernels).",
+        ),
+        click.option(
+            "--max-layer-ratio",
+            type=float,
+            default=0.8,
+            show_default=True,
+            help="Never remove more than this fraction of any group.",
+        ),
+        click.option("--lr", type=float, default=0.05, show_default=True, help="Fine-tuning learning rate."),
+        click.option("--pretrain-lr", type=float, default=0.1, show_default=True),
+        click.option("--momentum", type=float, default=0.9, show_default=True),
+        click.option("--weight-decay", type=float, default=5e-4, show_default=True),
+        click.option(
+            "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
+        ),
+        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option("--train-subset", type=int, default=None, help="Use N training images (quick runs)."),
+        click.option("--val-subset", type=int, default=None),
+        click.option("--test-subset", type=int, default=None),
+        click.option("--image-size", type=int, default=None, help="Resize inputs to SIZE x SIZE."),
+        click.option("--num-classes", type=int, default=None, help="Default: the dataset's."),
+        click.option("--in-channels", type=int, default=None, help="Default: the dataset's."),
+        click.option("--trust-code", is_flag=True, help="Allow running a user model file (path.py:factory)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
+        click.option("--out", required=True, help="Run directory to write."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint."),
+        click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory."),
+        click.option("--quiet", is_flag=True, help="No progress output."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@config_option
+@prune_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def prune(as_json: bool, **options: Any) -> None:
+    """Prune a model to a FLOPs/params target and write runs/NAME/{pruned.pt, report.json, ...}."""
+    from compressor.pipeline import PruneConfig
+    from compressor.pipeline import prune as run_prune
+
+    report = run_prune(PruneConfig(**options))
+    if as_json:
+        click.echo(json.dumps(report, default=str))
+    else:
+        click.echo(
+            f"pruned {report['model']['spec']} with {report['method']['name']}: FLOPs drop "
+            f"{report['flops_drop']:.4f}, params drop {report['params_drop']:.4f}, acc "
+            f"{report['dense']['acc']:.4f} -> {report['pruned']['acc']:.4f}; wrote {options['out']}"
+        )
+
+
+def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--opset", type=int, default=17, show_default=True),
+        click.option("--dynamic-batch/--static-batch", default=True, show_default=True),
+        click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxslim."),
+        click.option("--rtol", type=float, default=1e-3, show_default=True),
+        click.option("--atol", type=float, default=1e-4, show_default=True),
+    ]):  # fmt: skip
+        f = opt(f)
+    return f
+
+
+@main.command()
+@config_option
+@click.argument("run_dir")
+@click.option("--out", default=None, help="ONNX file to write (default RUN_DIR/pruned.onnx).")
+@click.option("--dense", is_flag=True, help="Export the run's dense model instead (RUN_DIR/dense.onnx).")
+@export_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def export(run_dir: str, as_json: bool, **options: Any) -> None:
+    """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs)."""
+    from compressor.pipeline import export as run_export
+
+    result = run_export(run_dir, **options)
+    _print_export(result, as_json)
+    if not result["verification"]["passed"]:
+        raise GateFailed(
+            f"ONNX output differs from PyTorch: max abs diff {result['verification']['max_abs_diff']}"
+        )
+
+
+def _print_export(result: dict[str, Any], as_json: bool) -> None:
+    v = result["verification"]
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        click.echo(
+            f"exported {result['path']} ({result['exporter']}, opset {result['opset']}, {result['nodes']} nodes); "
+            f"verified on batches {v['batch_sizes']}: max abs diff {v['max_abs_diff']:.2e}, "
+            f"{'passed' if v['passed'] else 'FAILED'}"
+        )
+
+
+def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--provider", default="cpu", show_default=True, help="cpu,cuda,tensorrt (comma list)."),
+        click.option("--batch", default="1", show_default=True, help="Batch sizes, comma list."),
+        click.option("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)."),
+        click.option("--warmup", type=int, default=10, show_default=True),
+        click.option("--iters", type=int, default=100, show_default=True, help="Measured rounds."),
+        click.option("--duration", type=float, default=None, help="Measure for SECONDS instead of --iters."),
+        click.option("--fail-below-speedup", type=float, default=None,
+                     help="Exit 1 when p50 speedup over --baseline is below X."),
+    ]):  # fmt: skip
+        f = opt(f)
+    return f
+
+
+@main.command()
+@config_option
+@click.argument("model")
+@click.option("--baseline", default=None, help="Dense ONNX to compare against, measured in the same run.")
+@bench_options
+@click.option("--json", "json_out", default=None, help="Also write the result JSON here ('-' = stdout only).")
+def bench(model: str, baseline: str | None, json_out: str | None, **options: Any) -> None:
+    """Measure ONNX Runtime latency of MODEL (and --baseline, interleaved) and the speedup."""
+    from compressor.pipeline import bench_models
+
+    result = bench_models({"model": model, **({"baseline": baseline} if baseline else {})},
+                        "baseline" if baseline else None, **options)  # fmt: skip
+    _emit_bench(result, json_out)
+    _speedup_gate(result, options.get("fail_below_speedup"), "model")
+
+
+def _emit_bench(result: dict[str, Any], json_out: str | None) -> None:
+    from benchmarks.latency import render_markdown
+    from compressor.atomic import write_json
+
+    if json_out == "-":
+        click.echo(json.dumps(result, default=str))
+        return
+    click.echo(render_markdown(result))
+    if json_out:
+        write_json(json_out, result)
+
+
+def _speedup_gate(result: dict[str, Any], threshold: float | None, label: str) -> None:
+    if threshold is None:
+        return
+    worst = min(row["speedup"][label]["p50"] for row in result["results"])
+    if worst < threshold:
+        raise GateFailed(f"speedup {worst:.2f}x is below --fail-below-speedup {threshold}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", default=None, help="Run directory (overrides the recipe's prune.out).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def run(recipe: str, out: str | None, as_json: bool) -> None:
+    """Run a YAML recipe: prune -> export (pruned + dense) -> verify -> bench, then print one summary."""
+    from compressor.recipe import run_recipe
+
+    if not Path(recipe).is_file():
+        raise BadInput(f"recipe {recipe} does not exist")
+    summary = run_recipe(_read_yaml_or_bad(recipe), out=out, quiet_json=as_json)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+
+
+def _read_yaml_or_bad(path: str) -> dict[str, Any]:
+    try:
+        return _read_yaml(path)
+    except click.BadParameter as exc:
+        raise BadInput(exc.message) from None
+
+
+@main.command()
+@click.argument("model")
+@click.option("--data", default="fashion-mnist", show_default=True, help="Sets input shape and classes.")
+@click.option("--input-shape", default=None, help="CxHxW instead of --data, e.g. 3x224x224.")
+@click.option("--num-classes", type=int, default=10, show_default=True, help="With --input-shape.")
+@click.option("--round-to", type=int, default=8, show_default=True)
+@click.option("--target-flops", type=float, default=None, help="Dry run: can this FLOPs drop be reached?")
+@click.option("--trust-code", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def info(model: str, data: str, input_shape: str | None, num_classes: int, round_to: int,
+         target_flops: float | None, trust_code: bool, as_json: bool) -> None:  # fmt: skip
+    """Show a model's prunable channel groups, FLOPs, params and the layers left alone (and why)."""
+    from compressor.info import model_info, render_info
+
+    result = model_info(model, data=data, input_shape=input_shape, num_classes=num_classes, round_to=round_to,
+                        target_flops=target_flops, trust_code=trust_code)  # fmt: skip
+    click.echo(json.dumps(result, default=str) if as_json else render_info(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""``compress info``: a model's channel groups, FLOPs, params, what is left alone, and target feasibility."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compressor.budget import Budget, solve_counts
+from compressor.errors import BadInput, GateFailed
+from compressor.graph import PruningGraph, count_ops_and_params
+from compressor.models import build_model
+
+DATA_SHAPES = {
+    "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+
+
+def _shape(data: str, input_shape: str | None, num_classes: int) -> tuple[tuple[int, int, int], int]:
+    if input_shape:
+        try:
+            c, h, w = (int(v) for v in input_shape.lower().split("x"))
+        except ValueError:
+            raise BadInput(f"--input-shape must look like 3x224x224, got {input_shape!r}") from None
+        return (c, h, w), num_classes
+    if data.startswith("synthetic:"):
+        parts = data.split(":")
+        c, h, w = (int(v) for v in parts[1].split("x"))
+        return (c, h, w), int(parts[2])
+    if data not in DATA_SHAPES:
+        raise BadInput(f"info knows the shapes of {', '.join(DATA_SHAPES)}; use --input-shape for {data!r}")
+    return DATA_SHAPES[data]
+
+
+def model_info(
+    model: str,
+    *,
+    data: str = "fashion-mnist",
+    input_shape: str | None = None,
+    num_classes: int = 10,
+    round_to: int = 8,
+    target_flops: float | None = None,
+    trust_code: bool = False,
+) -> dict[str, Any]:
+    shape, classes = _shape(data, input_shape, num_classes)
+    net = build_model(model, num_classes=classes, in_channels=shape[0], trust_code=trust_code).eval()
+    graph = PruningGraph(net, torch.zeros(1, *shape), round_to=round_to, arch=model)
+    budget = Budget(graph)
+    flops, params = count_ops_and_params(net, shape)
+    result: dict[str, Any] = {
+        "model": model,
+        "input_shape": list(shape),
+        "num_classes": classes,
+        "flops": flops,
+        "params": params,
+        "analytic_flops": budget.dense["flops"],
+        "round_to": round_to,
+        "groups": [
+            {
+                "group": g.id,
+                "root": g.root_name,
+                "channels": g.size,
+                "layers": len(g.layer_names),
+                "allowed_kept": graph.allowed_keep(g.id),
+            }
+            for g in graph.groups
+        ],  # fmt: skip
+        "prunable_channels": sum(g.size for g in graph.groups),
+        "left_alone": [{"layer": n, "why": why} for n, why in graph.skipped],
+    }
+    if target_flops is not None:
+        if not 0 < target_flops < 1:
+            raise BadInput(f"--target-flops must be strictly between 0 and 1, got {target_flops}")
+        try:
+            counts = solve_counts(graph, budget, target_flops)
+            result["dry_run"] = {"target_flops": target_flops, "feasible": True,
+                                 "flops_drop": budget.drop_of_counts(counts), "kept": counts}  # fmt: skip
+        except GateFailed as exc:
+            result["dry_run"] = {"target_flops": target_flops, "feasible": False, "why": str(exc)}
+    return result
+
+
+def render_info(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['model']}  input {'x'.join(map(str, r['input_shape']))}  classes {r['num_classes']}",
+        f"FLOPs (MACs) {r['flops'] / 1e6:.2f}M  params {r['params'] / 1e6:.3f}M",
+        f"{len(r['groups'])} prunable channel groups, {r['prunable_channels']} channels (round to {r['round_to']})",
+        "",
+        f"{'group':>5}  {'channels':>8}  {'layers':>6}  root",
+    ]
+    lines += [f"{g['group']:>5}  {g['channels']:>8}  {g['layers']:>6}  {g['root']}" for g in r["groups"]]
+    if r["left_alone"]:
+        lines += ["", "left alone:"] + [f"  {x['layer']}: {x['why']}" for x in r["left_alone"]]
+    if "dry_run" in r:
+        d = r["dry_run"]
+        verdict = f"feasible ({d['flops_drop']:.4f})" if d["feasible"] else f"NOT feasible: {d['why']}"
+        lines += ["", f"dry run, FLOPs drop {d['target_flops']}: {verdict}"]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Baselines: Torch-Pruning importances (l1, l2, bn-scale, taylor, random) on our groups and budget.
+
+One-shot (``steps=1``: prune before the first epoch, then fine-tune) or iterative (``steps=S``: prune at
+S evenly spaced epochs of the first half of training, each step reaching ``target * k / S``; channels
+pruned earlier stay pruned). Masked channels are held at zero after every optimizer step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compressor.budget import solve_masks
+from compressor.graph import PruningGraph, tp_importances
+from compressor.methods.base import Context, Method
+
+TAYLOR_BATCHES = 8
+
+
+class ImportanceBaseline(Method):
+    """Prune the lowest-importance channels of each group, at a uniform per-group ratio meeting the target."""
+
+    def __init__(self, importance: str, steps: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        self.name = importance
+        self.importance = tp_importances()[importance]()
+        self.steps = max(1, int(steps))
+        self.seed = seed
+        self.done_steps = 0
+        self.schedule: list[int] = []
+        self.log: list[dict[str, Any]] = []
+
+    def setup(self, graph: PruningGraph, ctx: Context) -> None:
+        super().setup(graph, ctx)
+        horizon = max(1, ctx.epochs // 2)
+        self.schedule = sorted({round(k * horizon / self.steps) for k in range(self.steps)})
+        self.steps = len(self.schedule)
+        if ctx.epochs == 0:  # no training: take every step now (iterative one-shot)
+            self.schedule = [0]
+            while not self.finished:
+                self._prune_step()
+        elif self.schedule[0] == 0:
+            self._prune_step()
+
+    def _scores(self) -> dict[int, torch.Tensor]:
+        ctx = self.ctx
+        assert ctx is not None
+        if self.name == "taylor":
+            self._accumulate_grads()
+        if self.name == "random":
+            torch.manual_seed(self.seed + self.done_steps)
+        scores = {g.id: ctx.graph.tp_importance(self.importance, g.id) for g in ctx.graph.groups}
+        if self.name == "taylor":
+            ctx.model.zero_grad(set_to_none=True)
+        return scores
+
+    def _accumulate_grads(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.model.zero_grad(set_to_none=True)
+        ctx.model.train()
+        for i, (x, y) in enumerate(ctx.train_loader):
+            if i == TAYLOR_BATCHES:
+                break
+            ctx.loss_fn(ctx.model(x.to(ctx.device)), y.to(ctx.device)).backward()
+
+    def _prune_step(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        self.done_steps += 1
+        target = ctx.target * self.done_steps / self.steps
+        scores = self._scores()
+        for gid, s in scores.items():  # channels pruned by an earlier step stay pruned
+            s[~self._masks[gid]] = -float("inf")
+        self._masks = solve_masks(
+            ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio
+        )
+        ctx.graph.apply_masks(self._masks)
+        drop = ctx.budget.drop(self._masks, ctx.metric)
+        self.log.append({"step": self.done_steps, "target": target, f"{ctx.metric}_drop": drop})
+        ctx.log(f"[{self.name}] step {self.done_steps}/{self.steps}: {ctx.metric} drop {drop:.4f}")
+        self.finished = self.done_steps >= self.steps
+
+    def on_after_step(self, step: int) -> None:
+        if self.done_steps:
+            assert self.ctx is not None
+            self.ctx.graph.apply_masks(self._masks)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        if not self.finished and epoch + 1 in self.schedule:
+            self._prune_step()
+        return {"pruning_steps_done": self.done_steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "done_steps": self.done_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.done_steps = int(state["done_steps"])

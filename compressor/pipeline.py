@@ -1,0 +1,317 @@
+"""The prune and export jobs behind the CLI: validate everything first, then work, then write atomically."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from compressor.atomic import atomic_path, write_json, write_text
+from compressor.budget import Budget
+from compressor.data import load_data
+from compressor.errors import BadInput, GateFailed
+from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
+from compressor.methods import Context, build_method
+from compressor.models import build_model, load_weights
+from compressor.report import build_report, group_table, render_markdown
+from compressor.train import Progress, TrainConfig, Trainer, evaluate, pick_device, seed_everything
+
+TARGET_TOL = 0.01  # the materialized drop must be within 1% (absolute) of the requested drop
+
+
+def tool_version() -> str:
+    try:
+        return importlib.metadata.version("compress")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class PruneConfig:
+    """Every option of ``compress prune`` (the CLI and YAML recipes fill it)."""
+
+    model: str
+    data: str
+    out: str
+    method: str = "l2"
+    weights: str | None = None
+    target_flops: float | None = None
+    target_params: float | None = None
+    epochs: int = 0
+    pretrain_epochs: int = 0
+    steps: int = 1
+    round_to: int = 8
+    max_layer_ratio: float = 0.8
+    lr: float = 0.05
+    pretrain_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    batch_size: int = 128
+    data_dir: str | None = None
+    download: bool = False
+    train_subset: int | None = None
+    val_subset: int | None = None
+    test_subset: int | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
+    trust_code: bool = False
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def target(self) -> tuple[str, float]:
+        given = [
+            (m, v) for m, v in (("flops", self.target_flops), ("params", self.target_params)) if v is not None
+        ]
+        if len(given) != 1:
+            raise BadInput("give exactly one of --target-flops and --target-params")
+        metric, value = given[0]
+        if not 0.0 < float(value) < 1.0:
+            raise BadInput(f"--target-{metric} must be a drop fraction strictly between 0 and 1, got {value}")
+        return metric, float(value)
+
+
+def model_spec(cfg: PruneConfig, num_classes: int, in_channels: int) -> dict[str, Any]:
+    return {
+        "model": cfg.model,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "trust_code": cfg.trust_code,
+    }
+
+
+def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    return build_model(
+        spec["model"],
+        num_classes=int(spec["num_classes"]),
+        in_channels=int(spec["in_channels"]),
+        trust_code=bool(spec.get("trust_code", False)),
+    )
+
+
+def load_pruned(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"no pruned model at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BadInput(
+            f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
+        raise BadInput(f"{path} is not a compress pruned-model file (format {PRUNED_FORMAT})")
+    if payload["spec"].get("trust_code"):
+        raise BadInput(
+            f"{path} was built from user code; rebuilding it needs --trust-code (not supported here)"
+        )
+    return rebuild_pruned(payload, build_from_spec), payload
+
+
+def _prepare_out(out: Path, cfg: PruneConfig) -> None:
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
+        raise BadInput(f"--out {out} is not empty: pass --resume to continue it or --overwrite to replace it")
+    if cfg.resume and not (out / "checkpoint.pt").is_file():
+        raise BadInput(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+
+
+def prune(cfg: PruneConfig) -> dict[str, Any]:
+    """Train (optionally), prune to the target, materialize, evaluate and write the run directory."""
+    metric, target = cfg.target()
+    if cfg.method not in _method_names():
+        raise BadInput(f"unknown method {cfg.method!r}; choose one of: {', '.join(_method_names())}")
+    out = Path(cfg.out)
+    _prepare_out(out, cfg)
+    progress = Progress(enabled=not cfg.quiet)
+    seed_everything(cfg.seed)
+    data = load_data(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, train_subset=cfg.train_subset,
+                     val_subset=cfg.val_subset, test_subset=cfg.test_subset, seed=cfg.seed,
+                     download=cfg.download, image_size=cfg.image_size)  # fmt: skip
+    num_classes = cfg.num_classes or data.num_classes
+    in_channels = cfg.in_channels or data.input_shape[0]
+    spec = model_spec(cfg, num_classes, in_channels)
+    model = build_from_spec(spec)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    input_shape = tuple(data.input_shape)
+    if cfg.image_size:
+        input_shape = (input_shape[0], cfg.image_size, cfg.image_size)
+    example = torch.zeros(1, *input_shape)
+    graph = PruningGraph(model, example, round_to=cfg.round_to, arch=cfg.model)
+    budget = Budget(graph)
+    device = pick_device(cfg.device)
+
+    # Inputs are valid: from here on we write into the run directory.
+    if cfg.overwrite and out.exists() and not cfg.resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_state = torch.load(out / "checkpoint.pt", weights_only=True) if cfg.resume else None
+    write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+    t_start = time.perf_counter()
+
+    # 1. dense training (from scratch) when asked
+    if cfg.pretrain_epochs > 0 and not (resume_state and resume_state["phase"] == "prune"):
+        trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.pretrain_epochs, cfg.pretrain_lr),
+                          device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
+                          progress=progress, phase="pretrain")  # fmt: skip
+        if resume_state and resume_state["phase"] == "pretrain":
+            trainer.resume(resume_state)
+        trainer.fit()
+        with atomic_path(out / "dense.pt") as tmp:
+            torch.save(pruned_payload(spec, input_shape, [], model.cpu()), tmp)
+    elif resume_state and (out / "dense.pt").is_file():
+        model.load_state_dict(torch.load(out / "dense.pt", weights_only=True)["state_dict"])
+    model.to(device)
+    dense_eval = evaluate(model, data.test, device)
+    dense_flops, dense_params = count_ops_and_params(model.cpu(), input_shape)
+    if not (out / "dense.pt").is_file():
+        with atomic_path(out / "dense.pt") as tmp:
+            torch.save(pruned_payload(spec, input_shape, [], model), tmp)
+    progress.log(
+        f"dense: acc={dense_eval['acc']:.4f} MACs={dense_flops / 1e6:.2f}M params={dense_params / 1e6:.3f}M"
+    )
+
+    # 2. prune with the method (and fine-tune for cfg.epochs)
+    model.to(device)
+    method = build_method(cfg.method, steps=cfg.steps, seed=cfg.seed)
+    ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=cfg.epochs,
+                  steps_per_epoch=len(data.train), train_loader=data.train,
+                  loss_fn=torch.nn.CrossEntropyLoss(), device=device, max_ratio=cfg.max_layer_ratio,
+                  log=progress.log)  # fmt: skip
+    method.setup(graph, ctx)
+    trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
+                      device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
+                      progress=progress, phase="prune")  # fmt: skip
+    ctx.optimizer = trainer.optimizer
+    if resume_state and resume_state["phase"] == "prune":
+        trainer.resume(resume_state)
+        graph.apply_masks(method.masks())
+    trainer.fit()
+    masks = method.masks()
+
+    # 3. materialize, measure, evaluate, save
+    slim, history = graph.materialize(masks, model.cpu())
+    flops, params = count_ops_and_params(slim, input_shape)
+    pruned_eval = evaluate(slim, data.test, device)
+    achieved = 1 - (flops if metric == "flops" else params) / (
+        dense_flops if metric == "flops" else dense_params
+    )
+    report = build_report(
+        tool={"name": "compress", "version": tool_version()},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        model={
+            "spec": cfg.model,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "input_shape": list(input_shape),
+            "weights": cfg.weights,
+        },  # fmt: skip
+        data={"spec": cfg.data, "sizes": getattr(data, "sizes", None)},
+        method={"name": cfg.method, "steps": cfg.steps, "log": getattr(method, "log", [])},
+        target={
+            "metric": metric,
+            "value": target,
+            "achieved": achieved,
+            "met": abs(achieved - target) <= TARGET_TOL or achieved > target,
+        },  # fmt: skip
+        dense={
+            "flops": dense_flops,
+            "params": dense_params,
+            "acc": dense_eval["acc"],
+            "loss": dense_eval["loss"],
+        },
+        pruned={"flops": flops, "params": params, "acc": pruned_eval["acc"], "loss": pruned_eval["loss"]},
+        flops_drop=1 - flops / dense_flops,
+        params_drop=1 - params / dense_params,
+        analytic_flops_drop=budget.drop(masks, "flops"),
+        round_to=cfg.round_to,
+        groups=group_table(graph, masks),
+        skipped=graph.skipped,
+        history=trainer.history,
+        seconds=round(time.perf_counter() - t_start, 1),
+    )
+    with atomic_path(out / "pruned.pt") as tmp:
+        torch.save(pruned_payload(spec, input_shape, history, slim, {"report": _summary(report)}), tmp)
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", render_markdown(report))
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    if not report["target"]["met"]:
+        raise GateFailed(f"target {metric} drop {target} not met: achieved {achieved:.4f}")
+    return report
+
+
+def _method_names() -> list[str]:
+    from compressor.methods import METHODS
+
+    return sorted(METHODS)
+
+
+def _train_cfg(cfg: PruneConfig, epochs: int, lr: float) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       schedule=cfg.schedule, seed=cfg.seed)  # fmt: skip
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("flops_drop", "params_drop")
+    return {"method": report["method"]["name"], **{k: float(report[k]) for k in keys},
+            "acc": report["pruned"]["acc"], "dense_acc": report["dense"]["acc"]}  # fmt: skip
+
+
+def _plain(cfg: PruneConfig) -> dict[str, Any]:
+    return {k: v for k, v in vars(cfg).items() if k != "extra"}
+
+
+def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = False, opset: int = 17,
+           dynamic_batch: bool = True, simplify: bool = True, rtol: float = 1e-3,
+           atol: float = 1e-4) -> dict[str, Any]:  # fmt: skip
+    """Export a run's pruned (or dense) model to ONNX, verified against PyTorch."""
+    from exporters.onnx import export_onnx
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BadInput(f"run directory {run_dir} does not exist")
+    name = "dense" if dense else "pruned"
+    model, payload = load_pruned(run_dir / f"{name}.pt")
+    out = Path(out) if out else run_dir / f"{name}.onnx"
+    meta = {"source_run": str(run_dir), "model_spec": payload["spec"]["model"], "variant": name}
+    summary = payload.get("report") or {}
+    meta.update({k: str(v) for k, v in summary.items()})
+    result = export_onnx(model.eval(), tuple(payload["input_shape"]), out, opset=opset,
+                         dynamic_batch=dynamic_batch, simplify=simplify, metadata=meta, rtol=rtol,
+                         atol=atol)  # fmt: skip
+    return result
+
+
+def _csv(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def bench_models(models: dict[str, str], baseline: str | None, *, provider: Any = "cpu", batch: Any = 1,
+                 threads: int | None = None, warmup: int = 10, iters: int = 100, duration: float | None = None,
+                 fail_below_speedup: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Benchmark ONNX files with options as the CLI/recipes give them (comma lists or YAML lists)."""
+    from benchmarks.latency import bench
+
+    if fail_below_speedup is not None and baseline is None:
+        raise BadInput("--fail-below-speedup needs --baseline")
+    try:
+        batches = [int(v) for v in _csv(batch)]
+    except ValueError:
+        raise BadInput(f"batch sizes must be integers, got {batch!r}") from None
+    return bench(models, baseline=baseline, providers=_csv(provider), batches=batches, threads=threads,
+                 warmup=warmup, iters=None if duration else iters, duration=duration)  # fmt: skip

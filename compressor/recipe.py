@@ -1,0 +1,101 @@
+"""``compress run RECIPE.yaml``: prune -> export (pruned + dense) -> verify -> bench -> one summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from compressor.atomic import write_json
+from compressor.errors import BadInput, GateFailed
+from compressor.pipeline import PruneConfig, bench_models, export, prune
+
+SECTIONS = ("prune", "export", "bench")
+EXPORT_KEYS = ("opset", "dynamic_batch", "simplify", "rtol", "atol")
+BENCH_KEYS = ("provider", "batch", "threads", "warmup", "iters", "duration", "fail_below_speedup")
+
+
+def _section(recipe: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
+    section = recipe.get(name) or {}
+    if not isinstance(section, dict):
+        raise BadInput(f"recipe section {name!r} must be a mapping")
+    norm = {str(k).replace("-", "_"): v for k, v in section.items()}
+    unknown = sorted(set(norm) - allowed)
+    if unknown:
+        raise BadInput(f"unknown key(s) in recipe section {name!r}: {', '.join(unknown)}")
+    return norm
+
+
+def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bool = False) -> dict[str, Any]:
+    """Run every stage of a recipe; raise GateFailed (exit 1) if a gate fails after writing the summary."""
+    unknown = sorted(set(recipe) - set(SECTIONS))
+    if unknown:
+        raise BadInput(f"unknown recipe section(s): {', '.join(unknown)} (expected {', '.join(SECTIONS)})")
+    fields = {f.name for f in dataclasses.fields(PruneConfig)} - {"extra"}
+    p = _section(recipe, "prune", fields)
+    if out:
+        p["out"] = out
+    for key in ("model", "out"):
+        if key not in p:
+            raise BadInput(f"recipe section 'prune' needs {key!r}")
+    e = _section(recipe, "export", set(EXPORT_KEYS))
+    b = _section(recipe, "bench", set(BENCH_KEYS))
+
+    report = prune(PruneConfig(**p))
+    run_dir = Path(p["out"])
+    pruned = export(run_dir, **e)
+    dense = export(run_dir, dense=True, **e)
+    bench_opts = {"provider": "cpu", "batch": "1", "threads": None, "warmup": 10, "iters": 100, "duration": None,
+                  **b}  # fmt: skip
+    result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", **bench_opts)
+    write_json(run_dir / "bench.json", result)
+    row = result["results"][0]
+    summary = {
+        "run": str(run_dir),
+        "model": report["model"]["spec"],
+        "method": report["method"]["name"],
+        "dense_acc": report["dense"]["acc"],
+        "pruned_acc": report["pruned"]["acc"],
+        "flops_drop": report["flops_drop"],
+        "params_drop": report["params_drop"],
+        "export_max_abs_diff": max(
+            pruned["verification"]["max_abs_diff"], dense["verification"]["max_abs_diff"]
+        ),
+        "export_verified": bool(pruned["verification"]["passed"] and dense["verification"]["passed"]),
+        "provider": row["provider"],
+        "batch": row["batch"],
+        "dense_p50_ms": row["models"]["dense"]["p50_ms"],
+        "pruned_p50_ms": row["models"]["pruned"]["p50_ms"],
+        "speedup": row["speedup"]["pruned"]["p50"],
+        "onnx": {"pruned": pruned["path"], "dense": dense["path"]},
+    }
+    write_json(run_dir / "summary.json", summary)
+    if not quiet_json:
+        print_summary(summary)
+    if not summary["export_verified"]:
+        raise GateFailed(
+            f"ONNX export differs from PyTorch (max abs diff {summary['export_max_abs_diff']:.2e})"
+        )
+    threshold = bench_opts.get("fail_below_speedup")
+    if threshold is not None and summary["speedup"] < float(threshold):
+        raise GateFailed(f"speedup {summary['speedup']:.2f}x is below fail_below_speedup {threshold}")
+    return summary
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    table = Table(title=f"compress run: {s['model']} · {s['method']} · {s['run']}")
+    table.add_column("metric")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("change", justify="right")
+    table.add_row("test accuracy", f"{100 * s['dense_acc']:.2f}%", f"{100 * s['pruned_acc']:.2f}%",
+                  f"{100 * (s['pruned_acc'] - s['dense_acc']):+.2f} pt")  # fmt: skip
+    table.add_row("FLOPs drop", "", "", f"{100 * s['flops_drop']:.2f}%")
+    table.add_row("params drop", "", "", f"{100 * s['params_drop']:.2f}%")
+    table.add_row("max |ONNX - PyTorch|", "", "", f"{s['export_max_abs_diff']:.2e}")
+    table.add_row(f"p50 latency ({s['provider']}, batch {s['batch']})", f"{s['dense_p50_ms']:.3f} ms",
+                  f"{s['pruned_p50_ms']:.3f} ms", f"{s['speedup']:.2f}x speedup")  # fmt: skip
+    Console(width=110).print(table)

@@ -1,0 +1,69 @@
+"""The schema-versioned run report (report.json) and its Markdown / CSV renderings."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def build_report(**fields: Any) -> dict[str, Any]:
+    """A report dict: ``schema_version`` first, then the given sections in order."""
+    return {"schema_version": SCHEMA_VERSION, **fields}
+
+
+def group_table(graph: Any, masks: dict[int, Any]) -> list[dict[str, Any]]:
+    """One row per prunable channel group: its root layer, size and kept channel count."""
+    return [
+        {
+            "group": g.id,
+            "root": g.root_name,
+            "channels": g.size,
+            "kept": int(masks[g.id].sum()) if g.id in masks else g.size,
+            "layers": g.layer_names,
+        }
+        for g in graph.groups
+    ]
+
+
+def groups_csv(report: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["group", "root", "channels", "kept"])
+    for row in report.get("groups", []):
+        writer.writerow([row["group"], row["root"], row["channels"], row["kept"]])
+    return buf.getvalue()
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None, unit: float = 1e6, suffix: str = "M") -> str:
+    return "-" if x is None else f"{x / unit:.3f}{suffix}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A human-readable summary of a prune report."""
+    d, p = report["dense"], report["pruned"]
+    lines = [
+        f"# {report['model']['spec']} · {report['method']['name']} · {report['data']['spec']}",
+        "",
+        "| | dense | pruned | drop |",
+        "|---|---|---|---|",
+        f"| FLOPs (MACs) | {_num(d['flops'])} | {_num(p['flops'])} | {_pct(report['flops_drop'])} |",
+        f"| params | {_num(d['params'])} | {_num(p['params'])} | {_pct(report['params_drop'])} |",
+        f"| test accuracy | {_pct(d.get('acc'))} | {_pct(p.get('acc'))} | |",
+        "",
+        f"Target: {report['target']['metric']} drop {report['target']['value']} "
+        f"({'met' if report['target']['met'] else 'NOT met'}).",
+        "",
+        "| group | root layer | channels | kept |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['group']} | `{r['root']}` | {r['channels']} | {r['kept']} |" for r in report["groups"]]
+    if report.get("skipped"):
+        lines += ["", "Left alone:", ""] + [f"- `{name}`: {why}" for name, why in report["skipped"]]
+    return "\n".join(lines) + "\n"
