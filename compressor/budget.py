@@ -99,7 +99,7 @@ def solve_counts(
     max_ratio: float = 0.8,
     tol: float = 0.005,
 ) -> dict[int, int]:
-    """Kept channel count per group so that the ``metric`` drop is within ``tol`` of ``target``.
+    """Kept channel count per group so that the ``metric`` drop reaches ``target`` by at most ``tol``.
 
     Group g removes ratio ``p_g = clip(c * w_g, 0, max_ratio)`` (uniform when ``weights`` is None); the
     scalar ``c`` is found by bisection, then single/pair moves of one rounding unit close the gap the
@@ -120,7 +120,7 @@ def solve_counts(
     w_min = min((v for v in w.values() if v > 0), default=1.0)
     hi = max_ratio / w_min
     top = budget.drop_of_counts(counts_at(hi), metric)
-    if top < target - tol:
+    if top < target:
         raise GateFailed(
             f"target {metric} drop {target:.3f} is out of reach: at most {top:.3f} with max layer ratio "
             f"{max_ratio} and --round-to {graph.round_to}"
@@ -144,7 +144,7 @@ def _refine(
     metric: str,
     tol: float,
 ) -> dict[int, int]:
-    """Move rounding units between groups until the drop is within ``tol`` of ``target``."""
+    """Move rounding units between groups until the drop is in ``[target, target + tol]`` (or closest)."""
 
     def step(k: dict[int, int], gid: int, direction: int) -> dict[int, int] | None:
         opts = allowed[gid]
@@ -153,8 +153,9 @@ def _refine(
             return None
         return {**k, gid: opts[i]}
 
-    def err(k: dict[int, int]) -> float:
-        return abs(budget.drop_of_counts(k, metric) - target)
+    def err(k: dict[int, int]) -> float:  # any state short of the target ranks below every state reaching it
+        d = budget.drop_of_counts(k, metric)
+        return d - target if d >= target else 1.0 + target - d
 
     best, best_err = counts, err(counts)
     for _ in range(64):

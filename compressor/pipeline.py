@@ -22,7 +22,7 @@ from compressor.models import build_model, load_weights
 from compressor.report import build_report, group_table, render_markdown
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, pick_device, seed_everything
 
-TARGET_TOL = 0.01  # the materialized drop must be within 1% (absolute) of the requested drop
+TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
 
 
 def tool_version() -> str:
@@ -226,7 +226,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
             "metric": metric,
             "value": target,
             "achieved": achieved,
-            "met": abs(achieved - target) <= TARGET_TOL or achieved > target,
+            "met": achieved >= target - TARGET_TOL,
         },  # fmt: skip
         dense={
             "flops": dense_flops,
