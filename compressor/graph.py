@@ -175,9 +175,9 @@ class PruningGraph:
         was_training = model.training
         try:
             with torch.enable_grad():
-                self.DG = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example, ignored_layers=ignored, verbose=False
-                )
+                # Classifiers are excluded from groups below, not from tracing: a layer ignored while
+                # tracing becomes anonymous ops whose reshape mapping corrupts the groups feeding it.
+                self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
         except BadInput:
             raise
         except Exception as exc:  # Torch-Pruning raises many types on untraceable models
