@@ -102,10 +102,12 @@ def _classifiers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         for m in model.modules()
         if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
+    was_training = model.training
     try:
         with torch.no_grad():
-            out = model(example)
+            out = model.eval()(example)  # eval: a probe must not move BN running statistics
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     out = out[0] if isinstance(out, (tuple, list)) else out
