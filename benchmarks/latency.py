@@ -392,9 +392,7 @@ def render_markdown(result: dict) -> str:
     """A Markdown table of a :func:`bench` result, one row per (provider, batch, model)."""
     baseline = result.get("baseline")
     cpu = result.get("cpu", {})
-    stop = (
-        f"{result['duration']} s per setting" if result.get("duration") else f"{result.get('iters')} rounds"
-    )
+    stop = f"{result['duration']} s per setting" if result.get("duration") else f"{result.get('iters')} rounds"
     lines = [
         f"ONNX Runtime {result.get('onnxruntime')} on {cpu.get('model_name') or cpu.get('processor')} "
         f"({cpu.get('usable_cpus', cpu.get('cpu_count'))} CPUs), "

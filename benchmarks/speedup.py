@@ -57,8 +57,10 @@ def main() -> None:
         "params_drop_measured": report["params_drop"],
         "dense_flops": report["dense"]["flops"],
         "pruned_flops": report["pruned"]["flops"],
-        "export_max_abs_diff": {"pruned": pruned["verification"]["max_abs_diff"],
-                                "dense": dense["verification"]["max_abs_diff"]},  # fmt: skip
+        "export_max_abs_diff": {
+            "pruned": pruned["verification"]["max_abs_diff"],
+            "dense": dense["verification"]["max_abs_diff"],
+        },  # fmt: skip
         "speedup_p50": {f"batch{r['batch']}": r["speedup"]["pruned"]["p50"] for r in result["results"]},
         "bench": result,
     }

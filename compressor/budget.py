@@ -110,10 +110,7 @@ def solve_counts(
     w = {g.id: max(float((weights or {}).get(g.id, 1.0)), 0.0) for g in groups}
 
     def counts_at(c: float) -> dict[int, int]:
-        return {
-            g.id: _nearest_allowed(allowed[g.id], g.size * (1.0 - min(c * w[g.id], max_ratio)))
-            for g in groups
-        }
+        return {g.id: _nearest_allowed(allowed[g.id], g.size * (1.0 - min(c * w[g.id], max_ratio))) for g in groups}
 
     if not groups:
         raise GateFailed("the model has no prunable channel group")
@@ -165,11 +162,7 @@ def _refine(
         cand = min(moves, key=err, default=None)
         if cand is None or err(cand) >= best_err:
             pairs = [
-                p
-                for m in moves
-                for gid in best
-                for d in (-1, 1)
-                if (p := step(m, gid, d)) is not None and p != best
+                p for m in moves for gid in best for d in (-1, 1) if (p := step(m, gid, d)) is not None and p != best
             ]
             cand = min(pairs, key=err, default=None)
             if cand is None or err(cand) >= best_err:

@@ -58,9 +58,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         norm = {str(k).replace("-", "_"): v for k, v in data.items()}
         unknown = sorted(set(norm) - known - {"prune", "export", "bench"})
         if unknown:
-            raise click.BadParameter(
-                f"unknown option(s) in {value}: {', '.join(unknown)}", param_hint="--config"
-            )
+            raise click.BadParameter(f"unknown option(s) in {value}: {', '.join(unknown)}", param_hint="--config")
         ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in norm.items() if k in known}}
     return value
 
@@ -85,25 +83,17 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="torchvision:NAME, cifar:resnet20|32|56|110, cifar:vgg16, "
             "timm:NAME, or path/file.py:factory (needs --trust-code).",
         ),
-        click.option(
-            "--weights", default=None, help="state_dict checkpoint to start from (weights_only load)."
-        ),
+        click.option("--weights", default=None, help="state_dict checkpoint to start from (weights_only load)."),
         click.option(
             "--data",
             default="fashion-mnist",
             show_default=True,
             help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic:CxHxW:classes.",
         ),
-        click.option(
-            "--data-dir", default=None, help="Where the dataset lives (default: its standard place)."
-        ),
+        click.option("--data-dir", default=None, help="Where the dataset lives (default: its standard place)."),
         click.option("--download", is_flag=True, help="Download the dataset if missing (needs a network)."),
-        click.option(
-            "--method", default="l2", show_default=True, help="l1 | l2 | bn-scale | taylor | random."
-        ),
-        click.option(
-            "--target-flops", type=float, default=None, help="FLOPs (MACs) drop to reach, e.g. 0.5."
-        ),
+        click.option("--method", default="l2", show_default=True, help="l1 | l2 | bn-scale | taylor | random."),
+        click.option("--target-flops", type=float, default=None, help="FLOPs (MACs) drop to reach, e.g. 0.5."),
         click.option("--target-params", type=float, default=None, help="Parameter drop to reach."),
         click.option(
             "--epochs",
@@ -138,9 +128,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pretrain-lr", type=float, default=0.1, show_default=True),
         click.option("--momentum", type=float, default=0.9, show_default=True),
         click.option("--weight-decay", type=float, default=5e-4, show_default=True),
-        click.option(
-            "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
-        ),
+        click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True),
         click.option("--batch-size", type=int, default=128, show_default=True),
         click.option("--train-subset", type=int, default=None, help="Use N training images (quick runs)."),
         click.option("--val-subset", type=int, default=None),
@@ -207,9 +195,7 @@ def export(run_dir: str, as_json: bool, **options: Any) -> None:
     result = run_export(run_dir, **options)
     _print_export(result, as_json)
     if not result["verification"]["passed"]:
-        raise GateFailed(
-            f"ONNX output differs from PyTorch: max abs diff {result['verification']['max_abs_diff']}"
-        )
+        raise GateFailed(f"ONNX output differs from PyTorch: max abs diff {result['verification']['max_abs_diff']}")
 
 
 def _print_export(result: dict[str, Any], as_json: bool) -> None:

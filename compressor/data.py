@@ -558,9 +558,7 @@ def _read_cifar_split(d: Path, names: list[str], label_key: str) -> tuple[Tensor
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
-def _cifar(
-    kind: str, data_dir: str | None, download: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str], str]:
+def _cifar(kind: str, data_dir: str | None, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str], str]:
     info = _CIFAR[kind]
     root = Path(data_dir).expanduser() if data_dir else DEFAULT_ROOT
     needed = info["train"] + info["test"]
@@ -643,9 +641,7 @@ def _image_folder(path: Path) -> Any:
     try:
         return ImageFolder(str(path))
     except (FileNotFoundError, OSError) as e:
-        raise BadInput(
-            f"imagefolder {path}: {_one_line(e)[:200]} (expected PATH/<class>/<image> files)"
-        ) from None
+        raise BadInput(f"imagefolder {path}: {_one_line(e)[:200]} (expected PATH/<class>/<image> files)") from None
 
 
 def _imagefolder_bundle(
@@ -667,16 +663,12 @@ def _imagefolder_bundle(
         raise BadInput(f"bad data spec {spec!r}: expected imagefolder:PATH")
     root = Path(rest).expanduser()
     if not root.is_dir():
-        raise BadInput(
-            f"imagefolder directory not found: {root} (expected class sub-folders, or train/ and val/)"
-        )
+        raise BadInput(f"imagefolder directory not found: {root} (expected class sub-folders, or train/ and val/)")
     size = image_size or 224
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     eval_tf = T.Compose([T.Resize(int(round(size / 0.875))), T.CenterCrop(size), T.ToTensor(), norm])
     train_tf = (
-        T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-        if augment
-        else eval_tf
+        T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if augment else eval_tf
     )
 
     sub = {n: root / n for n in ("train", "val", "test") if (root / n).is_dir()}
@@ -838,9 +830,7 @@ def load_data(
     else:
         canon = _ALIASES.get(kind) if not rest else None
         if canon is None:
-            close = difflib.get_close_matches(
-                spec.lower(), list(_ALIASES) + ["imagefolder", "synthetic"], n=2
-            )
+            close = difflib.get_close_matches(spec.lower(), list(_ALIASES) + ["imagefolder", "synthetic"], n=2)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise BadInput(f"unknown data spec {spec!r}: expected one of {', '.join(DATA_SPECS)}{hint}")
         name = canon

@@ -89,9 +89,7 @@ class Dim:
     """The channel dimension of one module side: ``size`` channels, of which ``links`` map to group roots."""
 
     size: int
-    links: list[tuple[int, list[int]]] = field(
-        default_factory=list
-    )  # (group id, root idx per coupled channel)
+    links: list[tuple[int, list[int]]] = field(default_factory=list)  # (group id, root idx per coupled channel)
 
 
 def _classifiers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -147,9 +145,7 @@ class PruningGraph:
         self.classifiers = _classifiers(model, example)
         ignored = list(ignored_layers or []) + self.classifiers
         self.names = {m: n for n, m in model.named_modules()}
-        self.skipped: list[tuple[str, str]] = [
-            (self.names[m], "classifier (output layer)") for m in self.classifiers
-        ]
+        self.skipped: list[tuple[str, str]] = [(self.names[m], "classifier (output layer)") for m in self.classifiers]
 
         calls: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...], Any]] = []
 
@@ -164,12 +160,7 @@ class PruningGraph:
             active[0] = False
 
         def record(mod: nn.Module, inputs: tuple, output: Any) -> None:
-            if (
-                active[0]
-                and isinstance(output, torch.Tensor)
-                and inputs
-                and isinstance(inputs[0], torch.Tensor)
-            ):
+            if active[0] and isinstance(output, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor):
                 calls.append((mod, tuple(inputs[0].shape), tuple(output.shape), output.grad_fn))
 
         hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
@@ -191,9 +182,7 @@ class PruningGraph:
                 h.remove()
             model.train(was_training)
         self.groups: list[ChannelGroup] = []
-        for tp_group in self.DG.get_all_groups(
-            ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)
-        ):
+        for tp_group in self.DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
             self._add_group(tp_group)
         self._build_costs(calls)
 
@@ -211,9 +200,7 @@ class PruningGraph:
         size = len(tp_group[0].idxs)
         broken = next((m for m in members if not _consistent(m, size)), None)
         if broken is not None:
-            self.skipped.append(
-                (root_name, f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)")
-            )
+            self.skipped.append((root_name, f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)"))
             return
         grouped = [m for m in members if _is_grouped(m.module)]
         if grouped:
@@ -373,9 +360,7 @@ def _module_cost(mod: nn.Module, in_shape: tuple, out_shape: tuple) -> tuple[tup
         return (0.0, per_c * (2.0 if affine else 1.0), 0.0, 0.0), (0.0, n_params, 0.0, 0.0)
     if isinstance(mod, _PASSTHROUGH):
         shape = (
-            out_shape
-            if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample))
-            else in_shape
+            out_shape if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample)) else in_shape
         )
         per_c = float(torch.tensor(shape).prod()) / shape[1]
         n_params = float(sum(p.numel() for p in mod.parameters()))
@@ -398,9 +383,7 @@ def _zero(mod: nn.Module, side: str, pos: list[int], zero_inputs: bool) -> None:
                 mod.running_mean.index_fill_(0, idx.to(mod.running_mean.device), 0.0)
                 mod.running_var.index_fill_(0, idx.to(mod.running_var.device), 1.0)
     elif (
-        zero_inputs
-        and isinstance(mod, (nn.Conv2d, nn.Linear))
-        and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
+        zero_inputs and isinstance(mod, (nn.Conv2d, nn.Linear)) and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
     ):
         mod.weight.index_fill_(1, idx.to(mod.weight.device), 0.0)
 

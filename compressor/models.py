@@ -43,8 +43,6 @@ __all__ = [
     "build_model",
     "load_weights",
     "list_models",
-    "is_classifier",
-    "find_classifiers",
     "adapt_stem",
     "CifarResNet",
     "CifarVGG",
@@ -324,9 +322,7 @@ def _build_timm(name: str, num_classes: int, in_channels: int) -> nn.Module:
     try:
         import timm  # type: ignore[import-not-found]
     except ImportError:
-        raise BadInput(
-            f"model spec 'timm:{name}' needs timm, which is not installed (pip install timm)"
-        ) from None
+        raise BadInput(f"model spec 'timm:{name}' needs timm, which is not installed (pip install timm)") from None
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     except Exception as e:  # timm raises RuntimeError for unknown names
@@ -349,18 +345,14 @@ def _load_user_module(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[mod_name]
-        raise BadInput(
-            f"error importing user model file {path}: {type(e).__name__}: {_one_line(e)}"
-        ) from None
+        raise BadInput(f"error importing user model file {path}: {type(e).__name__}: {_one_line(e)}") from None
     return module
 
 
 def _build_user(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
     file_part, _, factory_name = spec.rpartition(":")
     if not trust_code:
-        raise BadInput(
-            f"model spec {spec!r} runs Python code from {file_part}; pass --trust-code if you trust it"
-        )
+        raise BadInput(f"model spec {spec!r} runs Python code from {file_part}; pass --trust-code if you trust it")
     if not factory_name.isidentifier():
         raise BadInput(f"model spec {spec!r}: expected path/to/file.py:factory_function")
     path = Path(file_part).expanduser().resolve()
@@ -396,9 +388,7 @@ def _build_user(spec: str, num_classes: int, in_channels: int, trust_code: bool)
     return model
 
 
-def build_model(
-    spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False
-) -> nn.Module:
+def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
     """Build the model named by ``spec`` (see the module docstring) with fresh weights.
 
     Raises :class:`BadInput` (one line) for an unknown/malformed spec, an untrusted user file, or bad
@@ -432,33 +422,6 @@ def build_model(
     if factory is None:
         raise BadInput(f"unknown model spec {spec!r}{_suggest(spec)}")
     return factory(num_classes, in_channels)
-
-
-# --------------------------------------------------------------------------------------------
-# Classifier detection (for methods/graph: never prune the classifier)
-# --------------------------------------------------------------------------------------------
-
-
-def is_classifier(module: nn.Module, num_classes: int) -> bool:
-    """Whether ``module`` *could* be a classifier head: a Linear with ``num_classes`` outputs or a 1x1
-    Conv2d with ``num_classes`` output channels (SqueezeNet's head). Use :func:`find_classifiers` to
-    decide for a whole model: a 1x1 conv deep inside a network may coincidentally have that width."""
-    if isinstance(module, nn.Linear):
-        return module.out_features == num_classes
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels == num_classes and tuple(module.kernel_size) == (1, 1)
-    return False
-
-
-def find_classifiers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """The classifier layers of ``model``: every ``nn.Linear`` with ``num_classes`` outputs (main and
-    auxiliary heads), plus the last Linear/Conv2d in module order if it is a classifier candidate
-    (covers conv heads such as SqueezeNet's)."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    out = [m for m in layers if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    if layers and is_classifier(layers[-1], num_classes) and not any(m is layers[-1] for m in out):
-        out.append(layers[-1])
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,11 +478,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
         raise BadInput(f"checkpoint {path} does not match the model: {'; '.join(parts)}")
-    bad = [
-        f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if sd[k].shape != v.shape
-    ]
+    bad = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
     if bad:
         raise BadInput(
             f"checkpoint {path} has mismatched shapes: {_preview(bad, 2)}"

@@ -71,9 +71,7 @@ class PruneConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target(self) -> tuple[str, float]:
-        given = [
-            (m, v) for m, v in (("flops", self.target_flops), ("params", self.target_params)) if v is not None
-        ]
+        given = [(m, v) for m, v in (("flops", self.target_flops), ("params", self.target_params)) if v is not None]
         if len(given) != 1:
             raise BadInput("give exactly one of --target-flops and --target-params")
         metric, value = given[0]
@@ -108,15 +106,11 @@ def load_pruned(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BadInput(
-            f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        ) from None
+        raise BadInput(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
         raise BadInput(f"{path} is not a compress pruned-model file (format {PRUNED_FORMAT})")
     if payload["spec"].get("trust_code"):
-        raise BadInput(
-            f"{path} was built from user code; rebuilding it needs --trust-code (not supported here)"
-        )
+        raise BadInput(f"{path} was built from user code; rebuilding it needs --trust-code (not supported here)")
     return rebuild_pruned(payload, build_from_spec), payload
 
 
@@ -181,9 +175,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     if not (out / "dense.pt").is_file():
         with atomic_path(out / "dense.pt") as tmp:
             torch.save(pruned_payload(spec, input_shape, [], model), tmp)
-    progress.log(
-        f"dense: acc={dense_eval['acc']:.4f} MACs={dense_flops / 1e6:.2f}M params={dense_params / 1e6:.3f}M"
-    )
+    progress.log(f"dense: acc={dense_eval['acc']:.4f} MACs={dense_flops / 1e6:.2f}M params={dense_params / 1e6:.3f}M")
 
     # 2. prune with the method (and fine-tune for cfg.epochs)
     model.to(device)
@@ -207,9 +199,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     slim, history = graph.materialize(masks, model.cpu())
     flops, params = count_ops_and_params(slim, input_shape)
     pruned_eval = evaluate(slim, data.test, device)
-    achieved = 1 - (flops if metric == "flops" else params) / (
-        dense_flops if metric == "flops" else dense_params
-    )
+    achieved = 1 - (flops if metric == "flops" else params) / (dense_flops if metric == "flops" else dense_params)
     report = build_report(
         tool={"name": "compress", "version": tool_version()},
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

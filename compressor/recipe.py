@@ -61,9 +61,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         "pruned_acc": report["pruned"]["acc"],
         "flops_drop": report["flops_drop"],
         "params_drop": report["params_drop"],
-        "export_max_abs_diff": max(
-            pruned["verification"]["max_abs_diff"], dense["verification"]["max_abs_diff"]
-        ),
+        "export_max_abs_diff": max(pruned["verification"]["max_abs_diff"], dense["verification"]["max_abs_diff"]),
         "export_verified": bool(pruned["verification"]["passed"] and dense["verification"]["passed"]),
         "provider": row["provider"],
         "batch": row["batch"],
@@ -76,9 +74,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
     if not quiet_json:
         print_summary(summary)
     if not summary["export_verified"]:
-        raise GateFailed(
-            f"ONNX export differs from PyTorch (max abs diff {summary['export_max_abs_diff']:.2e})"
-        )
+        raise GateFailed(f"ONNX export differs from PyTorch (max abs diff {summary['export_max_abs_diff']:.2e})")
     threshold = bench_opts.get("fail_below_speedup")
     if threshold is not None and summary["speedup"] < float(threshold):
         raise GateFailed(f"speedup {summary['speedup']:.2f}x is below fail_below_speedup {threshold}")

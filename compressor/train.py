@@ -66,9 +66,7 @@ class Progress:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> dict:
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
     was_training = model.training
     model.eval().to(device)

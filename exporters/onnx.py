@@ -294,9 +294,7 @@ def verify(
     sess = ort.InferenceSession(_as_model_bytes(onnx_model), opts, providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
     out_names = [o.name for o in sess.get_outputs()]
-    per_output: dict[str, dict[str, float | None]] = {
-        n: {"max_abs_diff": 0.0, "max_rel_diff": 0.0} for n in out_names
-    }
+    per_output: dict[str, dict[str, float | None]] = {n: {"max_abs_diff": 0.0, "max_rel_diff": 0.0} for n in out_names}
     batch_sizes = sorted({int(b) for b in batch_sizes})
     passed = True
     errors: list[str] = []
@@ -404,14 +402,10 @@ def export_onnx(
     except BadInput:
         raise
     except Exception as exc:  # a model that cannot run on this input is bad input
-        raise BadInput(
-            f"model does not run on input of shape {tuple(example.shape)}: {_one_line(exc)}"
-        ) from exc
+        raise BadInput(f"model does not run on input of shape {tuple(example.shape)}: {_one_line(exc)}") from exc
     output_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
 
-    proto, used, fallback_reason = _run_exporters(
-        model, example, opset, dynamic_batch, output_names, exporter
-    )
+    proto, used, fallback_reason = _run_exporters(model, example, opset, dynamic_batch, output_names, exporter)
     log.info("exported with the %s exporter at opset %d (%d nodes)", used, opset, len(proto.graph.node))
 
     simplified, slim_error = False, None

@@ -74,9 +74,7 @@ def _idx_bytes(arr: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
 
 
-def write_fake_fashion_mnist(
-    root: str | Path, train: int = 50, test: int = 20, gz: bool = True, seed: int = 0
-) -> Path:
+def write_fake_fashion_mnist(root: str | Path, train: int = 50, test: int = 20, gz: bool = True, seed: int = 0) -> Path:
     """The four standard IDX files (gzipped or raw) directly in ``root``; returns ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

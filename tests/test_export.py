@@ -126,9 +126,7 @@ def test_auto_falls_back_on_any_dynamo_exception(tmp_path, monkeypatch):
 
 
 def test_forced_legacy_exporter(tmp_path):
-    res = export_onnx(
-        _tiny(), SHAPE, tmp_path / "m.onnx", exporter="legacy", opset=13, verify_batches=(1, 3, 8)
-    )
+    res = export_onnx(_tiny(), SHAPE, tmp_path / "m.onnx", exporter="legacy", opset=13, verify_batches=(1, 3, 8))
     assert res["exporter"] == "legacy" and res["fallback_reason"] is None and res["opset"] == 13
     assert res["verification"]["passed"] and res["verification"]["batch_sizes"] == [1, 3, 8]
     assert read_metadata(tmp_path / "m.onnx")["opset"] == "13"

@@ -73,9 +73,7 @@ class ImportanceBaseline(Method):
         scores = self._scores()
         for gid, s in scores.items():  # channels pruned by an earlier step stay pruned
             s[~self._masks[gid]] = -float("inf")
-        self._masks = solve_masks(
-            ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio
-        )
+        self._masks = solve_masks(ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio)
         ctx.graph.apply_masks(self._masks)
         drop = ctx.budget.drop(self._masks, ctx.metric)
         self.log.append({"step": self.done_steps, "target": target, f"{ctx.metric}_drop": drop})
