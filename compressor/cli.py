@@ -24,16 +24,21 @@ def _fail(exc: Exception) -> None:
 
 
 class _Group(click.Group):
-    """Map our errors (and click's usage errors) to one line and the documented exit codes."""
+    """Map our errors and click's usage errors to one line and the documented exit codes."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
         try:
-            return super().invoke(ctx)
+            rv = super().main(*args, **kwargs)
         except (BadInput, GateFailed) as exc:
             _fail(exc)
-        except KeyboardInterrupt:
+        except click.ClickException as exc:  # usage errors, bad option values, --config problems
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
             click.echo("interrupted", err=True)
             sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

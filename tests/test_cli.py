@@ -1,0 +1,434 @@
+"""End-to-end tests of the ``compress`` command line.
+
+Exit codes and stderr are checked on real subprocesses (``python -m compressor.cli``); the bad-input
+cases start together (each pays the torch import, so running them one after the other would be slow).
+Successful end-to-end runs go through ``click.testing.CliRunner`` in this process: same code, no
+repeated interpreter start. Everything runs on tiny synthetic data on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from compressor.cli import main
+from exporters.onnx import read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+SYN = "synthetic:3x32x32:10"
+SYN_TINY = "synthetic:1x28x28:10:64:32"  # 64 train / 32 test images: for runs whose accuracy is irrelevant
+SMALL = ["--train-subset", "128", "--test-subset", "64", "--device", "cpu", "--quiet"]
+RUN_FILES = {"pruned.pt", "dense.pt", "report.json", "report.md", "config.yaml", "history.jsonl"}
+
+
+def _cmd(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "compressor.cli", *args]
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _assert_one_line(stderr: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), f"stderr is not one non-empty line:\n{stderr}"
+    assert "Traceback" not in stderr
+
+
+def _invoke(args: list[str], code: int = 0) -> Any:
+    result = CliRunner().invoke(main, args, catch_exceptions=True)
+    tb = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+    detail = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{tb}"
+    assert result.exit_code == code, detail
+    if code == 0:
+        assert result.exception is None, detail
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line on stderr, nothing written
+# --------------------------------------------------------------------------------------------
+
+
+def _prune_cmd(model: str = "cifar:resnet20", data: str = SYN) -> list[str]:
+    return ["prune", "--model", model, "--data", data, *SMALL]
+
+
+_PRUNE_BASE = _prune_cmd()
+_PRUNE_OK = [*_PRUNE_BASE, "--target-flops", "0.4"]
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(random.Random(0).randbytes(4096))
+
+
+def _case_corrupt_weights(d: Path) -> list[str]:
+    _random_bytes(d / "weights.pt")
+    return [*_PRUNE_OK, "--weights", "weights.pt", "--out", "run"]
+
+
+def _case_bench_text_onnx(d: Path) -> list[str]:
+    (d / "model.onnx").write_text("this is not an ONNX model\n")
+    return ["bench", "model.onnx", "--iters", "1", "--warmup", "1", "--json", "out.json"]
+
+
+def _case_bench_pt(d: Path) -> list[str]:
+    torch.save({"weight": torch.zeros(4, 4)}, d / "model.pt")
+    return ["bench", "model.pt", "--iters", "1", "--warmup", "1", "--json", "out.json"]
+
+
+def _recipe_case(recipe: dict[str, Any]) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        (d / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        return ["run", "recipe.yaml"]
+
+    return setup
+
+
+_RECIPE_PRUNE = {"model": "cifar:resnet20", "data": SYN_TINY, "target_flops": 0.4, "device": "cpu", "out": "run"}
+
+
+def _case_config_unknown(d: Path) -> list[str]:
+    (d / "cfg.yaml").write_text(yaml.safe_dump({"model": "cifar:resnet20", "not_an_option": 3}))
+    return ["prune", "--config", "cfg.yaml", "--data", SYN, "--target-flops", "0.4", "--out", "run"]
+
+
+def _case_out_not_empty(d: Path) -> list[str]:
+    (d / "run").mkdir()
+    (d / "run" / "notes.txt").write_text("keep me\n")
+    return [*_PRUNE_OK, "--out", "run"]
+
+
+def _case_resume_without_checkpoint(d: Path) -> list[str]:
+    (d / "run").mkdir()
+    (d / "run" / "notes.txt").write_text("keep me\n")
+    return [*_PRUNE_OK, "--out", "run", "--resume"]
+
+
+BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
+    "unknown-model": lambda d: [*_prune_cmd(model="cifar:resnet99"), "--target-flops", "0.4", "--out", "run"],
+    "missing-data-dir": lambda d: (
+        [*_prune_cmd(data="fashion-mnist"), "--data-dir", str(d / "nonexistent")]
+        + ["--target-flops", "0.4", "--out", "run"]
+    ),
+    "target-flops-0": lambda d: [*_PRUNE_BASE, "--target-flops", "0", "--out", "run"],
+    "target-flops-1.5": lambda d: [*_PRUNE_BASE, "--target-flops", "1.5", "--out", "run"],
+    "corrupt-weights": _case_corrupt_weights,
+    "bench-text-as-onnx": _case_bench_text_onnx,
+    "bench-pt-file": _case_bench_pt,
+    "export-missing-run": lambda d: ["export", "no-such-run", "--out", "model.onnx"],
+    "run-missing-recipe": lambda d: ["run", "missing.yaml"],
+    "recipe-unknown-section": _recipe_case({"prune": _RECIPE_PRUNE, "tune": {"lr": 0.1}}),
+    "recipe-unknown-key": _recipe_case({"prune": {**_RECIPE_PRUNE, "learning_rate": 0.1}}),
+    "out-not-empty": _case_out_not_empty,
+    "resume-without-checkpoint": _case_resume_without_checkpoint,
+    "config-unknown-option": _case_config_unknown,
+    "target-flops-not-a-number": lambda d: [*_PRUNE_BASE, "--target-flops", "half", "--out", "run"],
+}
+EXPECT_IN_MESSAGE = {
+    "unknown-model": "resnet99",
+    "missing-data-dir": "nonexistent",
+    "target-flops-0": "--target-flops",
+    "target-flops-1.5": "--target-flops",
+    "corrupt-weights": "weights.pt",
+    "bench-text-as-onnx": "model.onnx",
+    "bench-pt-file": "model.pt",
+    "export-missing-run": "no-such-run",
+    "run-missing-recipe": "missing.yaml",
+    "recipe-unknown-section": "tune",
+    "recipe-unknown-key": "learning_rate",
+    "out-not-empty": "--resume",
+    "resume-without-checkpoint": "checkpoint",
+    "config-unknown-option": "not_an_option",
+    "target-flops-not-a-number": "half",
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Run every bad-input case as its own process, a few at a time, each in its own directory."""
+    base = tmp_path_factory.mktemp("bad")
+    pending = []
+    for name, setup in BAD_INPUT.items():
+        d = base / name
+        d.mkdir()
+        args = setup(d)
+        pending.append((name, d, args, _tree(d)))
+    results: dict[str, dict[str, Any]] = {}
+    running: list[tuple[str, Path, list[str], set[str], subprocess.Popen[str]]] = []
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    while pending or running:
+        while pending and len(running) < 4:
+            name, d, args, before = pending.pop(0)
+            proc = subprocess.Popen(_cmd(args), cwd=d, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+            running.append((name, d, args, before, proc))
+        name, d, args, before, proc = running.pop(0)
+        out, err = proc.communicate(timeout=180)
+        results[name] = {"rc": proc.returncode, "stdout": out, "stderr": err, "before": before, "after": _tree(d)}
+    return results
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_and_writes_nothing(case: str, bad_runs: dict[str, dict[str, Any]]) -> None:
+    r = bad_runs[case]
+    assert r["rc"] == 2, r
+    assert r["after"] == r["before"], f"files left behind: {sorted(r['after'] - r['before'])}"
+    assert r["stdout"] == "", r["stdout"]
+    assert "Traceback" not in r["stderr"], r["stderr"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_message_is_one_line(case: str, bad_runs: dict[str, dict[str, Any]]) -> None:
+    stderr = bad_runs[case]["stderr"]
+    _assert_one_line(stderr)
+    assert stderr.startswith("error: ") and EXPECT_IN_MESSAGE[case] in stderr, stderr
+
+
+# --------------------------------------------------------------------------------------------
+# prune -> export -> bench, end to end
+# --------------------------------------------------------------------------------------------
+
+
+def _prune(out: Path, method: str, *extra: str) -> dict[str, Any]:
+    _invoke(["prune", "--model", "cifar:resnet20", "--data", SYN, "--method", method, "--epochs", "1",
+             "--target-flops", "0.4", *SMALL, "--seed", "0", "--out", str(out), *extra])  # fmt: skip
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def l1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("l1") / "run"
+    _prune(out, "l1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(l1_run: Path) -> dict[str, Any]:
+    pruned = json.loads(_invoke(["export", str(l1_run), "--json"]).stdout)
+    dense = json.loads(_invoke(["export", str(l1_run), "--dense", "--json"]).stdout)
+    return {"pruned": pruned, "dense": dense}
+
+
+def _check_run_dir(out: Path, method: str) -> None:
+    assert {p.name for p in out.iterdir()} == RUN_FILES  # no checkpoint.pt, no temp files
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == 1
+    assert report["method"]["name"] == method
+    assert report["target"] == {**report["target"], "metric": "flops", "value": 0.4, "met": True}
+    assert abs(report["flops_drop"] - 0.4) <= 0.01, report["flops_drop"]
+    assert 0 < report["params_drop"] < 1
+    assert report["groups"], "no channel groups in the report"
+    for g in report["groups"]:
+        assert 0 < g["kept"] <= g["channels"], g
+        assert g["kept"] % 8 == 0 or g["kept"] == g["channels"], g
+    assert any(g["kept"] < g["channels"] for g in report["groups"])
+    assert method in (out / "report.md").read_text()
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["method"], config["target_flops"], config["epochs"]) == (method, 0.4, 1)
+
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("prune", 1)]
+
+    for name in ("pruned.pt", "dense.pt"):
+        payload = torch.load(out / name, map_location="cpu", weights_only=True)
+        assert payload["format"] == "compress.pruned/1"
+        assert payload["spec"]["model"] == "cifar:resnet20"
+        assert payload["input_shape"] == [3, 32, 32]
+    pruned = torch.load(out / "pruned.pt", map_location="cpu", weights_only=True)
+    dense = torch.load(out / "dense.pt", map_location="cpu", weights_only=True)
+    assert pruned["history"] and not dense["history"]
+    kept = {g["root"]: g["kept"] for g in report["groups"]}
+    assert pruned["state_dict"]["conv1.weight"].shape[0] == kept["conv1"]
+    assert dense["state_dict"]["conv1.weight"].shape[0] == 16
+    n_pruned = sum(v.numel() for k, v in pruned["state_dict"].items() if k.endswith("weight"))
+    n_dense = sum(v.numel() for k, v in dense["state_dict"].items() if k.endswith("weight"))
+    assert n_pruned < n_dense
+
+
+def test_prune_l1_end_to_end(l1_run: Path) -> None:
+    _check_run_dir(l1_run, "l1")
+
+
+def test_prune_taylor_end_to_end(tmp_path: Path) -> None:
+    report = _prune(tmp_path / "run", "taylor")
+    assert report["method"]["name"] == "taylor"
+    _check_run_dir(tmp_path / "run", "taylor")
+
+
+def test_export_writes_verified_onnx_with_metadata(l1_run: Path, exported: dict[str, Any]) -> None:
+    report = json.loads((l1_run / "report.json").read_text())
+    for variant in ("pruned", "dense"):
+        result = exported[variant]
+        assert Path(result["path"]) == l1_run / f"{variant}.onnx"
+        assert result["verification"]["passed"], result["verification"]
+        meta = read_metadata(result["path"])
+        assert meta["variant"] == variant
+        assert meta["model_spec"] == "cifar:resnet20"
+    meta = read_metadata(l1_run / "pruned.onnx")
+    assert meta["method"] == "l1"
+    assert float(meta["flops_drop"]) == pytest.approx(report["flops_drop"], abs=1e-9)
+    assert not [p.name for p in l1_run.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_bench_with_baseline_writes_json(l1_run: Path, exported: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = _invoke(["bench", str(l1_run / "pruned.onnx"), "--baseline", str(l1_run / "dense.onnx"),
+                      "--iters", "5", "--warmup", "1", "--json", str(out)])  # fmt: skip
+    assert "speedup" in result.stdout
+    data = json.loads(out.read_text())
+    (row,) = data["results"]
+    assert (row["provider"], row["batch"]) == ("cpu", 1)
+    assert set(row["models"]) == {"model", "baseline"}
+    assert row["speedup"]["model"]["p50"] > 0
+
+
+def test_bench_fail_below_speedup_exits_1(l1_run: Path, exported: dict[str, Any], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        _cmd(["bench", str(l1_run / "pruned.onnx"), "--baseline", str(l1_run / "dense.onnx"), "--iters", "3",
+              "--warmup", "1", "--fail-below-speedup", "1000"]),
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc
+    _assert_one_line(proc.stderr)
+    assert "speedup" in proc.stderr and "1000" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# info, run (recipe), --config
+# --------------------------------------------------------------------------------------------
+
+
+def test_info_dry_run() -> None:
+    text = _invoke(["info", "cifar:resnet20", "--target-flops", "0.5"]).stdout
+    assert "cifar:resnet20" in text and "feasible" in text and "NOT feasible" not in text
+    r = json.loads(_invoke(["info", "cifar:resnet20", "--target-flops", "0.5", "--json"]).stdout)
+    assert r["model"] == "cifar:resnet20" and r["input_shape"] == [1, 28, 28] and r["groups"]
+    assert r["dry_run"]["feasible"] is True
+    assert abs(r["dry_run"]["flops_drop"] - 0.5) <= 0.01
+
+
+def test_run_recipe_prints_summary_and_writes_summary_json(tmp_path: Path) -> None:
+    recipe = {
+        "prune": {"model": "cifar:resnet20", "data": SYN_TINY, "method": "l1", "target-flops": 0.4, "epochs": 0,
+                  "device": "cpu", "quiet": True, "out": str(tmp_path / "not-this-one")},
+        "export": {"opset": 17},
+        "bench": {"iters": 3, "warmup": 1},
+    }  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "run"
+    text = _invoke(["run", str(tmp_path / "recipe.yaml"), "--out", str(run_dir)]).stdout
+    assert "compress run" in text and "FLOPs drop" in text and "speedup" in text
+    assert not (tmp_path / "not-this-one").exists()  # --out on the command line wins over the recipe
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run"] == str(run_dir) and summary["method"] == "l1"
+    assert abs(summary["flops_drop"] - 0.4) <= 0.01
+    assert summary["export_verified"] is True
+    assert summary["speedup"] > 0
+    for name in ("pruned.onnx", "dense.onnx", "bench.json", "report.json", "pruned.pt"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_config_values_are_used_and_command_line_wins(tmp_path: Path) -> None:
+    cfg = {"model": "cifar:resnet20", "data": SYN_TINY, "method": "l2", "target-flops": 0.3, "epochs": 0,
+           "seed": 7, "round_to": 4, "device": "cpu", "quiet": True}  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run_dir = tmp_path / "run"
+    _invoke(["prune", "--config", str(tmp_path / "cfg.yaml"), "--seed", "3", "--round-to", "8",
+             "--out", str(run_dir)])  # fmt: skip
+    written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert written["model"] == "cifar:resnet20" and written["data"] == SYN_TINY  # from the file
+    assert (written["method"], written["target_flops"], written["epochs"]) == ("l2", 0.3, 0)  # from the file
+    assert (written["seed"], written["round_to"]) == (3, 8)  # the command line wins
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["method"]["name"] == "l2" and report["round_to"] == 8
+    assert abs(report["flops_drop"] - 0.3) <= 0.01
+
+
+# --------------------------------------------------------------------------------------------
+# --resume after a hard kill
+# --------------------------------------------------------------------------------------------
+
+
+def _wait_for_prune_checkpoint(proc: subprocess.Popen[str], ckpt: Path, timeout: float = 150) -> dict[str, Any]:
+    """Poll ``ckpt``; SIGKILL ``proc`` as soon as it holds a prune-phase checkpoint. Returns that state."""
+    seen = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            ident = (ckpt.stat().st_ino, ckpt.stat().st_mtime_ns)
+        except FileNotFoundError:
+            ident = None
+        if ident is not None and ident != seen:
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except Exception:  # replaced while we read it: look again
+                continue
+            seen = ident
+            if state["phase"] == "prune":
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+                return state
+        time.sleep(0.01)
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"no prune-phase checkpoint seen before the run ended (rc={proc.returncode}); stderr:\n{err}")
+
+
+def test_resume_after_kill_completes_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["prune", "--model", "cifar:resnet20", "--data", "synthetic:1x28x28:10", "--method", "l1",
+            "--pretrain-epochs", "1", "--epochs", "2", "--target-flops", "0.4", "--train-subset", "128",
+            "--test-subset", "64", "--batch-size", "16", "--device", "cpu", "--quiet", "--seed", "0",
+            "--out", str(run_dir)]  # fmt: skip
+    proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=ENV, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    state = _wait_for_prune_checkpoint(proc, run_dir / "checkpoint.pt")
+    assert proc.returncode == -signal.SIGKILL
+    assert (state["phase"], state["epoch"]) == ("prune", 1)
+    left = {p.name for p in run_dir.iterdir()}
+    assert {"checkpoint.pt", "dense.pt", "config.yaml", "history.jsonl"} <= left
+    assert not left & {"pruned.pt", "report.json", "report.md"}, left
+
+    _invoke([*args, "--resume"])
+    assert {p.name for p in run_dir.iterdir()} == RUN_FILES
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["target"]["met"] and abs(report["flops_drop"] - 0.4) <= 0.01
+    expected = [("pretrain", 1), ("prune", 1), ("prune", 2)]
+    assert [(r["phase"], r["epoch"]) for r in report["history"]] == expected[1:]
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["epoch"]) for r in rows] == expected
+
+    # The resumed run ends where an uninterrupted run with the same seed ends ("deterministic on CPU").
+    ref_dir = tmp_path / "reference"
+    _invoke([*args[:-1], str(ref_dir)])
+    ref = json.loads((ref_dir / "report.json").read_text())
+    assert report["groups"] == ref["groups"]
+    assert report["pruned"]["acc"] == ref["pruned"]["acc"]
+    assert [r["train_loss"] for r in report["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])
+    got = torch.load(run_dir / "pruned.pt", map_location="cpu", weights_only=True)
+    want = torch.load(ref_dir / "pruned.pt", map_location="cpu", weights_only=True)
+    assert got["history"] == want["history"] and got["history"]
+    assert got["state_dict"].keys() == want["state_dict"].keys()
+    for key, value in want["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
