@@ -81,12 +81,11 @@ def test_resnet18_default_export_is_valid_dynamic_and_verified(tmp_path, caplog)
     assert _batch_dim(out).dim_param and [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["output"]
 
-    # torch 2.15's dynamo exporter cannot produce opset 17: "auto" must fall back, log and record why.
-    if res["exporter"] == "legacy":
-        assert res["fallback_reason"] and "opset" in res["fallback_reason"]
-        assert any("falling back" in r.getMessage() for r in caplog.records)
-    else:
-        assert res["fallback_reason"] is None
+    # torch's dynamo exporter builds opset >= 18 only: for 17 "auto" goes straight to legacy, records why,
+    # and does not warn on every export (the choice is known in advance, nothing failed).
+    assert res["exporter"] == "legacy"
+    assert res["fallback_reason"] and "opset" in res["fallback_reason"]
+    assert not any("falling back" in r.getMessage() for r in caplog.records)
 
     ver = res["verification"]
     assert ver["passed"] is True and ver["batch_sizes"] == [1, 4]
