@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.errors import BadInput, GateFailed
+from compressor.errors import BadInput, GateFailed, one_line
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -64,23 +64,11 @@ class _Model:
 # --------------------------------------------------------------------------------------------- checks
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _inspect(label: str, path: str | os.PathLike[str]) -> _Model:
-    import onnx
+    from exporters.onnx import load_model
 
     p = Path(path)
-    if not p.exists():
-        raise BadInput(f"{p}: no such file")
-    if not p.is_file():
-        raise BadInput(f"{p}: not a file")
-    try:
-        proto = onnx.load(os.fspath(p), load_external_data=False)
-    except Exception as exc:
-        raise BadInput(f"{p} is not a loadable ONNX model ({_one_line(exc, 120)})") from exc
+    proto = load_model(p)
     initializers = {init.name for init in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
     if proto.ir_version <= 0 or not proto.graph.node or not graph_inputs:
@@ -163,8 +151,8 @@ def _session(model: _Model, key: str, threads: int | None) -> Any:
             )
     except Exception as exc:
         if key in GPU_PROVIDERS:
-            raise GateFailed(f"provider {key} unavailable: {_one_line(exc)}") from exc
-        raise BadInput(f"{model.path}: onnxruntime cannot load it ({_one_line(exc)})") from exc
+            raise GateFailed(f"provider {key} unavailable: {one_line(exc)}") from exc
+        raise BadInput(f"{model.path}: onnxruntime cannot load it ({one_line(exc)})") from exc
     got = sess.get_providers()
     if not got or got[0] != wanted:
         raise GateFailed(
@@ -342,9 +330,7 @@ def bench(
                     for _ in range(warm):
                         runner()
                 except Exception as exc:
-                    raise BadInput(
-                        f"{info.path}: inference failed on {key} at batch {batch}: {_one_line(exc)}"
-                    ) from exc
+                    raise BadInput(f"{info.path}: inference failed on {key} at batch {batch}: {one_line(exc)}") from exc
                 runners[info.label] = runner
             samples, rounds, wall = _measure(runners, iters, duration)
             stats = {label: _stats(s, batch) for label, s in samples.items()}

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compressor.errors import BadInput
+from compressor.errors import BadInput, one_line
 
 __all__ = [
     "DataBundle",
@@ -88,10 +88,6 @@ _ALIASES = {
     "cifar100": "cifar100",
     "cifar-100": "cifar100",
 }
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -410,7 +406,7 @@ def _read_idx(path: Path) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:
-        raise BadInput(f"cannot read IDX file {path}: {_one_line(e)}") from None
+        raise BadInput(f"cannot read IDX file {path}: {one_line(e)}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise BadInput(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
@@ -460,7 +456,7 @@ def _fashion_mnist(data_dir: str | None, download: bool) -> tuple[Tensor, Tensor
                 FashionMNIST(str(root), train=True, download=True)
                 FashionMNIST(str(root), train=False, download=True)
             except Exception as e:
-                raise BadInput(f"Fashion-MNIST download to {root} failed: {_one_line(e)[:200]}") from None
+                raise BadInput(f"Fashion-MNIST download to {root} failed: {one_line(e)[:200]}") from None
             files = _find_fmnist_files(root)
         if files is None:
             where = dirs[0]
@@ -533,7 +529,7 @@ def _load_pickle(path: Path) -> Any:
         with open(path, "rb") as f:
             return _SafeUnpickler(f, encoding="latin1").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
-        raise BadInput(f"cannot read CIFAR file {path}: {_one_line(e)[:200]}") from None
+        raise BadInput(f"cannot read CIFAR file {path}: {one_line(e)[:200]}") from None
 
 
 def _cifar_dir(root: Path, folder: str, files: list[str]) -> Path | None:
@@ -570,7 +566,7 @@ def _cifar(kind: str, data_dir: str | None, download: bool) -> tuple[Tensor, Ten
             cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
             cls(str(root), train=True, download=True)
         except Exception as e:
-            raise BadInput(f"{info['title']} download to {root} failed: {_one_line(e)[:200]}") from None
+            raise BadInput(f"{info['title']} download to {root} failed: {one_line(e)[:200]}") from None
         d = _cifar_dir(root, info["folder"], needed)
     if d is None:
         raise BadInput(
@@ -641,7 +637,7 @@ def _image_folder(path: Path) -> Any:
     try:
         return ImageFolder(str(path))
     except (FileNotFoundError, OSError) as e:
-        raise BadInput(f"imagefolder {path}: {_one_line(e)[:200]} (expected PATH/<class>/<image> files)") from None
+        raise BadInput(f"imagefolder {path}: {one_line(e)[:200]} (expected PATH/<class>/<image> files)") from None
 
 
 def _imagefolder_bundle(

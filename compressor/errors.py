@@ -9,3 +9,11 @@ class BadInput(Exception):
 
 class GateFailed(Exception):
     """A check the user asked for did not pass: verification, target, speedup (exit code 1)."""
+
+
+def one_line(text: object, limit: int = 300, *, typed: bool = False) -> str:
+    """``text`` (often an exception) on one line, cut to ``limit``; ``typed`` prefixes the exception type."""
+    flat = " ".join(str(text).split())
+    if isinstance(text, BaseException) and (typed or not flat):
+        flat = f"{type(text).__name__}: {flat}" if flat else type(text).__name__
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

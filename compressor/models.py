@@ -37,11 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.errors import BadInput
+from compressor.errors import BadInput, one_line
 
 __all__ = [
     "build_model",
     "load_weights",
+    "read_checkpoint",
     "list_models",
     "adapt_stem",
     "CifarResNet",
@@ -52,10 +53,6 @@ __all__ = [
 CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
 CIFAR_VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"]
 CIFAR_VGG16_CFG += [512, 512, 512]
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +325,7 @@ def _build_timm(name: str, num_classes: int, in_channels: int) -> nn.Module:
     except Exception as e:  # timm raises RuntimeError for unknown names
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
-        raise BadInput(f"cannot build timm model {name!r}: {_one_line(e)}{hint}") from None
+        raise BadInput(f"cannot build timm model {name!r}: {one_line(e)}{hint}") from None
 
 
 def _load_user_module(path: Path) -> Any:
@@ -345,7 +342,7 @@ def _load_user_module(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[mod_name]
-        raise BadInput(f"error importing user model file {path}: {type(e).__name__}: {_one_line(e)}") from None
+        raise BadInput(f"error importing user model file {path}: {one_line(e, typed=True)}") from None
     return module
 
 
@@ -378,7 +375,7 @@ def _build_user(spec: str, num_classes: int, in_channels: int, trust_code: bool)
     try:
         model = factory(**kwargs)
     except Exception as e:
-        raise BadInput(f"{spec}: factory raised {type(e).__name__}: {_one_line(e)}") from None
+        raise BadInput(f"{spec}: factory raised {one_line(e, typed=True)}") from None
     if not isinstance(model, nn.Module):
         raise BadInput(f"{spec}: factory returned {type(model).__name__}, expected a torch.nn.Module")
     if "in_channels" not in kwargs:
@@ -453,6 +450,17 @@ def _preview(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a missing or unreadable file is :class:`BadInput`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BadInput(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BadInput(f"cannot read {what} {path}: {one_line(e, 200, typed=True)}") from None
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a checkpoint into ``model`` (in place), strictly.
 
@@ -461,13 +469,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     prefixes. Missing/corrupt file, missing/unexpected keys or shape mismatches -> :class:`BadInput`.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise BadInput(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BadInput(f"cannot read checkpoint {path}: {type(e).__name__}: {_one_line(e)[:200]}") from None
-    sd = _extract_state_dict(obj, path)
+    sd = _extract_state_dict(read_checkpoint(path), path)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -487,4 +489,4 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         model.load_state_dict(sd, strict=True)
     except Exception as e:
-        raise BadInput(f"cannot load checkpoint {path}: {_one_line(e)[:200]}") from None
+        raise BadInput(f"cannot load checkpoint {path}: {one_line(e)[:200]}") from None

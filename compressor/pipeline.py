@@ -18,7 +18,7 @@ from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
 from compressor.methods import Context, build_method
-from compressor.models import build_model, load_weights
+from compressor.models import build_model, load_weights, read_checkpoint
 from compressor.report import build_report, group_table, render_markdown
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, pick_device, seed_everything
 
@@ -100,13 +100,7 @@ def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
 
 def load_pruned(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"no pruned model at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BadInput(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    payload = read_checkpoint(path, "pruned model")
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
         raise BadInput(f"{path} is not a compress pruned-model file (format {PRUNED_FORMAT})")
     if payload["spec"].get("trust_code"):
@@ -153,7 +147,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     if cfg.overwrite and out.exists() and not cfg.resume:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    resume_state = torch.load(out / "checkpoint.pt", weights_only=True) if cfg.resume else None
+    resume_state = read_checkpoint(out / "checkpoint.pt", "checkpoint") if cfg.resume else None
     write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     t_start = time.perf_counter()
 
@@ -168,7 +162,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         with atomic_path(out / "dense.pt") as tmp:
             torch.save(pruned_payload(spec, input_shape, [], model.cpu()), tmp)
     elif resume_state and (out / "dense.pt").is_file():
-        model.load_state_dict(torch.load(out / "dense.pt", weights_only=True)["state_dict"])
+        model.load_state_dict(read_checkpoint(out / "dense.pt", "dense model")["state_dict"])
     model.to(device)
     dense_eval = evaluate(model, data.test, device)
     dense_flops, dense_params = count_ops_and_params(model.cpu(), input_shape)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_path
-from compressor.errors import BadInput
+from compressor.errors import BadInput, one_line
 
 log = logging.getLogger("compress.export")
 
@@ -71,12 +71,6 @@ def tool_version() -> str:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _flatten_outputs(out: Any) -> list[torch.Tensor]:
@@ -242,7 +236,7 @@ def _run_exporters(
         try:
             proto = _EXPORT_FNS[name](model, example, opset, dynamic_batch, output_names)
         except Exception as exc:  # any exporter failure is reported or falls back
-            reason = " ".join(str(exc).split()) if isinstance(exc, _ExportRejected) else _one_line(exc)
+            reason = " ".join(str(exc).split()) if isinstance(exc, _ExportRejected) else one_line(exc, typed=True)
             log.debug("%s exporter failed", name, exc_info=True)
             failures.append(f"{name}: {reason}")
             if name != order[-1]:
@@ -306,7 +300,7 @@ def verify(
             outs = sess.run(None, {in_name: x.numpy()})
         except Exception as exc:  # a run failure is a verification failure
             passed = False
-            errors.append(f"batch {batch}: onnxruntime failed: {_one_line(exc)}")
+            errors.append(f"batch {batch}: onnxruntime failed: {one_line(exc, typed=True)}")
             for stats in per_output.values():
                 stats["max_abs_diff"] = stats["max_rel_diff"] = None
             continue
@@ -402,7 +396,9 @@ def export_onnx(
     except BadInput:
         raise
     except Exception as exc:  # a model that cannot run on this input is bad input
-        raise BadInput(f"model does not run on input of shape {tuple(example.shape)}: {_one_line(exc)}") from exc
+        raise BadInput(
+            f"model does not run on input of shape {tuple(example.shape)}: {one_line(exc, typed=True)}"
+        ) from exc
     output_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
 
     proto, used, fallback_reason = _run_exporters(model, example, opset, dynamic_batch, output_names, exporter)
@@ -414,7 +410,7 @@ def export_onnx(
             proto = _slim(proto)
             simplified = True
         except Exception as exc:  # keep the unslimmed, checked model
-            slim_error = _one_line(exc)
+            slim_error = one_line(exc, typed=True)
             log.warning("onnxslim failed, keeping the unslimmed model: %s", slim_error)
 
     dynamic = _input_batch_is_symbolic(proto)
@@ -482,11 +478,17 @@ def export_onnx(
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file as a plain dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: no such ONNX file")
+    return {p.key: p.value for p in load_model(path).metadata_props}
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX file (without external data); anything else is :class:`BadInput` naming the path."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"{p}: no such file")
+    if not p.is_file():
+        raise BadInput(f"{p}: not a file")
     try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
+        return onnx.load(os.fspath(p), load_external_data=False)
     except Exception as exc:
-        raise BadInput(f"{path} is not a loadable ONNX model ({_one_line(exc, 120)})") from exc
-    return {p.key: p.value for p in proto.metadata_props}
+        raise BadInput(f"{p} is not a loadable ONNX model ({one_line(exc, 120, typed=True)})") from None

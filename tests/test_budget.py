@@ -32,14 +32,7 @@ MODELS = [
 ]
 MAX_RATIO = 0.8  # solve_counts' default
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batch-1/2 CPU passes gain nothing from intra-op threads and stall badly when cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass

@@ -41,6 +41,8 @@ MODELS = [
 SEEDS = [0, 1]
 MAX_RATIO = 0.8
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def spec_of(name: str, shape: tuple[int, ...]) -> dict:
     return {"model": name, "num_classes": NUM_CLASSES, "in_channels": shape[0]}
@@ -79,15 +81,6 @@ def random_masks(graph: PruningGraph, seed: int, max_ratio: float = MAX_RATIO) -
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batch-1/2 CPU passes gain nothing from intra-op threads and stall badly when cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
