@@ -33,15 +33,17 @@ class ImportanceBaseline(Method):
 
     def setup(self, graph: PruningGraph, ctx: Context) -> None:
         super().setup(graph, ctx)
-        horizon = max(1, ctx.epochs // 2)
-        self.schedule = sorted({round(k * horizon / self.steps) for k in range(self.steps)})
-        self.steps = len(self.schedule)
         if ctx.epochs == 0:  # no training: take every step now (iterative one-shot)
             self.schedule = [0]
             while not self.finished:
                 self._prune_step()
-        elif self.schedule[0] == 0:
-            self._prune_step()
+            return
+        horizon = max(1, ctx.epochs // 2)  # steps at distinct epochs of the first half (fewer if epochs are few)
+        self.schedule = sorted({round(k * horizon / self.steps) for k in range(self.steps)})
+        if len(self.schedule) < self.steps:
+            ctx.log(f"[{self.name}] {self.steps} steps do not fit {horizon} epoch(s): taking {len(self.schedule)}")
+        self.steps = len(self.schedule)
+        self._prune_step()  # the schedule always starts at epoch 0
 
     def _scores(self) -> dict[int, torch.Tensor]:
         ctx = self.ctx
