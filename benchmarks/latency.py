@@ -236,6 +236,13 @@ def _cpu_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- bench
 
 
+def check_options(providers: Sequence[str] | str, batches: Sequence[Any], threads: int | None = None,
+                  warmup: int = 10, iters: int | None = 100, duration: float | None = None) -> None:  # fmt: skip
+    """Validate bench options without loading anything (so a recipe can fail before it starts work)."""
+    _provider_keys(providers)
+    _validate_numbers(batches, threads, warmup, iters, duration)
+
+
 def _validate_numbers(batches, threads, warmup, iters, duration) -> list[int]:
     try:
         batch_list = [int(b) for b in batches]

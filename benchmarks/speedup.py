@@ -45,14 +45,17 @@ def main() -> None:
         result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", batch=args.batch,
                               threads=args.threads, warmup=10, iters=args.iters)  # fmt: skip
 
-    name = f"speedup_{args.model.split(':')[-1]}_{args.method}_{int(100 * args.target_flops)}"
+    result["models"] = {label: Path(path).name for label, path in result["models"].items()}  # no temp paths
+    name = f"speedup_{args.model.split(':')[-1]}_{args.method}_{round(100 * args.target_flops)}_round{args.round_to}"
     out = {
         "command": f"python -m benchmarks.speedup --model {args.model} --method {args.method} "
-        f"--target-flops {args.target_flops} --size {args.size} --batch {args.batch} --threads {args.threads}",
+        f"--target-flops {args.target_flops} --size {args.size} --classes {args.classes} --batch {args.batch} "
+        f"--threads {args.threads} --iters {args.iters} --round-to {args.round_to}",
         "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
         "model": args.model,
         "method": args.method,
         "target_flops": args.target_flops,
+        "round_to": args.round_to,
         "flops_drop_measured": report["flops_drop"],
         "params_drop_measured": report["params_drop"],
         "dense_flops": report["dense"]["flops"],
@@ -71,6 +74,7 @@ def main() -> None:
         "",
         f"`{out['command']}`",
         "",
+        f"- round_to {args.round_to}",
         f"- measured FLOPs drop (Torch-Pruning counter on the materialized model): {report['flops_drop']:.4f}",
         f"- params drop: {report['params_drop']:.4f}",
         f"- export max |ONNX - PyTorch|: pruned {pruned['verification']['max_abs_diff']:.2e}, "

@@ -594,7 +594,7 @@ def _cifar(kind: str, data_dir: str | None, download: bool) -> tuple[Tensor, Ten
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_synthetic(rest: str, spec: str) -> tuple[tuple[int, int, int], int, int, int]:
+def parse_synthetic(rest: str, spec: str) -> tuple[tuple[int, int, int], int, int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)x(\d+):(\d+)(?::(\d+))?(?::(\d+))?", rest.strip())
     if not m:
         raise BadInput(f"bad data spec {spec!r}: expected synthetic:CxHxW:classes, e.g. synthetic:3x32x32:10")
@@ -817,7 +817,7 @@ def load_data(
         )
 
     if kind == "synthetic":
-        shape, k, n_train, n_test = _parse_synthetic(rest, spec)
+        shape, k, n_train, n_test = parse_synthetic(rest, spec)
         xtr, ytr, xte, yte = _synthetic(shape, k, n_train, n_test)
         xf = xtr.float().div(255)
         mean = tuple(float(v) for v in xf.mean(dim=(0, 2, 3)))

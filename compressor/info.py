@@ -26,9 +26,10 @@ def _shape(data: str, input_shape: str | None, num_classes: int) -> tuple[tuple[
             raise BadInput(f"--input-shape must look like 3x224x224, got {input_shape!r}") from None
         return (c, h, w), num_classes
     if data.startswith("synthetic:"):
-        parts = data.split(":")
-        c, h, w = (int(v) for v in parts[1].split("x"))
-        return (c, h, w), int(parts[2])
+        from compressor.data import parse_synthetic
+
+        shape, classes, *_ = parse_synthetic(data.split(":", 1)[1], data)
+        return tuple(shape), int(classes)
     if data not in DATA_SHAPES:
         raise BadInput(f"info knows the shapes of {', '.join(DATA_SHAPES)}; use --input-shape for {data!r}")
     return DATA_SHAPES[data]
@@ -41,6 +42,7 @@ def model_info(
     input_shape: str | None = None,
     num_classes: int = 10,
     round_to: int = 8,
+    max_ratio: float = 0.8,
     target_flops: float | None = None,
     trust_code: bool = False,
 ) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def model_info(
                 "root": g.root_name,
                 "channels": g.size,
                 "layers": len(g.layer_names),
-                "allowed_kept": graph.allowed_keep(g.id),
+                "allowed_kept": graph.allowed_keep(g.id, max_ratio),
             }
             for g in graph.groups
         ],  # fmt: skip
@@ -74,7 +76,7 @@ def model_info(
         if not 0 < target_flops < 1:
             raise BadInput(f"--target-flops must be strictly between 0 and 1, got {target_flops}")
         try:
-            counts = solve_counts(graph, budget, target_flops)
+            counts = solve_counts(graph, budget, target_flops, max_ratio=max_ratio)
             result["dry_run"] = {"target_flops": target_flops, "feasible": True,
                                  "flops_drop": budget.drop_of_counts(counts), "kept": counts}  # fmt: skip
         except GateFailed as exc:

@@ -312,7 +312,7 @@ def _suggest(spec: str) -> str:
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
     close += [bare[b] for b in difflib.get_close_matches(key, list(bare), n=3, cutoff=0.6)]
     close = list(dict.fromkeys(close))[:3]
-    return f"; did you mean {', '.join(close)}?" if close else "; see list_models() / `compress info`"
+    return f"; did you mean {', '.join(close)}?" if close else "; `compress info --list-models` lists them"
 
 
 def _build_timm(name: str, num_classes: int, in_channels: int) -> nn.Module:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from compressor import tool_version
 from compressor.atomic import atomic_path, write_json, write_text
-from compressor.budget import Budget
+from compressor.budget import Budget, solve_counts
 from compressor.data import load_data
-from compressor.errors import BadInput, GateFailed
+from compressor.errors import BadInput, GateFailed, one_line
 from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
 from compressor.methods import Context, build_method
 from compressor.models import build_model, load_weights, read_checkpoint
@@ -25,11 +26,23 @@ from compressor.train import Progress, TrainConfig, Trainer, evaluate, pick_devi
 TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
 
 
-def tool_version() -> str:
-    try:
-        return importlib.metadata.version("compress")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "yes", "1", "on"):
+        return True
+    if str(value).lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)):
+        raise ValueError(value)
+    return int(float(value))
+
+
+_COERCE: dict[str, Any] = {"int": _to_int, "float": float, "str": str, "bool": _to_bool}
 
 
 @dataclass
@@ -37,8 +50,8 @@ class PruneConfig:
     """Every option of ``compress prune`` (the CLI and YAML recipes fill it)."""
 
     model: str
-    data: str
     out: str
+    data: str = "fashion-mnist"
     method: str = "l2"
     weights: str | None = None
     target_flops: float | None = None
@@ -68,7 +81,18 @@ class PruneConfig:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Recipes give raw YAML values: coerce each to its field's type or fail with BadInput."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type).replace(" | None", "")
+            if value is None or kind not in _COERCE:
+                continue
+            try:
+                setattr(self, f.name, _COERCE[kind](value))
+            except (TypeError, ValueError):
+                raise BadInput(f"{f.name.replace('_', '-')}: expected {kind}, got {value!r}") from None
 
     def target(self) -> tuple[str, float]:
         given = [(m, v) for m, v in (("flops", self.target_flops), ("params", self.target_params)) if v is not None]
@@ -98,14 +122,19 @@ def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-def load_pruned(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
     payload = read_checkpoint(path, "pruned model")
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
         raise BadInput(f"{path} is not a compress pruned-model file (format {PRUNED_FORMAT})")
-    if payload["spec"].get("trust_code"):
-        raise BadInput(f"{path} was built from user code; rebuilding it needs --trust-code (not supported here)")
-    return rebuild_pruned(payload, build_from_spec), payload
+    if payload["spec"].get("trust_code") and not trust_code:
+        raise BadInput(f"{path} was built from user code ({payload['spec']['model']}): pass --trust-code")
+    try:
+        return rebuild_pruned(payload, build_from_spec), payload
+    except BadInput:
+        raise
+    except Exception as exc:  # a readable file that does not match its architecture
+        raise BadInput(f"{path} does not rebuild: {one_line(exc, 200, typed=True)}") from None
 
 
 def _prepare_out(out: Path, cfg: PruneConfig) -> None:
@@ -136,11 +165,10 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     if cfg.weights:
         load_weights(model, cfg.weights)
     input_shape = tuple(data.input_shape)
-    if cfg.image_size:
-        input_shape = (input_shape[0], cfg.image_size, cfg.image_size)
     example = torch.zeros(1, *input_shape)
     graph = PruningGraph(model, example, round_to=cfg.round_to, arch=cfg.model)
     budget = Budget(graph)
+    solve_counts(graph, budget, target, metric=metric, max_ratio=cfg.max_layer_ratio)  # reachable? (GateFailed)
     device = pick_device(cfg.device)
 
     # Inputs are valid: from here on we write into the run directory.
@@ -150,6 +178,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     resume_state = read_checkpoint(out / "checkpoint.pt", "checkpoint") if cfg.resume else None
     write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     t_start = time.perf_counter()
+    history_rows: list[dict[str, Any]] = []
 
     # 1. dense training (from scratch) when asked
     if cfg.pretrain_epochs > 0 and not (resume_state and resume_state["phase"] == "prune"):
@@ -159,6 +188,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         if resume_state and resume_state["phase"] == "pretrain":
             trainer.resume(resume_state)
         trainer.fit()
+        history_rows += trainer.history
         with atomic_path(out / "dense.pt") as tmp:
             torch.save(pruned_payload(spec, input_shape, [], model.cpu()), tmp)
     elif resume_state and (out / "dense.pt").is_file():
@@ -205,7 +235,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
             "weights": cfg.weights,
         },  # fmt: skip
         data={"spec": cfg.data, "sizes": getattr(data, "sizes", None)},
-        method={"name": cfg.method, "steps": cfg.steps, "log": getattr(method, "log", [])},
+        method={"name": cfg.method, "steps": getattr(method, "steps", cfg.steps), "log": getattr(method, "log", [])},
         target={
             "metric": metric,
             "value": target,
@@ -225,7 +255,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         round_to=cfg.round_to,
         groups=group_table(graph, masks),
         skipped=graph.skipped,
-        history=trainer.history,
+        history=_history(out, history_rows, trainer.history),
         seconds=round(time.perf_counter() - t_start, 1),
     )
     with atomic_path(out / "pruned.pt") as tmp:
@@ -238,6 +268,14 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     return report
 
 
+def _history(out: Path, pretrain: list[dict[str, Any]], prune: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every epoch of the run; on resume the pretraining rows come from history.jsonl."""
+    if not pretrain and (out / "history.jsonl").is_file():
+        rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
+        pretrain = [r for r in rows if r.get("phase") == "pretrain"]
+    return pretrain + prune
+
+
 def _method_names() -> list[str]:
     from compressor.methods import METHODS
 
@@ -246,7 +284,7 @@ def _method_names() -> list[str]:
 
 def _train_cfg(cfg: PruneConfig, epochs: int, lr: float) -> TrainConfig:
     return TrainConfig(epochs=epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                       schedule=cfg.schedule, seed=cfg.seed)  # fmt: skip
+                       schedule=cfg.schedule)  # fmt: skip
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -256,10 +294,11 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plain(cfg: PruneConfig) -> dict[str, Any]:
-    return {k: v for k, v in vars(cfg).items() if k != "extra"}
+    return dict(vars(cfg))
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = False, opset: int = 17,
+           trust_code: bool = False,
            dynamic_batch: bool = True, simplify: bool = True, rtol: float = 1e-3,
            atol: float = 1e-4) -> dict[str, Any]:  # fmt: skip
     """Export a run's pruned (or dense) model to ONNX, verified against PyTorch."""
@@ -269,7 +308,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = 
     if not run_dir.is_dir():
         raise BadInput(f"run directory {run_dir} does not exist")
     name = "dense" if dense else "pruned"
-    model, payload = load_pruned(run_dir / f"{name}.pt")
+    model, payload = load_pruned(run_dir / f"{name}.pt", trust_code=trust_code)
     out = Path(out) if out else run_dir / f"{name}.onnx"
     meta = {"source_run": str(run_dir), "model_spec": payload["spec"]["model"], "variant": name}
     summary = payload.get("report") or {}
@@ -293,9 +332,14 @@ def bench_models(models: dict[str, str], baseline: str | None, *, provider: Any 
 
     if fail_below_speedup is not None and baseline is None:
         raise BadInput("--fail-below-speedup needs --baseline")
-    try:
-        batches = [int(v) for v in _csv(batch)]
-    except ValueError:
-        raise BadInput(f"batch sizes must be integers, got {batch!r}") from None
-    return bench(models, baseline=baseline, providers=_csv(provider), batches=batches, threads=threads,
+    return bench(models, baseline=baseline, providers=_csv(provider), batches=_csv(batch), threads=threads,
                  warmup=warmup, iters=None if duration else iters, duration=duration)  # fmt: skip
+
+
+def speedup_gate(result: dict[str, Any], threshold: float | None, label: str) -> None:
+    """GateFailed when the worst p50 speedup of ``label`` over the baseline is below ``threshold``."""
+    if threshold is None:
+        return
+    worst = min(row["speedup"][label]["p50"] for row in result["results"])
+    if worst < float(threshold):
+        raise GateFailed(f"speedup {worst:.2f}x is below --fail-below-speedup {threshold}")

@@ -6,15 +6,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from compressor.atomic import write_json
+from compressor.atomic import write_json, write_text
 from compressor.errors import BadInput, GateFailed
-from compressor.pipeline import PruneConfig, bench_models, export, prune
+from compressor.pipeline import PruneConfig, bench_models, export, prune, speedup_gate
 
 SECTIONS = ("prune", "export", "bench")
 EXPORT_KEYS = ("opset", "dynamic_batch", "simplify", "rtol", "atol")
+OPSETS = range(7, 26)
 BENCH_KEYS = ("provider", "batch", "threads", "warmup", "iters", "duration", "fail_below_speedup")
 
 
@@ -43,13 +45,17 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
             raise BadInput(f"recipe section 'prune' needs {key!r}")
     e = _section(recipe, "export", set(EXPORT_KEYS))
     b = _section(recipe, "bench", set(BENCH_KEYS))
-
-    report = prune(PruneConfig(**p))
-    run_dir = Path(p["out"])
-    pruned = export(run_dir, **e)
-    dense = export(run_dir, dense=True, **e)
+    config = PruneConfig(**p)  # type-checks the prune section
     bench_opts = {"provider": "cpu", "batch": "1", "threads": None, "warmup": 10, "iters": 100, "duration": None,
                   **b}  # fmt: skip
+    _check_export_bench(e, bench_opts)  # fail before any work, not after minutes of training
+
+    report = prune(config)
+    run_dir = Path(p["out"])
+    write_text(run_dir / "recipe.yaml", yaml.safe_dump({"prune": _plain_config(config), "export": e,
+                                                         "bench": bench_opts}, sort_keys=False))  # fmt: skip
+    pruned = export(run_dir, trust_code=config.trust_code, **e)
+    dense = export(run_dir, dense=True, trust_code=config.trust_code, **e)
     result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", **bench_opts)
     write_json(run_dir / "bench.json", result)
     row = result["results"][0]
@@ -61,7 +67,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         "pruned_acc": report["pruned"]["acc"],
         "flops_drop": report["flops_drop"],
         "params_drop": report["params_drop"],
-        "export_max_abs_diff": max(pruned["verification"]["max_abs_diff"], dense["verification"]["max_abs_diff"]),
+        "export_max_abs_diff": max(_diff(pruned), _diff(dense)),
         "export_verified": bool(pruned["verification"]["passed"] and dense["verification"]["passed"]),
         "provider": row["provider"],
         "batch": row["batch"],
@@ -75,10 +81,33 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         print_summary(summary)
     if not summary["export_verified"]:
         raise GateFailed(f"ONNX export differs from PyTorch (max abs diff {summary['export_max_abs_diff']:.2e})")
-    threshold = bench_opts.get("fail_below_speedup")
-    if threshold is not None and summary["speedup"] < float(threshold):
-        raise GateFailed(f"speedup {summary['speedup']:.2f}x is below fail_below_speedup {threshold}")
+    speedup_gate(result, bench_opts.get("fail_below_speedup"), "pruned")
     return summary
+
+
+def _diff(export_result: dict[str, Any]) -> float:
+    """Max |ONNX - PyTorch|; no comparable output counts as an infinite difference."""
+    value = export_result["verification"]["max_abs_diff"]
+    return float("inf") if value is None else float(value)
+
+
+def _check_export_bench(e: dict[str, Any], b: dict[str, Any]) -> None:
+    from benchmarks.latency import check_options
+
+    if "opset" in e and (not isinstance(e["opset"], int) or e["opset"] not in OPSETS):
+        raise BadInput(f"export opset must be an integer in {OPSETS.start}..{OPSETS.stop - 1}, got {e['opset']!r}")
+    for key in ("rtol", "atol"):
+        if key in e and not isinstance(e[key], (int, float)):
+            raise BadInput(f"export {key} must be a number, got {e[key]!r}")
+    try:
+        batches = [int(v) for v in (b["batch"] if isinstance(b["batch"], list) else str(b["batch"]).split(","))]
+    except ValueError:
+        raise BadInput(f"bench batch must be integers, got {b['batch']!r}") from None
+    check_options(b["provider"], batches, b["threads"], b["warmup"], b["iters"], b["duration"])
+
+
+def _plain_config(config: PruneConfig) -> dict[str, Any]:
+    return dict(vars(config))
 
 
 def print_summary(s: dict[str, Any]) -> None:

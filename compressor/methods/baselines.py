@@ -2,7 +2,8 @@
 
 One-shot (``steps=1``: prune before the first epoch, then fine-tune) or iterative (``steps=S``: prune at
 S evenly spaced epochs of the first half of training, each step reaching ``target * k / S``; channels
-pruned earlier stay pruned). Masked channels are held at zero after every optimizer step.
+pruned earlier stay pruned, so on coarse groups the last step may overshoot the target by a rounding
+unit). Masked channels are held at zero after every optimizer step.
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ class ImportanceBaseline(Method):
         ctx = self.ctx
         assert ctx is not None
         ctx.model.zero_grad(set_to_none=True)
-        ctx.model.train()
+        was_training = ctx.model.training
+        ctx.model.eval()  # gradients only: BN running statistics must not move (matters for --epochs 0)
         for i, (x, y) in enumerate(ctx.train_loader):
             if i == TAYLOR_BATCHES:
                 break
             ctx.loss_fn(ctx.model(x.to(ctx.device)), y.to(ctx.device)).backward()
+        ctx.model.train(was_training)
 
     def _prune_step(self) -> None:
         ctx = self.ctx
@@ -75,7 +78,10 @@ class ImportanceBaseline(Method):
         scores = self._scores()
         for gid, s in scores.items():  # channels pruned by an earlier step stay pruned
             s[~self._masks[gid]] = -float("inf")
-        self._masks = solve_masks(ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio)
+        caps = {gid: int(m.sum()) for gid, m in self._masks.items()}
+        self._masks = solve_masks(
+            ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio, caps=caps
+        )
         ctx.graph.apply_masks(self._masks)
         drop = ctx.budget.drop(self._masks, ctx.metric)
         self.log.append({"step": self.done_steps, "target": target, f"{ctx.metric}_drop": drop})
