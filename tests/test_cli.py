@@ -139,6 +139,10 @@ BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
     "resume-without-checkpoint": _case_resume_without_checkpoint,
     "config-unknown-option": _case_config_unknown,
     "target-flops-not-a-number": lambda d: [*_PRUNE_BASE, "--target-flops", "half", "--out", "run"],
+    "device-unknown": lambda d: [*_PRUNE_OK, "--device", "tpu7", "--out", "run"],
+    "recipe-bad-value": _recipe_case({"prune": {**_RECIPE_PRUNE, "epochs": "many"}}),
+    "recipe-bad-provider": _recipe_case({"prune": _RECIPE_PRUNE, "bench": {"provider": "gpu9"}}),
+    "recipe-no-model": _recipe_case({"prune": {"out": "run", "target_flops": 0.4}}),
 }
 EXPECT_IN_MESSAGE = {
     "unknown-model": "resnet99",
@@ -156,6 +160,10 @@ EXPECT_IN_MESSAGE = {
     "resume-without-checkpoint": "checkpoint",
     "config-unknown-option": "not_an_option",
     "target-flops-not-a-number": "half",
+    "device-unknown": "tpu7",
+    "recipe-bad-value": "many",
+    "recipe-bad-provider": "gpu9",
+    "recipe-no-model": "model",
 }
 
 
@@ -432,3 +440,14 @@ def test_resume_after_kill_completes_the_run(tmp_path: Path) -> None:
     assert got["state_dict"].keys() == want["state_dict"].keys()
     for key, value in want["state_dict"].items():
         torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_unreachable_target_fails_before_any_work(tmp_path: Path) -> None:
+    """A target the graph cannot reach is a failed gate (exit 1), known before training: nothing is written."""
+    out = tmp_path / "run"
+    args = [*_PRUNE_BASE, "--target-flops", "0.95", "--max-layer-ratio", "0.5", "--pretrain-epochs", "3"]
+    proc = subprocess.run(_cmd([*args, "--out", str(out)]), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    _assert_one_line(proc.stderr)
+    assert "out of reach" in proc.stderr
+    assert not out.exists()
