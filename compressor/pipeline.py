@@ -144,6 +144,30 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
         raise BadInput(f"--out {out} is not empty: pass --resume to continue it or --overwrite to replace it")
     if cfg.resume and not (out / "checkpoint.pt").is_file():
         raise BadInput(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+    if cfg.resume:
+        _check_resume_config(out, cfg)
+
+
+# Options that change what a checkpoint means; the rest (device, quiet, ...) may differ on --resume.
+RESUME_FIXED = ("model", "data", "method", "weights", "target_flops", "target_params", "epochs", "pretrain_epochs",
+                "steps", "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
+                "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
+                "in_channels", "seed")  # fmt: skip
+
+
+def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
+    saved_path = out / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise BadInput(f"--resume: {saved_path} is missing or unreadable; cannot check the run's options")
+    changed = [k for k in RESUME_FIXED if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        k = changed[0]
+        raise BadInput(f"--resume: --{k.replace('_', '-')} was {saved[k]!r} in this run, now {getattr(cfg, k)!r}"
+                       f" ({len(changed)} option(s) differ; resume with the run's options)")  # fmt: skip
 
 
 def prune(cfg: PruneConfig) -> dict[str, Any]:
@@ -176,6 +200,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     resume_state = read_checkpoint(out / "checkpoint.pt", "checkpoint") if cfg.resume else None
+    if resume_state is not None:
+        _rewind_history(out / "history.jsonl", resume_state)
     write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     t_start = time.perf_counter()
     history_rows: list[dict[str, Any]] = []
@@ -274,6 +300,13 @@ def _history(out: Path, pretrain: list[dict[str, Any]], prune: list[dict[str, An
         rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
         pretrain = [r for r in rows if r.get("phase") == "pretrain"]
     return pretrain + prune
+
+
+def _rewind_history(path: Path, state: dict[str, Any]) -> None:
+    """Make history.jsonl match the checkpoint: a kill between the row and the checkpoint leaves one extra row."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    earlier = [r for r in rows if state["phase"] == "prune" and r.get("phase") == "pretrain"]
+    write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in earlier + list(state["history"])))
 
 
 def _method_names() -> list[str]:

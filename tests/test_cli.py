@@ -114,6 +114,13 @@ def _case_out_not_empty(d: Path) -> list[str]:
     return [*_PRUNE_OK, "--out", "run"]
 
 
+def _case_resume_changed_option(d: Path) -> list[str]:
+    (d / "run").mkdir()
+    (d / "run" / "config.yaml").write_text(yaml.safe_dump({"model": "cifar:resnet20", "target_flops": 0.3}))
+    (d / "run" / "checkpoint.pt").write_bytes(b"not read: the options are checked first")
+    return [*_PRUNE_OK, "--out", "run", "--resume"]
+
+
 def _case_resume_without_checkpoint(d: Path) -> list[str]:
     (d / "run").mkdir()
     (d / "run" / "notes.txt").write_text("keep me\n")
@@ -139,6 +146,7 @@ BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
     "resume-without-checkpoint": _case_resume_without_checkpoint,
     "config-unknown-option": _case_config_unknown,
     "target-flops-not-a-number": lambda d: [*_PRUNE_BASE, "--target-flops", "half", "--out", "run"],
+    "resume-changed-option": _case_resume_changed_option,
     "device-unknown": lambda d: [*_PRUNE_OK, "--device", "tpu7", "--out", "run"],
     "recipe-bad-value": _recipe_case({"prune": {**_RECIPE_PRUNE, "epochs": "many"}}),
     "recipe-bad-provider": _recipe_case({"prune": _RECIPE_PRUNE, "bench": {"provider": "gpu9"}}),
@@ -160,6 +168,7 @@ EXPECT_IN_MESSAGE = {
     "resume-without-checkpoint": "checkpoint",
     "config-unknown-option": "not_an_option",
     "target-flops-not-a-number": "half",
+    "resume-changed-option": "--target-flops was 0.3",
     "device-unknown": "tpu7",
     "recipe-bad-value": "many",
     "recipe-bad-provider": "gpu9",
