@@ -13,23 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from zoo import MODELS, NUM_CLASSES
 
 from compressor.budget import Budget, masks_from_counts, solve_counts, solve_masks
 from compressor.errors import GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
 from compressor.models import build_model
 
-NUM_CLASSES = 10
-TV_SHAPE = (3, 64, 64)
-MODELS = [
-    ("torchvision:resnet18", TV_SHAPE),
-    ("torchvision:mobilenet_v2", TV_SHAPE),
-    ("torchvision:efficientnet_b0", TV_SHAPE),
-    ("torchvision:googlenet", TV_SHAPE),  # concat
-    ("torchvision:densenet121", TV_SHAPE),  # concat
-    ("cifar:resnet20", (1, 28, 28)),
-    ("cifar:vgg16", (3, 32, 32)),
-]
 MAX_RATIO = 0.8  # solve_counts' default
 
 pytestmark = pytest.mark.usefixtures("one_thread")

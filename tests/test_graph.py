@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from zoo import MODELS, NUM_CLASSES
 
 from compressor.errors import BadInput
 from compressor.graph import (
@@ -27,17 +28,6 @@ from compressor.graph import (
 )
 from compressor.models import build_model
 
-NUM_CLASSES = 10
-TV_SHAPE = (3, 64, 64)
-MODELS = [
-    ("torchvision:resnet18", TV_SHAPE),
-    ("torchvision:mobilenet_v2", TV_SHAPE),
-    ("torchvision:efficientnet_b0", TV_SHAPE),
-    ("torchvision:googlenet", TV_SHAPE),  # concat
-    ("torchvision:densenet121", TV_SHAPE),  # concat
-    ("cifar:resnet20", (1, 28, 28)),
-    ("cifar:vgg16", (3, 32, 32)),
-]
 SEEDS = [0, 1]
 MAX_RATIO = 0.8
 
