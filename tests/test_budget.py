@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from zoo import MODELS, NUM_CLASSES
+from zoo import MODELS, NUM_CLASSES, random_masks
 
 from compressor.budget import Budget, masks_from_counts, solve_counts, solve_masks
 from compressor.errors import GateFailed
@@ -48,18 +48,6 @@ def case(request) -> Case:
     graph = PruningGraph(model, torch.randn(1, *shape), arch=name)
     flops, params = count_ops_and_params(model, shape)
     return Case(name, shape, model, graph, Budget(graph), flops, params)
-
-
-def random_masks(graph: PruningGraph, seed: int, max_ratio: float = MAX_RATIO) -> dict[int, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    masks = {}
-    for g in graph.groups:
-        allowed = graph.allowed_keep(g.id, max_ratio)
-        k = allowed[int(torch.randint(len(allowed), (1,), generator=gen))]
-        mask = torch.zeros(g.size, dtype=torch.bool)
-        mask[torch.randperm(g.size, generator=gen)[:k]] = True
-        masks[g.id] = mask
-    return masks
 
 
 def random_scores(graph: PruningGraph, seed: int) -> dict[int, torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from zoo import MODELS, NUM_CLASSES
+from zoo import MODELS, NUM_CLASSES, random_masks
 
 from compressor.errors import BadInput
 from compressor.graph import (
@@ -55,18 +55,6 @@ def calibrate_bn(model: nn.Module, shape: tuple[int, ...]) -> None:
     model.train()
     model(torch.randn(8, *shape))
     model.eval()
-
-
-def random_masks(graph: PruningGraph, seed: int, max_ratio: float = MAX_RATIO) -> dict[int, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    masks = {}
-    for g in graph.groups:
-        allowed = graph.allowed_keep(g.id, max_ratio)
-        k = allowed[int(torch.randint(len(allowed), (1,), generator=gen))]
-        mask = torch.zeros(g.size, dtype=torch.bool)
-        mask[torch.randperm(g.size, generator=gen)[:k]] = True
-        masks[g.id] = mask
-    return masks
 
 
 def n_params(model: nn.Module) -> int:
