@@ -239,10 +239,6 @@ class PruningGraph:
                 if pos:
                     _zero(mod, m.side, pos, zero_inputs)
 
-    def masked_weight_views(self, gid: int) -> list[tuple[nn.Module, str, list[int], list[int]]]:
-        """(module, side, layer idxs, root idxs) of a group's weight-carrying members, for scoring."""
-        return [(m.module, m.side, m.idxs, m.root_idxs) for m in self.groups[gid].members]
-
     def tp_importance(self, importance: Callable[[Any], torch.Tensor], gid: int) -> torch.Tensor:
         """Score a group's root channels with a Torch-Pruning importance (full-index group)."""
         scores = importance(self.groups[gid].tp_group)

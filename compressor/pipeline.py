@@ -173,8 +173,7 @@ def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
 def prune(cfg: PruneConfig) -> dict[str, Any]:
     """Train (optionally), prune to the target, materialize, evaluate and write the run directory."""
     metric, target = cfg.target()
-    if cfg.method not in _method_names():
-        raise BadInput(f"unknown method {cfg.method!r}; choose one of: {', '.join(_method_names())}")
+    method = build_method(cfg.method, steps=cfg.steps, seed=cfg.seed)  # an unknown name is BadInput here
     out = Path(cfg.out)
     _prepare_out(out, cfg)
     progress = Progress(enabled=not cfg.quiet)
@@ -200,11 +199,9 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     resume_state = read_checkpoint(out / "checkpoint.pt", "checkpoint") if cfg.resume else None
-    if resume_state is not None:
-        _rewind_history(out / "history.jsonl", resume_state)
+    history_rows = _rewind_history(out / "history.jsonl", resume_state) if resume_state else []
     write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     t_start = time.perf_counter()
-    history_rows: list[dict[str, Any]] = []
 
     # 1. dense training (from scratch) when asked
     if cfg.pretrain_epochs > 0 and not (resume_state and resume_state["phase"] == "prune"):
@@ -215,11 +212,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
             trainer.resume(resume_state)
         trainer.fit()
         history_rows += trainer.history
-        with atomic_path(out / "dense.pt") as tmp:
-            torch.save(pruned_payload(spec, input_shape, [], model.cpu()), tmp)
     elif resume_state and (out / "dense.pt").is_file():
         model.load_state_dict(read_checkpoint(out / "dense.pt", "dense model")["state_dict"])
-    model.to(device)
     dense_eval = evaluate(model, data.test, device)
     dense_flops, dense_params = count_ops_and_params(model.cpu(), input_shape)
     if not (out / "dense.pt").is_file():
@@ -229,7 +223,6 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
 
     # 2. prune with the method (and fine-tune for cfg.epochs)
     model.to(device)
-    method = build_method(cfg.method, steps=cfg.steps, seed=cfg.seed)
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=cfg.epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train,
                   loss_fn=torch.nn.CrossEntropyLoss(), device=device, max_ratio=cfg.max_layer_ratio,
@@ -281,7 +274,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         round_to=cfg.round_to,
         groups=group_table(graph, masks),
         skipped=graph.skipped,
-        history=_history(out, history_rows, trainer.history),
+        history=history_rows + trainer.history,
         seconds=round(time.perf_counter() - t_start, 1),
     )
     with atomic_path(out / "pruned.pt") as tmp:
@@ -294,25 +287,13 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     return report
 
 
-def _history(out: Path, pretrain: list[dict[str, Any]], prune: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every epoch of the run; on resume the pretraining rows come from history.jsonl."""
-    if not pretrain and (out / "history.jsonl").is_file():
-        rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
-        pretrain = [r for r in rows if r.get("phase") == "pretrain"]
-    return pretrain + prune
-
-
-def _rewind_history(path: Path, state: dict[str, Any]) -> None:
-    """Make history.jsonl match the checkpoint: a kill between the row and the checkpoint leaves one extra row."""
+def _rewind_history(path: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Make history.jsonl match the checkpoint (a kill between the row and the checkpoint leaves one extra row);
+    return the rows of the phases before the checkpoint's (pretraining, when resuming the prune phase)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     earlier = [r for r in rows if state["phase"] == "prune" and r.get("phase") == "pretrain"]
     write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in earlier + list(state["history"])))
-
-
-def _method_names() -> list[str]:
-    from compressor.methods import METHODS
-
-    return sorted(METHODS)
+    return earlier
 
 
 def _train_cfg(cfg: PruneConfig, epochs: int, lr: float) -> TrainConfig:

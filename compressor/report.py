@@ -1,9 +1,7 @@
-"""The schema-versioned run report (report.json) and its Markdown / CSV renderings."""
+"""The schema-versioned run report (report.json) and its Markdown rendering."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -26,15 +24,6 @@ def group_table(graph: Any, masks: dict[int, Any]) -> list[dict[str, Any]]:
         }
         for g in graph.groups
     ]
-
-
-def groups_csv(report: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["group", "root", "channels", "kept"])
-    for row in report.get("groups", []):
-        writer.writerow([row["group"], row["root"], row["channels"], row["kept"]])
-    return buf.getvalue()
 
 
 def _pct(x: float | None) -> str:

@@ -21,10 +21,11 @@ def test_rewind_history_drops_rows_the_checkpoint_does_not_have(tmp_path: Path) 
     path = tmp_path / "history.jsonl"
     rows = [("pretrain", 1), ("pretrain", 2), ("prune", 1), ("prune", 2)]
     path.write_text("".join(json.dumps({"phase": p, "epoch": e}) + "\n" for p, e in rows))
-    _rewind_history(path, {"phase": "prune", "history": [{"phase": "prune", "epoch": 1}]})
+    earlier = _rewind_history(path, {"phase": "prune", "history": [{"phase": "prune", "epoch": 1}]})
     assert _rows(path) == [("pretrain", 1), ("pretrain", 2), ("prune", 1)]
-    _rewind_history(path, {"phase": "pretrain", "history": [{"phase": "pretrain", "epoch": 1}]})
-    assert _rows(path) == [("pretrain", 1)]
+    assert [(r["phase"], r["epoch"]) for r in earlier] == [("pretrain", 1), ("pretrain", 2)]
+    earlier = _rewind_history(path, {"phase": "pretrain", "history": [{"phase": "pretrain", "epoch": 1}]})
+    assert _rows(path) == [("pretrain", 1)] and earlier == []
 
 
 def test_resume_accepts_same_options_and_refuses_changed_ones(tmp_path: Path) -> None:
