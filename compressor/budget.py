@@ -99,19 +99,23 @@ def solve_counts(
     max_ratio: float = 0.8,
     tol: float = 0.005,
     caps: Mapping[int, int] | None = None,
+    floors: Mapping[int, int] | None = None,
 ) -> dict[int, int]:
     """Kept channel count per group so that the ``metric`` drop reaches ``target`` by at most ``tol``.
 
     Group g removes ratio ``p_g = clip(c * w_g, 0, max_ratio)`` (uniform when ``weights`` is None); the
     scalar ``c`` is found by bisection, then single/pair moves of one rounding unit close the gap the
-    rounding leaves. ``caps`` bounds a group's kept count (an iterative method never revives channels; on
-    coarse groups this can leave the drop above ``target + tol``). Raises :class:`GateFailed` when the
+    rounding leaves. ``caps`` bounds a group's kept count from above (an iterative method never revives
+    channels; on coarse groups this can leave the drop above ``target + tol``), ``floors`` from below (PSAP's
+    protected channels; other groups then prune more). Raises :class:`GateFailed` when the
     target is out of reach.
     """
     groups = graph.groups
     allowed = {g.id: graph.allowed_keep(g.id, max_ratio) for g in groups}
     for gid, cap in (caps or {}).items():
         allowed[gid] = [k for k in allowed[gid] if k <= cap] or [min(allowed[gid])]
+    for gid, floor in (floors or {}).items():
+        allowed[gid] = [k for k in allowed[gid] if k >= floor] or [max(allowed[gid])]
     w = {g.id: max(float((weights or {}).get(g.id, 1.0)), 0.0) for g in groups}
 
     def counts_at(c: float) -> dict[int, int]:

@@ -80,6 +80,35 @@ def main() -> None:
     """compress: prune CNN filters, export verified ONNX, measure real latency."""
 
 
+# PSAP (see README "PSAP"): the paper fixes sparsity-set ratios and gradient protection; the rest is our reading.
+psap_options = [
+    click.option("--psap-beta", type=float, default=0.05, show_default=True,
+                 help="PSAP sparsity: a weight is sparse when |w| <= beta * mean|W_g| (our reading)."),
+    click.option("--psap-sparsity", type=click.Choice(["weight", "filter"]), default="weight", show_default=True,
+                 help="PSAP sparsity over weights, or over channel L2 norms (<= beta-filter * mean norm)."),
+    click.option("--psap-beta-filter", type=float, default=0.5, show_default=True,
+                 help="PSAP filter-level sparsity threshold (our choice; the spec leaves it open)."),
+    click.option("--psap-pulse-iters", type=int, default=20, show_default=True,
+                 help="PSAP protection: iterations after a step over which gradient pulses accumulate."),
+    click.option("--psap-gamma", type=float, default=1.0, show_default=True,
+                 help="PSAP protection: protect when pulse >= gamma * median pulse of kept channels."),
+    click.option("--psap-pulse", type=click.Choice(["raw", "scaled"]), default="raw", show_default=True,
+                 help="PSAP pulse: the spec's sum ||grad||, or sum ||grad||*||w|| (scale-free behind BN; "
+                 "needs --psap-regrow, held-zero filters have no norm)."),
+    click.option("--psap-regrow/--no-psap-regrow", default=False, show_default=True,
+                 help="PSAP: let pruned filters train freely between steps (SFP, the spec); default holds them "
+                 "at zero so they come back only through protection (measured better, see README)."),
+    click.option("--psap-adaptive/--no-psap-adaptive", default=True, show_default=True,
+                 help="PSAP: sparsity-adaptive per-group ratios (off: uniform, as SFP)."),
+    click.option("--psap-protect/--no-psap-protect", default=True, show_default=True,
+                 help="PSAP: gradient-pulse protection of pruned channels."),
+    click.option("--psap-restore/--no-psap-restore", default=True, show_default=True,
+                 help="PSAP: restore protected channels' weights from their snapshot."),
+    click.option("--psap-zero-bn/--no-psap-zero-bn", default=False, show_default=True,
+                 help="PSAP: also zero BN gamma/beta of pruned channels (the spec; freezes them: no regrowth)."),
+]  # fmt: skip
+
+
 def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option(
@@ -97,7 +126,12 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--data-dir", default=None, help="Where the dataset lives (default: its standard place)."),
         click.option("--download", is_flag=True, help="Download the dataset if missing (needs a network)."),
-        click.option("--method", default="l2", show_default=True, help="l1 | l2 | bn-scale | taylor | random."),
+        click.option(
+            "--method", default="psap", show_default=True, help="psap | l1 | l2 | bn-scale | taylor | random."
+        ),  # fmt: skip
+        click.option(
+            "--from-scratch", is_flag=True, help="Random init, prune during the whole training (SFP style)."
+        ),  # fmt: skip
         click.option("--target-flops", type=float, default=None, help="FLOPs (MACs) drop to reach, e.g. 0.5."),
         click.option("--target-params", type=float, default=None, help="Parameter drop to reach."),
         click.option(
@@ -114,7 +148,23 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Train the dense model from scratch for N epochs first.",
         ),
-        click.option("--steps", type=int, default=1, show_default=True, help="Pruning steps (iterative)."),
+        click.option("--steps", type=int, default=1, show_default=True, help="Pruning steps (baselines, iterative)."),
+        click.option("--prune-every", type=int, default=1, show_default=True, help="PSAP: a step every N epochs."),
+        click.option(
+            "--prune-schedule",
+            type=click.Choice(["cubic", "constant"]),
+            default=None,
+            help="PSAP step targets: cubic ramp over the first half (default from weights) or the full "
+            "target at every step (default with --from-scratch).",
+        ),  # fmt: skip
+        click.option(
+            "--finetune-epochs",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Train the physically pruned model N more epochs.",
+        ),  # fmt: skip
+        click.option("--finetune-lr", type=float, default=None, help="Fine-tuning LR (default: --lr)."),
         click.option(
             "--round-to",
             type=int,
@@ -148,6 +198,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint."),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory."),
         click.option("--quiet", is_flag=True, help="No progress output."),
+        *psap_options,
     ]
     for opt in reversed(opts):
         f = opt(f)

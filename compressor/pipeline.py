@@ -18,9 +18,9 @@ from compressor.budget import Budget, solve_counts
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, one_line
 from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
-from compressor.methods import Context, build_method
+from compressor.methods import Context, Method, build_method
 from compressor.models import build_model, load_weights, read_checkpoint
-from compressor.report import build_report, group_table, render_markdown
+from compressor.report import build_report, group_table, plot_kept_ratios, render_markdown
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, pick_device, seed_everything
 
 TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
@@ -52,13 +52,18 @@ class PruneConfig:
     model: str
     out: str
     data: str = "fashion-mnist"
-    method: str = "l2"
+    method: str = "psap"
     weights: str | None = None
+    from_scratch: bool = False
     target_flops: float | None = None
     target_params: float | None = None
     epochs: int = 0
     pretrain_epochs: int = 0
     steps: int = 1
+    prune_every: int = 1
+    prune_schedule: str | None = None
+    finetune_epochs: int = 0
+    finetune_lr: float | None = None
     round_to: int = 8
     max_layer_ratio: float = 0.8
     lr: float = 0.05
@@ -81,6 +86,17 @@ class PruneConfig:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
+    psap_beta: float = 0.05
+    psap_sparsity: str = "weight"
+    psap_beta_filter: float = 0.5
+    psap_pulse_iters: int = 20
+    psap_gamma: float = 1.0
+    psap_pulse: str = "raw"
+    psap_adaptive: bool = True
+    psap_protect: bool = True
+    psap_restore: bool = True
+    psap_zero_bn: bool = False
+    psap_regrow: bool = False
 
     def __post_init__(self) -> None:
         """Recipes give raw YAML values: coerce each to its field's type or fail with BadInput."""
@@ -102,6 +118,26 @@ class PruneConfig:
         if not 0.0 < float(value) < 1.0:
             raise BadInput(f"--target-{metric} must be a drop fraction strictly between 0 and 1, got {value}")
         return metric, float(value)
+
+    def check(self) -> None:
+        """Options that contradict each other are BadInput before any work."""
+        if self.from_scratch and self.weights:
+            raise BadInput("--from-scratch starts from random weights: drop --weights")
+        if self.from_scratch and self.pretrain_epochs:
+            raise BadInput("--from-scratch prunes during training from random init: drop --pretrain-epochs")
+        if self.from_scratch and self.epochs < 1:
+            raise BadInput("--from-scratch needs --epochs >= 1")
+        for name in ("epochs", "pretrain_epochs", "finetune_epochs", "psap_pulse_iters"):
+            if getattr(self, name) < 0:
+                raise BadInput(f"--{name.replace('_', '-')} must be >= 0")
+        if self.prune_every < 1 or self.steps < 1:
+            raise BadInput("--prune-every and --steps must be >= 1")
+
+    def method_options(self) -> dict[str, Any]:
+        """Every method option; each method's factory takes the ones it uses."""
+        return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every,
+                "from_scratch": self.from_scratch, "schedule": self.prune_schedule,
+                **{k.removeprefix("psap_"): getattr(self, k) for k in vars(self) if k.startswith("psap_")}}  # fmt: skip
 
 
 def model_spec(cfg: PruneConfig, num_classes: int, in_channels: int) -> dict[str, Any]:
@@ -149,10 +185,13 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
 
 
 # Options that change what a checkpoint means; the rest (device, quiet, ...) may differ on --resume.
-RESUME_FIXED = ("model", "data", "method", "weights", "target_flops", "target_params", "epochs", "pretrain_epochs",
-                "steps", "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
+RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_flops", "target_params", "epochs",
+                "pretrain_epochs", "finetune_epochs", "finetune_lr", "steps", "prune_every", "prune_schedule",
+                "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
                 "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
-                "in_channels", "seed")  # fmt: skip
+                "in_channels", "seed", "psap_beta", "psap_sparsity", "psap_beta_filter", "psap_pulse_iters",
+                "psap_gamma", "psap_pulse", "psap_adaptive", "psap_protect", "psap_restore",
+                "psap_zero_bn", "psap_regrow")  # fmt: skip
 
 
 def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
@@ -173,7 +212,8 @@ def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
 def prune(cfg: PruneConfig) -> dict[str, Any]:
     """Train (optionally), prune to the target, materialize, evaluate and write the run directory."""
     metric, target = cfg.target()
-    method = build_method(cfg.method, steps=cfg.steps, seed=cfg.seed)  # an unknown name is BadInput here
+    cfg.check()
+    method = build_method(cfg.method, **cfg.method_options())  # an unknown name or option value is BadInput
     out = Path(cfg.out)
     _prepare_out(out, cfg)
     progress = Progress(enabled=not cfg.quiet)
@@ -203,8 +243,9 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     t_start = time.perf_counter()
 
+    phase = resume_state["phase"] if resume_state else "pretrain"
     # 1. dense training (from scratch) when asked
-    if cfg.pretrain_epochs > 0 and not (resume_state and resume_state["phase"] == "prune"):
+    if cfg.pretrain_epochs > 0 and phase == "pretrain":
         trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.pretrain_epochs, cfg.pretrain_lr),
                           device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
                           progress=progress, phase="pretrain")  # fmt: skip
@@ -222,6 +263,10 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     progress.log(f"dense: acc={dense_eval['acc']:.4f} MACs={dense_flops / 1e6:.2f}M params={dense_params / 1e6:.3f}M")
 
     # 2. prune with the method (and fine-tune for cfg.epochs)
+    run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape, dense_eval,
+               (dense_flops, dense_params), t_start)  # fmt: skip
+    if phase == "finetune":
+        return _finetune(run, resume_state, history_rows)
     model.to(device)
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=cfg.epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train,
@@ -232,16 +277,99 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                       device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
                       progress=progress, phase="prune")  # fmt: skip
     ctx.optimizer = trainer.optimizer
-    if resume_state and resume_state["phase"] == "prune":
-        trainer.resume(resume_state)
-        graph.apply_masks(method.masks())
+    if phase == "prune":
+        trainer.resume(resume_state)  # the checkpoint holds the (soft-masked) model exactly
     trainer.fit()
     masks = method.masks()
 
-    # 3. materialize, measure, evaluate, save
+    # 3. materialize (then fine-tune the slim model when asked)
     slim, history = graph.materialize(masks, model.cpu())
+    history_rows += trainer.history
+    holder = Finished(masks, getattr(method, "log", []), getattr(method, "steps", cfg.steps))
+    if cfg.finetune_epochs > 0:
+        with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the fine-tuning
+            torch.save(pruned_payload(spec, input_shape, history, slim), tmp)
+        return _finetune(run, {"holder": holder, "slim": slim}, history_rows)
+    return _finish(run, slim, history, holder, history_rows)
+
+
+@dataclass
+class _Run:
+    """What the phases after pruning share."""
+
+    cfg: PruneConfig
+    out: Path
+    data: Any
+    device: torch.device
+    progress: Progress
+    graph: PruningGraph
+    budget: Budget
+    metric: str
+    target: float
+    spec: dict[str, Any]
+    input_shape: tuple[int, ...]
+    dense_eval: dict[str, Any]
+    dense_counts: tuple[float, float]
+    t_start: float
+
+
+class Finished(Method):
+    """A finished method's masks and log, carried through the fine-tuning phase and its checkpoints."""
+
+    def __init__(self, masks: dict[int, torch.Tensor], log: list[dict[str, Any]], steps: int) -> None:
+        super().__init__()
+        self._masks, self.log, self.steps, self.finished = masks, log, steps, True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "log": self.log, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.log, self.steps = list(state["log"]), int(state["steps"])
+
+
+def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Train the materialized model for ``cfg.finetune_epochs`` (resumable), then finish the run."""
+    cfg, out = run.cfg, run.out
+    if "holder" in state:
+        holder, slim = state["holder"], state["slim"]
+    else:  # resuming: the slim architecture is in pruned.pt, the weights in the checkpoint
+        slim, _ = load_pruned(out / "pruned.pt", trust_code=cfg.trust_code)
+        holder = Finished({}, [], cfg.steps)
+    lr = cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr
+    trainer = Trainer(slim, run.data.train, run.data.val, _train_cfg(cfg, cfg.finetune_epochs, lr), method=holder,
+                      device=run.device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
+                      progress=run.progress, phase="finetune")  # fmt: skip
+    if "holder" not in state:
+        trainer.resume(state)
+    trainer.fit()
+    history = read_checkpoint(out / "pruned.pt", "pruned model")["history"]
+    return _finish(run, slim, history, holder, history_rows + trainer.history)
+
+
+def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
+            history_rows: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """Measure, evaluate and write the run directory (report, pruned.pt, plot); gate the target."""
+    cfg, out, data, graph, budget, metric, target = (
+        run.cfg,
+        run.out,
+        run.data,
+        run.graph,
+        run.budget,
+        run.metric,
+        run.target,
+    )
+    spec, input_shape, dense_eval, (dense_flops, dense_params) = (
+        run.spec,
+        run.input_shape,
+        run.dense_eval,
+        run.dense_counts,
+    )
+    masks = method.masks()
+    slim = slim.cpu()
+    num_classes, in_channels = spec["num_classes"], spec["in_channels"]
     flops, params = count_ops_and_params(slim, input_shape)
-    pruned_eval = evaluate(slim, data.test, device)
+    pruned_eval = evaluate(slim, data.test, run.device)
     achieved = 1 - (flops if metric == "flops" else params) / (dense_flops if metric == "flops" else dense_params)
     report = build_report(
         tool={"name": "compress", "version": tool_version()},
@@ -254,7 +382,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
             "weights": cfg.weights,
         },  # fmt: skip
         data={"spec": cfg.data, "sizes": getattr(data, "sizes", None)},
-        method={"name": cfg.method, "steps": getattr(method, "steps", cfg.steps), "log": getattr(method, "log", [])},
+        method={"name": cfg.method, "options": _method_report_options(cfg), "steps": method.steps, "log": method.log},
         target={
             "metric": metric,
             "value": target,
@@ -274,13 +402,15 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         round_to=cfg.round_to,
         groups=group_table(graph, masks),
         skipped=graph.skipped,
-        history=history_rows + trainer.history,
-        seconds=round(time.perf_counter() - t_start, 1),
+        history=history_rows,
+        seconds=round(time.perf_counter() - run.t_start, 1),
     )
     with atomic_path(out / "pruned.pt") as tmp:
         torch.save(pruned_payload(spec, input_shape, history, slim, {"report": _summary(report)}), tmp)
     write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
+    if cfg.method == "psap" and method.log:
+        plot_kept_ratios(method.log, out / "psap_kept.png", title=f"{cfg.model} · psap · {cfg.data}")
     (out / "checkpoint.pt").unlink(missing_ok=True)
     if not report["target"]["met"]:
         raise GateFailed(f"target {metric} drop {target} not met: achieved {achieved:.4f}")
@@ -291,9 +421,19 @@ def _rewind_history(path: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
     """Make history.jsonl match the checkpoint (a kill between the row and the checkpoint leaves one extra row);
     return the rows of the phases before the checkpoint's (pretraining, when resuming the prune phase)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    earlier = [r for r in rows if state["phase"] == "prune" and r.get("phase") == "pretrain"]
+    before = PHASES[: PHASES.index(state["phase"])]
+    earlier = [r for r in rows if r.get("phase") in before]
     write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in earlier + list(state["history"])))
     return earlier
+
+
+PHASES = ("pretrain", "prune", "finetune")
+
+
+def _method_report_options(cfg: PruneConfig) -> dict[str, Any]:
+    if cfg.method == "psap":
+        return {k: v for k, v in cfg.method_options().items() if k != "steps"}
+    return {"steps": cfg.steps, "from_scratch": cfg.from_scratch}
 
 
 def _train_cfg(cfg: PruneConfig, epochs: int, lr: float) -> TrainConfig:

@@ -56,3 +56,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("skipped"):
         lines += ["", "Left alone:", ""] + [f"- `{name}`: {why}" for name, why in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def plot_kept_ratios(log: list[dict[str, Any]], path: Any, title: str = "") -> None:
+    """PNG of each group's kept-channel ratio over pruning steps (PSAP's per-step records), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compressor.atomic import atomic_path
+
+    steps = [rec["step"] for rec in log]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    names = [g["name"] for g in log[0]["groups"]]
+    for i, name in enumerate(names):
+        ax.plot(steps, [1 - rec["groups"][i]["p"] for rec in log], marker=".", linewidth=1, label=name)
+    ax.set_xlabel("pruning step")
+    ax.set_ylabel("kept channel ratio")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "kept ratio per channel group")
+    if len(names) <= 24:
+        ax.legend(fontsize=6, ncol=2, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -145,9 +145,9 @@ class Trainer:
                 correct += int((out.argmax(1) == y).sum())
                 seen += len(y)
             row = {"phase": self.phase, "epoch": epoch + 1, "lr": self.lr_at(epoch),
-                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                   "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}  # fmt: skip
             row.update(self.method.on_epoch_end(epoch))
+            row["seconds"] = round(time.perf_counter() - t0, 3)  # training + the method's epoch-end work
             if self.val_loader is not None:
                 val = evaluate(self.model, self.val_loader, self.device)
                 row.update(val_loss=val["loss"], val_acc=val["acc"])
@@ -157,7 +157,7 @@ class Trainer:
                 + " ".join(
                     f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in row.items()
-                    if k not in ("phase", "epoch")
+                    if k not in ("phase", "epoch") and not isinstance(v, (dict, list))
                 )  # fmt: skip
             )
             self._append_history(row)
