@@ -91,7 +91,7 @@ class PruneConfig:
     psap_beta_filter: float = 0.5
     psap_pulse_iters: int = 20
     psap_gamma: float = 1.0
-    psap_pulse: str = "raw"
+    psap_pulse: str = "bn"
     psap_adaptive: bool = True
     psap_protect: bool = True
     psap_restore: bool = True

@@ -197,3 +197,19 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+
+
+def test_held_channels_keep_their_first_snapshot(data) -> None:
+    model, graph, _, method, ctx = _setup(data, epochs=4, target=0.5, protect=False, adaptive=False)
+    method.setup(graph, ctx)
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method._step(epoch=1, final=False)
+    first = {g: m.clone() for g, m in method.masks().items()}
+    method._step(epoch=2, final=False)  # same norms (held at zero): the same channels stay pruned
+    gid = next(g for g, m in first.items() if not bool(m.all()))
+    still = ~first[gid] & ~method.masks()[gid]
+    assert bool(still.any())
+    snap = method.snapshots[gid]
+    rows = [r[still[snap["mask"]].nonzero().flatten()] for r in snap["rows"]]  # snapshot rows of `still`
+    for s, r in zip(method.zeroable[gid], rows, strict=True):
+        assert torch.equal(r, trained[s.name][s.rows_of(still)].cpu()), "a held channel's snapshot is its trained weights"

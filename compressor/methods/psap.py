@@ -36,6 +36,9 @@ from compressor.graph import Masks, PruningGraph
 from compressor.methods import channels as ch
 from compressor.methods.base import Context, Method
 
+PULSES = ("bn", "raw", "scaled")
+BN_EPS = 1e-5
+
 
 def weight_sparsity(weights: torch.Tensor, beta: float) -> float:
     """Fraction of weights with ``|w| <= beta * mean|w|`` (the spec's s_g)."""
@@ -62,14 +65,14 @@ class PSAP(Method):
 
     def __init__(self, *, seed: int = 0, steps: int = 1, prune_every: int = 1, beta: float = 0.05,
                  sparsity: str = "weight", beta_filter: float = 0.5, pulse_iters: int = 20, gamma: float = 1.0,
-                 pulse: str = "raw", adaptive: bool = True, protect: bool = True, restore: bool = True,
+                 pulse: str = "bn", adaptive: bool = True, protect: bool = True, restore: bool = True,
                  zero_bn: bool = False, from_scratch: bool = False,
                  schedule: str | None = None, bn_batches: int = 20, regrow: bool = False) -> None:  # fmt: skip
         super().__init__()
         if sparsity not in ("weight", "filter"):
             raise ValueError(f"psap sparsity must be weight or filter, got {sparsity!r}")
-        if pulse not in ("raw", "scaled"):
-            raise ValueError(f"psap pulse must be raw or scaled, got {pulse!r}")
+        if pulse not in PULSES:
+            raise ValueError(f"psap pulse must be one of {', '.join(PULSES)}, got {pulse!r}")
         self.prune_every, self.beta, self.sparsity, self.beta_filter = max(1, prune_every), beta, sparsity, beta_filter
         self.pulse_iters, self.gamma, self.pulse_mode = pulse_iters, gamma, pulse
         self.adaptive, self.protect, self.restore, self.zero_bn = adaptive, protect, restore, zero_bn
@@ -81,6 +84,8 @@ class PSAP(Method):
         self.log: list[dict[str, Any]] = []
         self.pulse: dict[int, torch.Tensor] = {}
         self.pulse_seen = 0
+        self._std: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._hooks: list[Any] = []
         self.protected: dict[int, torch.Tensor] = {}
         self.snapshots: dict[int, dict[str, Any]] = {}
 
@@ -109,8 +114,43 @@ class PSAP(Method):
             g = ch.sq_norms(slices, n, grad=True).sqrt()
             if self.pulse_mode == "scaled":
                 g = g * ch.sq_norms(slices, n).sqrt()
+            elif self.pulse_mode == "bn" and (std := self._group_std(gid)) is not None:
+                g = g * std
             self.pulse[gid] = self.pulse.get(gid, torch.zeros(n, dtype=torch.float64)) + g
         self.pulse_seen += 1
+        if self.pulse_seen >= self.pulse_iters:
+            self._watch(False)
+
+    def _watch(self, on: bool) -> None:
+        """While on, record each group's BN input std per channel at every forward (``pulse="bn"``)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self._std = [], {}
+        if not (on and self.protect and self.pulse_mode == "bn" and self.ctx is not None):
+            return
+        for g in self.ctx.graph.groups:
+            for k, (mod, pos, roots) in enumerate(ch.norm_modules(g)):
+                self._hooks.append(mod.register_forward_hook(self._std_hook(g.id, k, g.size, pos, roots)))
+
+    def _std_hook(self, gid: int, k: int, size: int, pos: torch.Tensor, roots: torch.Tensor) -> Any:
+        def hook(_mod: Any, inputs: tuple, _out: Any) -> None:
+            x = inputs[0].detach().float()
+            dims = [d for d in range(x.dim()) if d != 1]
+            std = (x.var(dim=dims, unbiased=False) + BN_EPS).sqrt().index_select(0, pos.to(x.device)).double().cpu()
+            acc = torch.zeros(size, dtype=torch.float64).index_add_(0, roots, std)
+            cnt = torch.zeros(size, dtype=torch.float64).index_add_(0, roots, torch.ones_like(std))
+            self._std.setdefault(gid, {})[k] = (acc, cnt)
+
+        return hook
+
+    def _group_std(self, gid: int) -> torch.Tensor | None:
+        """Mean BN input std per root channel over the group's norm layers (last forward)."""
+        parts = self._std.get(gid)
+        if not parts:
+            return None
+        acc = sum(a for a, _ in parts.values())
+        cnt = sum(c for _, c in parts.values())
+        return acc / cnt.clamp(min=1)
 
     def on_after_step(self, step: int) -> None:
         if self.regrow or not self.done_steps:
@@ -197,7 +237,7 @@ class PSAP(Method):
         norms = {g.id: ch.sq_norms(self.filters[g.id], g.size).sqrt() for g in graph.groups}
         s = {g.id: self._sparsity(g.id, norms[g.id]) for g in graph.groups}
         target = ctx.target if final or ctx.epochs == 0 else self.step_target(epoch)
-        protected = self._find_protected()
+        protected = {} if final else self._find_protected()  # nothing trains after the last step
         counts, protected, note = self._solve(self._weights(s), protected, target)
         scores = {gid: n.clone() for gid, n in norms.items()}
         for gid, m in protected.items():
@@ -210,20 +250,24 @@ class PSAP(Method):
                 ch.restore(self.zeroable[g.id], snap["mask"], snap["rows"], p)
                 ch.clear_momentum(self.zeroable[g.id], p, ctx.optimizer)
         rec = self._record(epoch, target, norms, s, masks, protected, prev, note)
-        self.snapshots = {}
+        old, self.snapshots = self.snapshots, {}
         for g in graph.groups:
             dropped = ~masks[g.id]
+            if not self.regrow and g.id in old:  # held at zero since an earlier step: keep that step's weights
+                ch.restore(self.zeroable[g.id], old[g.id]["mask"], old[g.id]["rows"], dropped & old[g.id]["mask"])
             if bool(dropped.any()):
                 self.snapshots[g.id] = {"mask": dropped.clone(), "rows": ch.take(self.zeroable[g.id], dropped)}
                 ch.zero(self.zeroable[g.id], dropped, ctx.optimizer)
                 ch.reset_running_stats(g, dropped)  # eval then sees the zero filter, not the regrown one's stats
+        if final:  # hard mask (BN beta, consumer inputs too): the model now equals the materialized one
+            graph.apply_masks(masks)
+            self.finished = True
+        # Re-estimate BN statistics: pruned channels changed downstream inputs (at the end: dropped beta constants)
         ch.recalibrate_bn(ctx.model, ctx.train_loader, self.bn_batches, ctx.device)
         self._masks, self.protected = masks, protected
         self.pulse, self.pulse_seen = {}, 0
         self.done_steps += 1
-        if final:
-            graph.apply_masks(masks)  # hard mask (BN, consumer inputs too): equals the materialized model
-            self.finished = True
+        self._watch(not final)
         self.log.append(rec)
         ctx.log(f"[psap] step {self.done_steps} (epoch {epoch}): target {target:.4f}, {ctx.metric} drop "
                 f"{rec['drop']:.4f}, protected {rec['protected']}" + (f" ({note})" if note else ""))  # fmt: skip
@@ -262,3 +306,4 @@ class PSAP(Method):
         self.done_steps, self.log = int(state["done_steps"]), list(state["log"])
         self.pulse, self.pulse_seen = dict(state["pulse"]), int(state["pulse_seen"])
         self.protected, self.snapshots = dict(state["protected"]), dict(state["snapshots"])
+        self._watch(bool(self.done_steps) and not self.finished and self.pulse_seen < self.pulse_iters)
