@@ -212,4 +212,4 @@ def test_held_channels_keep_their_first_snapshot(data) -> None:
     snap = method.snapshots[gid]
     rows = [r[still[snap["mask"]].nonzero().flatten()] for r in snap["rows"]]  # snapshot rows of `still`
     for s, r in zip(method.zeroable[gid], rows, strict=True):
-        assert torch.equal(r, trained[s.name][s.rows_of(still)].cpu()), "a held channel's snapshot is its trained weights"
+        assert torch.equal(r, trained[s.name][s.rows_of(still)].cpu()), "held: the trained weights"
