@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", type=_positive, default=1, help="worker processes for independent runs")
     ap.add_argument("--overhead-epochs", type=_non_negative, default=2, help="interleaved timing epochs (0: skip)")
+    ap.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="run only the interleaved overhead measurement (with --merge: into the existing results)",
+    )
     ap.add_argument("--out-dir", default="runs/accuracy", help="run directories")
     ap.add_argument("--results", default=str(RESULTS), help="path prefix of the .json and .md results")
     ap.add_argument("--merge", action="store_true", help="merge the rows into the existing results JSON")
@@ -705,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings["data_sizes"] = {k: min(n, subsets[k] or n) for k, n in full.sizes.items()}  # what load_data keeps
     invocation = {"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device,
                   "settings": settings}  # fmt: skip
-    dense_tasks, run_tasks = _plan(args)
+    dense_tasks, run_tasks = ([], []) if args.overhead_only else _plan(args)
     rows: list[dict[str, Any]] = []
     dense: dict[tuple, dict[str, Any]] = {}
     overhead: dict[str, Any] = {}

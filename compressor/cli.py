@@ -92,9 +92,9 @@ psap_options = [
                  help="PSAP protection: iterations after a step over which gradient pulses accumulate."),
     click.option("--psap-gamma", type=float, default=1.0, show_default=True,
                  help="PSAP protection: protect when pulse >= gamma * median pulse of kept channels."),
-    click.option("--psap-pulse", type=click.Choice(["raw", "scaled"]), default="raw", show_default=True,
-                 help="PSAP pulse: the spec's sum ||grad||, or sum ||grad||*||w|| (scale-free behind BN; "
-                 "needs --psap-regrow, held-zero filters have no norm)."),
+    click.option("--psap-pulse", type=click.Choice(["bn", "raw", "scaled"]), default="bn", show_default=True,
+                 help="PSAP pulse: gradient norm x BN input std (fair behind BN, our reading), the spec's raw "
+                 "gradient norm, or ||grad||*||w|| (for --psap-regrow)."),
     click.option("--psap-regrow/--no-psap-regrow", default=False, show_default=True,
                  help="PSAP: let pruned filters train freely between steps (SFP, the spec); default holds them "
                  "at zero so they come back only through protection (measured better, see README)."),

@@ -151,6 +151,10 @@ BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
     "recipe-bad-value": _recipe_case({"prune": {**_RECIPE_PRUNE, "epochs": "many"}}),
     "recipe-bad-provider": _recipe_case({"prune": _RECIPE_PRUNE, "bench": {"provider": "gpu9"}}),
     "recipe-no-model": _recipe_case({"prune": {"out": "run", "target_flops": 0.4}}),
+    "scratch-with-weights": lambda d: [*_PRUNE_OK, "--from-scratch", "--epochs", "1", "--weights", "w", "--out", "r"],
+    "scratch-no-epochs": lambda d: [*_PRUNE_OK, "--from-scratch", "--out", "run"],
+    "psap-bad-pulse": lambda d: [*_PRUNE_OK, "--psap-pulse", "loud", "--out", "run"],
+    "prune-every-0": lambda d: [*_PRUNE_OK, "--prune-every", "0", "--out", "run"],
 }
 EXPECT_IN_MESSAGE = {
     "unknown-model": "resnet99",
@@ -173,6 +177,10 @@ EXPECT_IN_MESSAGE = {
     "recipe-bad-value": "many",
     "recipe-bad-provider": "gpu9",
     "recipe-no-model": "model",
+    "scratch-with-weights": "--weights",
+    "scratch-no-epochs": "--epochs",
+    "psap-bad-pulse": "loud",
+    "prune-every-0": "--prune-every",
 }
 
 

@@ -213,3 +213,20 @@ def test_held_channels_keep_their_first_snapshot(data) -> None:
     rows = [r[still[snap["mask"]].nonzero().flatten()] for r in snap["rows"]]  # snapshot rows of `still`
     for s, r in zip(method.zeroable[gid], rows, strict=True):
         assert torch.equal(r, trained[s.name][s.rows_of(still)].cpu()), "held: the trained weights"
+
+
+def test_cli_defaults_equal_config_defaults() -> None:
+    """`compress prune` and recipes/PruneConfig must mean the same run when an option is left out."""
+    from dataclasses import MISSING, fields
+
+    from compressor.cli import main
+    from compressor.pipeline import PruneConfig
+
+    defaults = {f.name: f.default for f in fields(PruneConfig) if f.default is not MISSING}
+    params = {  # a plain flag's unset default means False
+        p.name: p.default if isinstance(p.default, bool) or not getattr(p, "is_flag", False) else False
+        for p in main.commands["prune"].params
+        if p.name in defaults
+    }
+    assert set(params) == set(defaults)
+    assert {k: v for k, v in params.items() if v != defaults[k]} == {}
