@@ -56,7 +56,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "psap-adaptive": {"method": "psap", "psap_protect": False},
     "psap-protect": {"method": "psap", "psap_adaptive": False},
     "psap": {"method": "psap"},
-    "psap-g2": {"method": "psap", "psap_gamma": 2.0},  # the spec's gamma knob, one alternative
+    # alternatives tried when PSAP-full trailed (chosen on the validation split, see README)
+    "psap-g2": {"method": "psap", "psap_gamma": 2.0},  # the spec's gamma knob: protect fewer channels
+    "psap-kept": {"method": "psap", "psap_sparsity_scope": "kept"},  # sparsity of the live filters only
+    "psap-filter": {"method": "psap", "psap_sparsity": "filter", "psap_sparsity_scope": "kept"},
 }
 DENSE = "dense"
 #: Options that define what a row means: --merge refuses results made with other values.

@@ -86,6 +86,9 @@ psap_options = [
                  help="PSAP sparsity: a weight is sparse when |w| <= beta * mean|W_g| (our reading)."),
     click.option("--psap-sparsity", type=click.Choice(["weight", "filter"]), default="weight", show_default=True,
                  help="PSAP sparsity over weights, or over channel L2 norms (<= beta-filter * mean norm)."),
+    click.option("--psap-sparsity-scope", type=click.Choice(["all", "kept"]), default="all", show_default=True,
+                 help="PSAP sparsity over all of a group's filters (the spec) or only its kept ones (held-zero "
+                 "filters otherwise make s_g echo the previous ratio)."),
     click.option("--psap-beta-filter", type=float, default=0.5, show_default=True,
                  help="PSAP filter-level sparsity threshold (our choice; the spec leaves it open)."),
     click.option("--psap-pulse-iters", type=int, default=20, show_default=True,

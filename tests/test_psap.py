@@ -230,3 +230,18 @@ def test_cli_defaults_equal_config_defaults() -> None:
     }
     assert set(params) == set(defaults)
     assert {k: v for k, v in params.items() if v != defaults[k]} == {}
+
+
+def test_sparsity_scope_kept_ignores_held_zeros(data) -> None:
+    model, graph, _, method, ctx = _setup(data, epochs=3, target=0.5, sparsity_scope="kept")
+    method.setup(graph, ctx)
+    method._step(epoch=1, final=False)
+    for g in graph.groups:
+        norms = ch.sq_norms(method.filters[g.id], g.size).sqrt()
+        kept = method._sparsity(g.id, norms)
+        every = weight_sparsity(ch.abs_values(method.filters[g.id]), method.beta)
+        pruned = 1 - float(method.masks()[g.id].float().mean())
+        assert every >= pruned  # held-zero filters count as sparse over all weights
+        assert kept == weight_sparsity(ch.abs_values(method.filters[g.id], method.masks()[g.id]), method.beta)
+        if pruned > 0:
+            assert kept < every

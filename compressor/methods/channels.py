@@ -80,9 +80,12 @@ def sq_norms(slices: list[Slice], size: int, *, grad: bool = False) -> torch.Ten
     return acc
 
 
-def abs_values(slices: list[Slice]) -> torch.Tensor:
-    """Every weight of the slices, flattened and absolute (for sparsity)."""
-    parts = [s.tensor.detach().index_select(0, s.pos.to(s.tensor.device)).abs().flatten().float().cpu() for s in slices]
+def abs_values(slices: list[Slice], channels: torch.Tensor | None = None) -> torch.Tensor:
+    """Every weight of the slices (of the marked channels only, if given), flattened and absolute."""
+    rows = [s.pos.to(s.tensor.device) if channels is None else s.rows_of(channels) for s in slices]
+    parts = [
+        s.tensor.detach().index_select(0, r).abs().flatten().float().cpu() for s, r in zip(slices, rows, strict=True)
+    ]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 

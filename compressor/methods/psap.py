@@ -67,10 +67,14 @@ class PSAP(Method):
                  sparsity: str = "weight", beta_filter: float = 0.5, pulse_iters: int = 20, gamma: float = 1.0,
                  pulse: str = "bn", adaptive: bool = True, protect: bool = True, restore: bool = True,
                  zero_bn: bool = False, from_scratch: bool = False,
-                 schedule: str | None = None, bn_batches: int = 20, regrow: bool = False) -> None:  # fmt: skip
+                 schedule: str | None = None, bn_batches: int = 20, regrow: bool = False,
+                 sparsity_scope: str = "all") -> None:  # fmt: skip
         super().__init__()
         if sparsity not in ("weight", "filter"):
             raise ValueError(f"psap sparsity must be weight or filter, got {sparsity!r}")
+        if sparsity_scope not in ("all", "kept"):
+            raise ValueError(f"psap sparsity scope must be all or kept, got {sparsity_scope!r}")
+        self.sparsity_scope = sparsity_scope
         if pulse not in PULSES:
             raise ValueError(f"psap pulse must be one of {', '.join(PULSES)}, got {pulse!r}")
         self.prune_every, self.beta, self.sparsity, self.beta_filter = max(1, prune_every), beta, sparsity, beta_filter
@@ -170,9 +174,10 @@ class PSAP(Method):
 
     # ------------------------------------------------------------------------------------------ one step
     def _sparsity(self, gid: int, norms: torch.Tensor) -> float:
+        live = self._masks[gid] if self.sparsity_scope == "kept" else None  # held zeros echo the last ratio
         if self.sparsity == "filter":
-            return filter_sparsity(norms, self.beta_filter)
-        return weight_sparsity(ch.abs_values(self.filters[gid]), self.beta)
+            return filter_sparsity(norms if live is None else norms[live], self.beta_filter)
+        return weight_sparsity(ch.abs_values(self.filters[gid], live), self.beta)
 
     def _weights(self, s: dict[int, float]) -> dict[int, float] | None:
         """Relative ratios ``s_g / mean_w(s)`` (FLOPs-share weighted), or None for uniform."""
