@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "psap-g2": {"method": "psap", "psap_gamma": 2.0},  # the spec's gamma knob: protect fewer channels
     "psap-kept": {"method": "psap", "psap_sparsity_scope": "kept"},  # sparsity of the live filters only
     "psap-filter": {"method": "psap", "psap_sparsity": "filter", "psap_sparsity_scope": "kept"},
+    "psap-e2": {"method": "psap", "prune_every": 2},  # schedule: a step every 2 epochs (less re-selection churn)
 }
 DENSE = "dense"
 #: Options that define what a row means: --merge refuses results made with other values.
