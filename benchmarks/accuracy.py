@@ -61,6 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "psap-kept": {"method": "psap", "psap_sparsity_scope": "kept"},  # sparsity of the live filters only
     "psap-filter": {"method": "psap", "psap_sparsity": "filter", "psap_sparsity_scope": "kept"},
     "psap-e2": {"method": "psap", "prune_every": 2},  # schedule: a step every 2 epochs (less re-selection churn)
+    "psap-const": {"method": "psap", "prune_schedule": "constant"},  # schedule: full target from the first step
 }
 DENSE = "dense"
 #: Options that define what a row means: --merge refuses results made with other values.
