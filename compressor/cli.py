@@ -89,6 +89,8 @@ psap_options = [
     click.option("--psap-sparsity-scope", type=click.Choice(["all", "kept"]), default="all", show_default=True,
                  help="PSAP sparsity over all of a group's filters (the spec) or only its kept ones (held-zero "
                  "filters otherwise make s_g echo the previous ratio)."),
+    click.option("--psap-bn-batches", type=int, default=20, show_default=True,
+                 help="PSAP: training batches used to re-estimate BN statistics after each step (0: off)."),
     click.option("--psap-beta-filter", type=float, default=0.5, show_default=True,
                  help="PSAP filter-level sparsity threshold (our choice; the spec leaves it open)."),
     click.option("--psap-pulse-iters", type=int, default=20, show_default=True,

@@ -98,6 +98,7 @@ class PruneConfig:
     psap_zero_bn: bool = False
     psap_regrow: bool = False
     psap_sparsity_scope: str = "all"
+    psap_bn_batches: int = 20
 
     def __post_init__(self) -> None:
         """Recipes give raw YAML values: coerce each to its field's type or fail with BadInput."""
@@ -192,7 +193,7 @@ RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_fl
                 "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
                 "in_channels", "seed", "psap_beta", "psap_sparsity", "psap_beta_filter", "psap_pulse_iters",
                 "psap_gamma", "psap_pulse", "psap_adaptive", "psap_protect", "psap_restore",
-                "psap_zero_bn", "psap_regrow", "psap_sparsity_scope")  # fmt: skip
+                "psap_zero_bn", "psap_regrow", "psap_sparsity_scope", "psap_bn_batches")  # fmt: skip
 
 
 def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
