@@ -72,24 +72,23 @@ STUDY_KEYS = ("data", "train_subset", "val_subset", "test_subset", "batch_size",
 # --------------------------------------------------------------------------------------------- options
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one value")
-    return values
+def _csv_of(kind: type, what: str) -> Callable[[str], list[Any]]:
+    """An argparse type: a non-empty comma-separated list of ``kind`` values."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+
+    return parse
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one value")
-    return values
+_floats = _csv_of(float, "numbers")
+_ints = _csv_of(int, "integers")
 
 
 def _names(text: str) -> list[str]:
@@ -571,6 +570,11 @@ def _order(names: Iterable[str]) -> list[str]:
 
 def render_markdown(result: dict[str, Any]) -> str:
     st = result["settings"]
+    if not result["rows"]:  # --overhead-only into a results file of its own
+        lines = ["# PSAP epoch-time overhead", "", "Produced by:", ""]
+        for inv in result["invocations"]:
+            lines += ["```", inv["command"], "```", f"({inv['created']}, {inv['device']})", ""]
+        return "\n".join(lines + _overhead_lines(result)) + "\n"
     lines = ["# Accuracy study: pruning methods at the same FLOPs budget", ""]
     lines += ["Produced by" + (" (merged invocations, latest last):" if len(result["invocations"]) > 1 else ":"), ""]
     for inv in result["invocations"]:
@@ -651,7 +655,14 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(f"- {r['model']} {r['start']} {r['target']} {r['variant']} seed {r['seed']}: "
                          f"{r.get('error') or r.get('export_error')}")  # fmt: skip
         lines.append("")
+    lines += _overhead_lines(result)
+    return "\n".join(lines)
+
+
+def _overhead_lines(result: dict[str, Any]) -> list[str]:
+    """The interleaved epoch-time measurement as a Markdown section."""
     overhead = result.get("overhead") or {}
+    lines: list[str] = []
     if overhead:
         lines += ["## Epoch-time overhead of PSAP (interleaved measurement)", "",
                   "Plain training and PSAP training (from scratch, all components on) of the same model, data and "
@@ -665,7 +676,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {o['model']} | {o['epochs']} | {o['steps_per_epoch']} | {o['plain_median_s']:.2f} | "
                          f"{o['psap_median_s']:.2f} | {ratio} | {_flag(o['passed'])} | {o['device']} |")  # fmt: skip
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _load_existing(path: Path) -> dict[str, Any] | None:
