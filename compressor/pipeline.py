@@ -291,7 +291,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     if cfg.finetune_epochs > 0:
         with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the fine-tuning
             torch.save(pruned_payload(spec, input_shape, history, slim), tmp)
-        return _finetune(run, {"holder": holder, "slim": slim}, history_rows)
+        return _finetune(run, {"holder": holder, "slim": slim, "history": history}, history_rows)
     return _finish(run, slim, history, holder, history_rows)
 
 
@@ -333,19 +333,19 @@ class Finished(Method):
 def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Train the materialized model for ``cfg.finetune_epochs`` (resumable), then finish the run."""
     cfg, out = run.cfg, run.out
-    if "holder" in state:
-        holder, slim = state["holder"], state["slim"]
-    else:  # resuming: the slim architecture is in pruned.pt, the weights in the checkpoint
-        slim, _ = load_pruned(out / "pruned.pt", trust_code=cfg.trust_code)
-        holder = Finished({}, [], cfg.steps)
+    resuming = "holder" not in state
+    if resuming:  # the slim architecture (and its pruning history) is in pruned.pt, the weights in the checkpoint
+        slim, payload = load_pruned(out / "pruned.pt", trust_code=cfg.trust_code)
+        holder, history = Finished({}, [], cfg.steps), payload["history"]
+    else:
+        holder, slim, history = state["holder"], state["slim"], state["history"]
     lr = cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr
     trainer = Trainer(slim, run.data.train, run.data.val, _train_cfg(cfg, cfg.finetune_epochs, lr), method=holder,
                       device=run.device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
                       progress=run.progress, phase="finetune")  # fmt: skip
-    if "holder" not in state:
+    if resuming:
         trainer.resume(state)
     trainer.fit()
-    history = read_checkpoint(out / "pruned.pt", "pruned model")["history"]
     return _finish(run, slim, history, holder, history_rows + trainer.history)
 
 

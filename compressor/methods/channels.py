@@ -46,15 +46,13 @@ def filter_slices(group: ChannelGroup) -> list[Slice]:
     return out
 
 
-def norm_slices(group: ChannelGroup, *, gamma: bool = True, beta: bool = True) -> list[Slice]:
-    """Norm-layer affine parameters (gamma and/or beta) of the group's channels."""
+def norm_slices(group: ChannelGroup) -> list[Slice]:
+    """Norm-layer affine parameters (gamma and beta) of the group's channels."""
     out = []
     for m in group.members:
         if m.side == "out" and isinstance(m.module, _NORMS) and m.module.weight is not None:
-            if gamma:
-                out.append(_slice(f"{m.name}.weight", m.module.weight, m.idxs, m.root_idxs))
-            if beta:
-                out.append(_slice(f"{m.name}.bias", m.module.bias, m.idxs, m.root_idxs))
+            out.append(_slice(f"{m.name}.weight", m.module.weight, m.idxs, m.root_idxs))
+            out.append(_slice(f"{m.name}.bias", m.module.bias, m.idxs, m.root_idxs))
     return out
 
 
