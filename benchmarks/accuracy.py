@@ -44,7 +44,10 @@ from compressor.errors import BadInput, GateFailed, one_line
 SCHEMA = 1
 RESULTS = Path(__file__).parent / "results" / "accuracy"
 TARGET_TOL = 0.01  # a row meets its target when |flops_drop - target| <= 0.01
-OVERHEAD_LIMIT = 1.10  # acceptance: a PSAP epoch costs at most 10% more than a plain one
+OVERHEAD_LIMIT = 1.10  # acceptance: a PSAP (ASTER update) epoch costs at most 10% more than a plain one
+#: Options of the timed run per method. ASTER's x is lowered so that tau stays below the target in the timed
+#: epochs: every one is then an update epoch (x scales tau's steps, not the work per batch).
+OVERHEAD_OPTIONS: dict[str, dict[str, Any]] = {"psap": {}, "aster": {"aster_x": 1e-3}}
 STARTS = ("trained", "scratch")
 
 #: Pruning variants: name -> PruneConfig options. Adding a method is one line here.
@@ -62,6 +65,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "psap-filter": {"method": "psap", "psap_sparsity": "filter", "psap_sparsity_scope": "kept"},
     "psap-e2": {"method": "psap", "prune_every": 2},  # schedule: a step every 2 epochs (less re-selection churn)
     "psap-const": {"method": "psap", "prune_schedule": "constant"},  # schedule: full target from the first step
+    "aster": {"method": "aster"},  # L-BFGS sensitivity (the spec's default)
+    "aster-gradient": {"method": "aster", "aster_sensitivity": "gradient"},  # H = I
+    # sensitivity sweep on the 50% target (the default x = 0.01, tau0 = 1e-4 are the "aster" row)
+    "aster-x0.03": {"method": "aster", "aster_x": 0.03},
+    "aster-x0.1": {"method": "aster", "aster_x": 0.1},
+    "aster-tau0.01": {"method": "aster", "aster_tau0": 0.01},
+    "aster-tau0.3": {"method": "aster", "aster_tau0": 0.3},
 }
 DENSE = "dense"
 #: Options that define what a row means: --merge refuses results made with other values.
@@ -135,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", type=_positive, default=1, help="worker processes for independent runs")
     ap.add_argument("--overhead-epochs", type=_non_negative, default=2, help="interleaved timing epochs (0: skip)")
+    ap.add_argument("--overhead-methods", type=_names, default=["psap", "aster"], help="methods timed vs plain")
     ap.add_argument(
         "--overhead-only",
         action="store_true",
@@ -322,17 +333,29 @@ def _report_fields(report: dict[str, Any], target: float) -> dict[str, Any]:
         "psap_steps": len(log) if psap else None,
         "psap_protected": sum(int(r.get("protected", 0)) for r in log) if psap else None,
         "psap_protected_survived": sum(int(r.get("protected_survived", 0)) for r in log) if psap else None,
+        **_aster_fields(log if report["method"]["name"] == "aster" else []),
     }
+
+
+def _aster_fields(log: list[dict[str, Any]]) -> dict[str, Any]:
+    """ASTER's outcome: where tau ended, when the mask froze and whether the fallback had to set tau."""
+    if not log:
+        return {}
+    last = log[-1]
+    fb = last.get("fallback")
+    return {"aster_tau": last["tau"], "aster_freeze_epoch": last.get("freeze_epoch"), "aster_fallback": bool(fb),
+            "aster_tau_before_fallback": fb["tau_before"] if fb else None}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- overhead
 
 
-def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Interleaved per-epoch timing: plain training vs PSAP training (from scratch), same model, data and batch.
+def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callable[[str], None],
+                     method_name: str = "psap") -> dict[str, Any]:  # fmt: skip
+    """Interleaved per-epoch timing: plain training vs a method's training (from scratch), same model, data, batch.
 
-    Both run through ``Trainer.fit`` one epoch at a time (plain, psap, plain, psap, ...). The first epoch of each is
-    a warm-up and not counted (PSAP's first epoch has no gradient pulse yet: it is the cheap one). Seconds are the
+    Both run through ``Trainer.fit`` one epoch at a time (plain, method, plain, method, ...). The first epoch of each
+    is a warm-up and not counted (PSAP's first epoch has no gradient pulse yet: it is the cheap one). Seconds are the
     Trainer's per-epoch ``seconds``: the training loop plus the method's epoch-end work, no validation.
     """
     from compressor.budget import Budget
@@ -345,13 +368,13 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
     k = args.overhead_epochs
     seed = args.seeds[0]
     target = max(args.targets)
-    cfg = PruneConfig(model=model_spec, out="", method="psap", from_scratch=True, target_flops=target, seed=seed,
-                      epochs=k + 1)  # fmt: skip
+    cfg = PruneConfig(model=model_spec, out="", method=method_name, from_scratch=True, target_flops=target,
+                      seed=seed, epochs=k + 1, lr=args.scratch_lr, **OVERHEAD_OPTIONS.get(method_name, {}))  # fmt: skip
     device = pick_device(args.device)
     quiet = Progress(enabled=False)
     task = _common_task(args)
     trainers = {}
-    for name in ("plain", "psap"):
+    for name in ("plain", method_name):
         seed_everything(seed)  # the same init and batches for both
         data = _data(task, seed)
         model = build_model(model_spec, num_classes=data.num_classes, in_channels=data.input_shape[0])
@@ -363,16 +386,16 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
         # as compressor.pipeline.prune builds it
         graph = PruningGraph(model, torch.zeros(1, *data.input_shape), round_to=cfg.round_to, arch=model_spec)
         budget = Budget(graph)
-        method = build_method("psap", **cfg.method_options())
+        method = build_method(method_name, **cfg.method_options())
         model.to(device)
         ctx = Context(model=model, graph=graph, budget=budget, target=target, metric="flops", epochs=k + 1,
                       steps_per_epoch=len(data.train), train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(),
-                      device=device, max_ratio=cfg.max_layer_ratio, log=lambda _msg: None)  # fmt: skip
+                      device=device, max_ratio=cfg.max_layer_ratio, lr=cfg.lr, log=lambda _msg: None)  # fmt: skip
         method.setup(graph, ctx)
         trainers[name] = Trainer(model, data.train, None, train_cfg, method=method, device=device, progress=quiet,
                                  phase=name)  # fmt: skip
         ctx.optimizer = trainers[name].optimizer
-    seconds: dict[str, list[float]] = {"plain": [], "psap": []}
+    seconds: dict[str, list[float]] = {"plain": [], method_name: []}
     for epoch in range(k + 1):
         for name, trainer in trainers.items():
             trainer.start_epoch, trainer.cfg.epochs = epoch, epoch + 1
@@ -381,14 +404,15 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
                 seconds[name].append(float(trainer.history[-1]["seconds"]))
         if epoch > 0:
             progress(f"[accuracy] overhead {model_spec} epoch {epoch}/{k}: plain {seconds['plain'][-1]:.2f}s, "
-                     f"psap {seconds['psap'][-1]:.2f}s")  # fmt: skip
-    plain, psap = statistics.median(seconds["plain"]), statistics.median(seconds["psap"])
-    ratio = psap / plain if plain > 0 else None
+                     f"{method_name} {seconds[method_name][-1]:.2f}s")  # fmt: skip
+    plain, timed = statistics.median(seconds["plain"]), statistics.median(seconds[method_name])
+    ratio = timed / plain if plain > 0 else None
     return {
-        "model": model_spec, "epochs": k, "warmup_epochs": 1, "target": target, "seed": seed,
+        "model": model_spec, "method": method_name, "options": OVERHEAD_OPTIONS.get(method_name, {}), "epochs": k,
+        "warmup_epochs": 1, "target": target, "seed": seed,
         "batch_size": args.batch_size, "steps_per_epoch": len(trainers["plain"].train_loader),
-        "plain_epoch_s": seconds["plain"], "psap_epoch_s": seconds["psap"],
-        "plain_median_s": plain, "psap_median_s": psap, "ratio": ratio,
+        "plain_epoch_s": seconds["plain"], "method_epoch_s": seconds[method_name],
+        "plain_median_s": plain, "method_median_s": timed, "ratio": ratio,
         "limit": OVERHEAD_LIMIT, "passed": ratio is not None and ratio <= OVERHEAD_LIMIT,
         "device": device_name(args.device),
     }  # fmt: skip
@@ -571,7 +595,7 @@ def _order(names: Iterable[str]) -> list[str]:
 def render_markdown(result: dict[str, Any]) -> str:
     st = result["settings"]
     if not result["rows"]:  # --overhead-only into a results file of its own
-        lines = ["# PSAP epoch-time overhead", "", "Produced by:", ""]
+        lines = ["# Epoch-time overhead", "", "Produced by:", ""]
         for inv in result["invocations"]:
             lines += ["```", inv["command"], "```", f"({inv['created']}, {inv['device']})", ""]
         return "\n".join(lines + _overhead_lines(result)) + "\n"
@@ -664,19 +688,34 @@ def _overhead_lines(result: dict[str, Any]) -> list[str]:
     overhead = result.get("overhead") or {}
     lines: list[str] = []
     if overhead:
-        lines += ["## Epoch-time overhead of PSAP (interleaved measurement)", "",
-                  "Plain training and PSAP training (from scratch, all components on) of the same model, data and "
-                  "batch, one epoch each in turn in one process; the first epoch of each is a warm-up; median "
-                  "seconds per epoch (training loop + the method's epoch-end work). "
+        lines += ["## Epoch-time overhead (interleaved measurement)", "",
+                  "Plain training and the method's training (from scratch, all components on) of the same model, "
+                  "data and batch, one epoch each in turn in one process; the first epoch of each is a warm-up; "
+                  "median seconds per epoch (training loop + the method's epoch-end work). ASTER runs with x = 1e-3 "
+                  "here so that every timed epoch is an update epoch (x scales tau's steps, not the work). "
                   f"Acceptance: ratio <= {OVERHEAD_LIMIT:.2f}.", "",
-                  "| model | epochs | steps/epoch | plain s/epoch | PSAP s/epoch | ratio | ≤ 1.10 | device |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| model | method | epochs | steps/epoch | plain s/epoch | method s/epoch | ratio | ≤ 1.10 "
+                  "| device |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for o in overhead.values():
             ratio = "–" if o["ratio"] is None else f"{o['ratio']:.3f}"
-            lines.append(f"| {o['model']} | {o['epochs']} | {o['steps_per_epoch']} | {o['plain_median_s']:.2f} | "
-                         f"{o['psap_median_s']:.2f} | {ratio} | {_flag(o['passed'])} | {o['device']} |")  # fmt: skip
+            lines.append(f"| {o['model']} | {o['method']} | {o['epochs']} | {o['steps_per_epoch']} | "
+                         f"{o['plain_median_s']:.2f} | {o['method_median_s']:.2f} | {ratio} | {_flag(o['passed'])} | "
+                         f"{o['device']} |")  # fmt: skip
         lines.append("")
     return lines
+
+
+def overhead_key(model: str, method: str) -> str:
+    return model if method == "psap" else f"{model} · {method}"  # psap entries keep their first key
+
+
+def _migrate_overhead(entry: dict[str, Any]) -> dict[str, Any]:
+    """Results written before the timing took a method name were PSAP's, with psap_* fields."""
+    if "method" in entry:
+        return entry
+    renamed = {"psap_epoch_s": "method_epoch_s", "psap_median_s": "method_median_s"}
+    return {"method": "psap", "options": {}, **{renamed.get(k, k): v for k, v in entry.items()}}
 
 
 def _load_existing(path: Path) -> dict[str, Any] | None:
@@ -688,6 +727,7 @@ def _load_existing(path: Path) -> dict[str, Any] | None:
         raise BadInput(f"--merge: {path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("rows"), list):
         raise BadInput(f"--merge: {path} is not an accuracy results file (schema {SCHEMA})")
+    data["overhead"] = {k: _migrate_overhead(v) for k, v in (data.get("overhead") or {}).items()}
     return data
 
 
@@ -769,7 +809,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.overhead_epochs:
         for model in args.models:
-            overhead[model] = measure_overhead(model, args, log)
+            for name in args.overhead_methods:
+                overhead[overhead_key(model, name)] = measure_overhead(model, args, log, name)
     out = write()
     if not args.quiet:
         print(md_path.read_text())

@@ -114,6 +114,33 @@ psap_options = [
 ]  # fmt: skip
 
 
+# ASTER (see README "ASTER"): a global BN-|gamma| threshold adapted from the loss sensitivity.
+aster_options = [
+    click.option("--aster-sensitivity", type=click.Choice(["lbfgs", "gradient"]), default="lbfgs",
+                 show_default=True, help="ASTER: direction d = -H g with H the L-BFGS inverse Hessian over BN "
+                 "gamma (no extra pass), or H = I."),
+    click.option("--aster-tau0", type=float, default=1e-4, show_default=True, help="ASTER: initial threshold."),
+    click.option("--aster-x", type=float, default=0.01, show_default=True,
+                 help="ASTER: loss change rate x in tau += lr0 * x * L / (B * S)."),
+    click.option("--aster-reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+                 help="ASTER: a channel's score over its coupled BNs (max: pruned only when every BN agrees)."),
+    click.option("--aster-history", type=int, default=10, show_default=True, help="ASTER: L-BFGS pairs kept."),
+    click.option("--aster-update-every", type=int, default=1, show_default=True,
+                 help="ASTER: adapt tau in every Nth epoch."),
+    click.option("--aster-search-epochs", type=int, default=None,
+                 help="ASTER: epochs to reach the target by adaptation before the fallback sets tau "
+                 "(default: half the epochs)."),
+    click.option("--aster-loss", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
+                 help="ASTER: L in the tau update is the batch's summed loss (our reading) or its mean."),
+    click.option("--aster-eps", type=float, default=1e-12, show_default=True,
+                 help="ASTER: tau moves only when the sensitivity S exceeds this."),
+    click.option("--max-prune-fraction", type=float, default=0.8, show_default=True,
+                 help="ASTER: tau never prunes more than this fraction of all scored channels."),
+    click.option("--bn-init", type=float, default=None,
+                 help="Initialise every BN gamma to this value (from-scratch runs; the ASTER authors use 0.5)."),
+]  # fmt: skip
+
+
 def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option(
@@ -132,7 +159,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--data-dir", default=None, help="Where the dataset lives (default: its standard place)."),
         click.option("--download", is_flag=True, help="Download the dataset if missing (needs a network)."),
         click.option(
-            "--method", default="psap", show_default=True, help="psap | l1 | l2 | bn-scale | taylor | random."
+            "--method", default="psap", show_default=True, help="psap | aster | l1 | l2 | bn-scale | taylor | random."
         ),  # fmt: skip
         click.option(
             "--from-scratch", is_flag=True, help="Random init, prune during the whole training (SFP style)."
@@ -204,6 +231,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory."),
         click.option("--quiet", is_flag=True, help="No progress output."),
         *psap_options,
+        *aster_options,
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -385,6 +385,14 @@ def _build_user(spec: str, num_classes: int, in_channels: int, trust_code: bool)
     return model
 
 
+@torch.no_grad()
+def init_bn_gamma(model: nn.Module, value: float) -> None:
+    """Set every BatchNorm scale (gamma) to ``value`` (the ASTER authors start from 0.5)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            m.weight.fill_(value)
+
+
 def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
     """Build the model named by ``spec`` (see the module docstring) with fresh weights.
 

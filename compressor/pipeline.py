@@ -18,9 +18,9 @@ from compressor.budget import Budget, solve_counts
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, one_line
 from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
-from compressor.methods import Context, Method, build_method
-from compressor.models import build_model, load_weights, read_checkpoint
-from compressor.report import build_report, group_table, plot_kept_ratios, render_markdown
+from compressor.methods import Context, Method, build_method, method_parameters
+from compressor.models import build_model, init_bn_gamma, load_weights, read_checkpoint
+from compressor.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, pick_device, seed_everything
 
 TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
@@ -99,6 +99,17 @@ class PruneConfig:
     psap_regrow: bool = False
     psap_sparsity_scope: str = "all"
     psap_bn_batches: int = 20
+    aster_sensitivity: str = "lbfgs"
+    aster_tau0: float = 1e-4
+    aster_x: float = 0.01
+    aster_reduce: str = "max"
+    aster_history: int = 10
+    aster_update_every: int = 1
+    aster_search_epochs: int | None = None
+    aster_loss: str = "sum"
+    aster_eps: float = 1e-12
+    max_prune_fraction: float = 0.8
+    bn_init: float | None = None
 
     def __post_init__(self) -> None:
         """Recipes give raw YAML values: coerce each to its field's type or fail with BadInput."""
@@ -134,12 +145,15 @@ class PruneConfig:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= 0")
         if self.prune_every < 1 or self.steps < 1:
             raise BadInput("--prune-every and --steps must be >= 1")
+        if self.bn_init is not None and self.weights:
+            raise BadInput("--bn-init initialises BN gamma of a randomly initialised model: drop --weights")
 
     def method_options(self) -> dict[str, Any]:
         """Every method option; each method's factory takes the ones it uses."""
+        prefixed = {k.split("_", 1)[1]: getattr(self, k) for k in vars(self) if k.startswith(("psap_", "aster_"))}
         return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every,
                 "from_scratch": self.from_scratch, "schedule": self.prune_schedule,
-                **{k.removeprefix("psap_"): getattr(self, k) for k in vars(self) if k.startswith("psap_")}}  # fmt: skip
+                "max_prune_fraction": self.max_prune_fraction, **prefixed}  # fmt: skip
 
 
 def model_spec(cfg: PruneConfig, num_classes: int, in_channels: int) -> dict[str, Any]:
@@ -193,7 +207,9 @@ RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_fl
                 "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
                 "in_channels", "seed", "psap_beta", "psap_sparsity", "psap_beta_filter", "psap_pulse_iters",
                 "psap_gamma", "psap_pulse", "psap_adaptive", "psap_protect", "psap_restore",
-                "psap_zero_bn", "psap_regrow", "psap_sparsity_scope", "psap_bn_batches")  # fmt: skip
+                "psap_zero_bn", "psap_regrow", "psap_sparsity_scope", "psap_bn_batches", "aster_sensitivity",
+                "aster_tau0", "aster_x", "aster_reduce", "aster_history", "aster_update_every",
+                "aster_search_epochs", "aster_loss", "aster_eps", "max_prune_fraction", "bn_init")  # fmt: skip
 
 
 def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
@@ -229,6 +245,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     model = build_from_spec(spec)
     if cfg.weights:
         load_weights(model, cfg.weights)
+    if cfg.bn_init is not None:
+        init_bn_gamma(model, cfg.bn_init)
     input_shape = tuple(data.input_shape)
     example = torch.zeros(1, *input_shape)
     graph = PruningGraph(model, example, round_to=cfg.round_to, arch=cfg.model)
@@ -273,7 +291,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=cfg.epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train,
                   loss_fn=torch.nn.CrossEntropyLoss(), device=device, max_ratio=cfg.max_layer_ratio,
-                  log=progress.log)  # fmt: skip
+                  lr=cfg.lr, log=progress.log)  # fmt: skip
     method.setup(graph, ctx)
     trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
                       device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
@@ -287,7 +305,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     # 3. materialize (then fine-tune the slim model when asked)
     slim, history = graph.materialize(masks, model.cpu())
     history_rows += trainer.history
-    holder = Finished(masks, getattr(method, "log", []), getattr(method, "steps", cfg.steps))
+    holder = Finished.of(method, cfg.steps)
     if cfg.finetune_epochs > 0:
         with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the fine-tuning
             torch.save(pruned_payload(spec, input_shape, history, slim), tmp)
@@ -316,18 +334,26 @@ class _Run:
 
 
 class Finished(Method):
-    """A finished method's masks and log, carried through the fine-tuning phase and its checkpoints."""
+    """A finished method's masks, log and left-alone groups, carried through fine-tuning and its checkpoints."""
 
-    def __init__(self, masks: dict[int, torch.Tensor], log: list[dict[str, Any]], steps: int) -> None:
+    def __init__(self, masks: dict[int, torch.Tensor], log: list[dict[str, Any]], steps: int,
+                 skipped: list[tuple[str, str]] | None = None) -> None:  # fmt: skip
         super().__init__()
         self._masks, self.log, self.steps, self.finished = masks, log, steps, True
+        self.skipped = list(skipped or [])
+
+    @classmethod
+    def of(cls, method: Method, steps: int) -> Finished:
+        return cls(method.masks(), getattr(method, "log", []), getattr(method, "steps", steps),
+                   getattr(method, "skipped", []))  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "log": self.log, "steps": self.steps}
+        return {**super().state_dict(), "log": self.log, "steps": self.steps, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.log, self.steps = list(state["log"]), int(state["steps"])
+        self.skipped = [tuple(x) for x in state.get("skipped", [])]
 
 
 def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -403,7 +429,7 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
         analytic_flops_drop=budget.drop(masks, "flops"),
         round_to=cfg.round_to,
         groups=group_table(graph, masks),
-        skipped=graph.skipped,
+        skipped=graph.skipped + [tuple(x) for x in method.skipped],
         history=history_rows,
         seconds=round(time.perf_counter() - run.t_start, 1),
     )
@@ -411,8 +437,9 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
         torch.save(pruned_payload(spec, input_shape, history, slim, {"report": _summary(report)}), tmp)
     write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
-    if cfg.method == "psap" and method.log:
-        plot_kept_ratios(method.log, out / "psap_kept.png", title=f"{cfg.model} · psap · {cfg.data}")
+    if cfg.method in PLOTS and method.log:
+        plot, name = PLOTS[cfg.method]
+        plot(method.log, out / name, title=f"{cfg.model} · {cfg.method} · {cfg.data}")
     (out / "checkpoint.pt").unlink(missing_ok=True)
     if not report["target"]["met"]:
         raise GateFailed(f"target {metric} drop {target} not met: achieved {achieved:.4f}")
@@ -432,10 +459,13 @@ def _rewind_history(path: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
 PHASES = ("pretrain", "prune", "finetune")
 
 
+PLOTS = {"psap": (plot_kept_ratios, "psap_kept.png"), "aster": (plot_threshold, "aster_tau.png")}
+
+
 def _method_report_options(cfg: PruneConfig) -> dict[str, Any]:
-    if cfg.method == "psap":
-        return {k: v for k, v in cfg.method_options().items() if k != "steps"}
-    return {"steps": cfg.steps, "from_scratch": cfg.from_scratch}
+    """The options the run's method takes (every method option is passed; each takes its own)."""
+    taken = method_parameters(cfg.method)
+    return {k: v for k, v in cfg.method_options().items() if k in taken or k == "from_scratch"}
 
 
 def _train_cfg(cfg: PruneConfig, epochs: int, lr: float) -> TrainConfig:

@@ -82,3 +82,42 @@ def plot_kept_ratios(log: list[dict[str, Any]], path: Any, title: str = "") -> N
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_threshold(log: list[dict[str, Any]], path: Any, title: str = "") -> None:
+    """PNG of ASTER's threshold (per-update trace and epoch ends) and the FLOPs drop per epoch, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compressor.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    xs, ts = [], []
+    for rec in log:  # the trace of epoch e spreads over (e-1, e]
+        trace = rec.get("tau_trace") or []
+        xs += [rec["epoch"] - 1 + (i + 1) / len(trace) for i in range(len(trace))]
+        ts += trace
+    ax.plot(xs, ts, linewidth=0.8, color="tab:blue", alpha=0.6, label="tau (per update)")
+    ax.plot([r["epoch"] for r in log], [r["tau"] for r in log], "o-", color="tab:blue", label="tau (epoch end)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("threshold tau on BN |gamma|")
+    drop = ax.twinx()
+    drop.plot([r["epoch"] for r in log], [r["drop"] for r in log], "s--", color="tab:red", label="FLOPs drop")
+    drop.set_ylabel("drop")
+    drop.set_ylim(0, 1)
+    last = log[-1]
+    if last.get("freeze_epoch") is not None:
+        ax.axvline(last["freeze_epoch"], color="gray", linestyle=":", label=f"frozen (epoch {last['freeze_epoch']})")
+    if last.get("fallback"):
+        fb = last["fallback"]
+        ax.plot([fb["epoch"]], [fb["tau_set"]], "x", color="black", markersize=10, label="fallback tau")
+    handles = ax.get_legend_handles_labels()
+    more = drop.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper left")
+    ax.set_title(title or "ASTER threshold")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -137,7 +137,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
-                self.method.on_after_backward(epoch * steps + i)
+                self.method.on_after_backward(epoch * steps + i, loss.detach(), len(y))
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.method.on_after_step(epoch * steps + i)

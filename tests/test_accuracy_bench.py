@@ -15,7 +15,7 @@ DATA = "synthetic:1x28x28:10:256:64"
 def test_tiny_study_end_to_end(tmp_path, one_thread):
     results = tmp_path / "results" / "accuracy"
     argv = ["--data", DATA, "--models", "cifar:resnet20", "--epochs", "1", "--targets", "0.5",
-            "--only", "l1,psap", "--overhead-epochs", "1", "--train-subset", "96", "--batch-size", "48",
+            "--only", "l1,psap,aster", "--overhead-epochs", "1", "--train-subset", "96", "--batch-size", "48",
             "--out-dir", str(tmp_path / "runs"), "--results", str(results), "--device", "cpu", "--quiet"]  # fmt: skip
     out = accuracy.main(argv)
 
@@ -27,13 +27,13 @@ def test_tiny_study_end_to_end(tmp_path, one_thread):
     rows = {accuracy.row_key(r): r for r in data["rows"]}
     model = "cifar:resnet20"
     expected = {(model, start, None, "dense", 0) for start in ("trained", "scratch")}
-    expected |= {(model, start, 0.5, v, 0) for start in ("trained", "scratch") for v in ("l1", "psap")}
+    expected |= {(model, start, 0.5, v, 0) for start in ("trained", "scratch") for v in ("l1", "psap", "aster")}
     assert set(rows) == expected
 
     for start in ("trained", "scratch"):
         dense = rows[(model, start, None, "dense", 0)]
         assert 0.0 <= dense["acc"] <= 1.0 and dense["verified"] is True and dense["epochs"] == 1
-        for variant in ("l1", "psap"):
+        for variant in ("l1", "psap", "aster"):
             row = rows[(model, start, 0.5, variant, 0)]
             assert row["error"] is None, row["error"]
             assert abs(row["flops_drop"] - 0.5) <= 0.01 and row["target_met"] is True
@@ -42,22 +42,25 @@ def test_tiny_study_end_to_end(tmp_path, one_thread):
             assert 0.0 <= row["acc"] <= 1.0 and row["dense_acc"] == dense["acc"]
             assert row["epoch_s"] > 0 and row["epoch_overhead"] > 0 and row["wall_s"] >= 0
             assert (row["psap_protected"] is not None) == (variant == "psap")
+            assert ("aster_fallback" in row) == (variant == "aster")
             assert (tmp_path / "runs" / "cifar_resnet20" / start / "t50" / variant / "s0" / "pruned.onnx").is_file()
             if start == "trained":  # the run started from the dense checkpoint: prune() measured the same accuracy
                 assert row["start_acc"] == pytest.approx(dense["acc"])
 
     summary = {(s["start"], s["target"], s["variant"]): s for s in data["summary"]}
-    assert set(summary) == {(st, 0.5, v) for st in ("trained", "scratch") for v in ("dense", "l1", "psap")}
+    assert set(summary) == {(st, 0.5, v) for st in ("trained", "scratch") for v in ("dense", "l1", "psap", "aster")}
     assert all(s["n"] == 1 and s["acc_std"] is None and s["failed"] == 0 for s in summary.values())
 
-    over = data["overhead"][model]
-    assert over["epochs"] == 1 and len(over["plain_epoch_s"]) == len(over["psap_epoch_s"]) == 1
-    assert over["ratio"] == pytest.approx(over["psap_median_s"] / over["plain_median_s"])
+    for key, method in ((model, "psap"), (f"{model} · aster", "aster")):
+        over = data["overhead"][key]
+        assert over["method"] == method and over["epochs"] == 1
+        assert len(over["plain_epoch_s"]) == len(over["method_epoch_s"]) == 1
+        assert over["ratio"] == pytest.approx(over["method_median_s"] / over["plain_median_s"])
 
     md = (tmp_path / "results" / "accuracy.md").read_text()
     assert command in md and "reduced training set" in md
     assert "## cifar:resnet20, `trained` start" in md and "## cifar:resnet20, `scratch` start" in md
-    assert "| psap |" in md and "| l1 |" in md and "interleaved measurement" in md
+    assert "| psap |" in md and "| l1 |" in md and "| aster |" in md and "interleaved measurement" in md
 
 
 def test_summary_mean_std_and_dense_per_target():

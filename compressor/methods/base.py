@@ -28,6 +28,7 @@ class Context:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     device: torch.device
     max_ratio: float = 0.8
+    lr: float = 0.0  # the phase's initial learning rate
     optimizer: torch.optim.Optimizer | None = None
     log: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)
@@ -47,8 +48,8 @@ class Method:
         self.ctx = ctx
         self._masks = graph.full_masks()
 
-    def on_after_backward(self, step: int) -> None:  # grads ready, before optimizer.step
-        pass
+    def on_after_backward(self, step: int, loss: torch.Tensor | None = None, batch_size: int = 0) -> None:
+        """Gradients are ready (unscaled under AMP), before ``optimizer.step``; ``loss`` is the batch's mean loss."""
 
     def on_after_step(self, step: int) -> None:
         pass

@@ -110,7 +110,7 @@ class PSAP(Method):
         return cubic_target(self.ctx.target, t, self.ramp)
 
     # ------------------------------------------------------------------------------------------ hooks
-    def on_after_backward(self, step: int) -> None:
+    def on_after_backward(self, step: int, loss: torch.Tensor | None = None, batch_size: int = 0) -> None:
         if not (self.protect and self.done_steps and self.pulse_seen < self.pulse_iters):
             return
         for gid, slices in self.filters.items():

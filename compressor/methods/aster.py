@@ -1,0 +1,360 @@
+"""ASTER: adaptive filter pruning via sensitivity feedback (Zhang & Freris, TNNLS 2023), as ``ASTER.md`` reads it.
+
+One global threshold tau on the BN scaling factors |gamma| of the prunable channel groups (a group channel's
+score: max, or mean, of |gamma| over the group's coupled BNs). In every batch of an update epoch the
+threshold moves by ``eta0 * x * L / (B * S)``, where S is the sensitivity of the loss to tau: the sum of
+``sign(gamma) * d`` over unpruned channels, with ``d = -H g`` the L-BFGS direction over gamma alone (the
+curvature pairs are consecutive training iterates, so it costs no extra pass; the authors' released code runs
+an L-BFGS that never moves its parameters, returns -g and spends ~26 passes a batch). At each epoch end the
+channels scoring below tau are pruned for good (held at zero after every optimizer step). The mask freezes
+when the FLOPs drop reaches the target; if the search epochs end first, tau is set to the value that meets
+it (the *fallback*, recorded). Groups without BN cannot be scored: they are left unpruned and reported.
+
+Our readings (README "ASTER"): ``L`` is the batch's *summed* loss (``--aster-loss sum``: L/B is then the
+mean loss, the unit the loss-change rate x applies to; ``mean`` divides the mean by B again, a per-batch
+step ~B times smaller that never reaches the target in the search phase). With ``--round-to N`` a group
+keeps the smallest allowed count not below its channels at or above tau (exact ``< tau`` with N=1), and
+the epoch that crosses the target trims to it (a threshold between two scores cannot split a rounding unit).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.budget import masks_from_counts, solve_counts
+from compressor.errors import BadInput, GateFailed
+from compressor.graph import Masks, PruningGraph
+from compressor.methods import channels as ch
+from compressor.methods.base import Context, Method
+from compressor.methods.lbfgs import TwoLoop
+
+SENSITIVITIES = ("lbfgs", "gradient")
+REDUCES = ("max", "mean")
+LOSSES = ("sum", "mean")
+TINY_GROUP = 0.05  # freeze when a group would keep <= 5% of its channels
+TRACE_POINTS = 64  # tau samples kept per epoch for the plot
+TRIM_TOL = 0.005  # the frozen mask's drop lies in [target, target + TRIM_TOL] when the rounding allows
+
+
+class ASTER(Method):
+    """A global BN-|gamma| threshold adapted from the loss sensitivity; permanent masking; freeze on target."""
+
+    name = "aster"
+
+    def __init__(self, *, tau0: float = 1e-4, reduce: str = "max", sensitivity: str = "lbfgs", history: int = 10,
+                 x: float = 0.01, update_every: int = 1, search_epochs: int | None = None,
+                 max_prune_fraction: float = 0.8, eps: float = 1e-12, loss: str = "sum") -> None:  # fmt: skip
+        super().__init__()
+        for what, value, options in (("sensitivity", sensitivity, SENSITIVITIES), ("reduce", reduce, REDUCES),
+                                     ("loss", loss, LOSSES)):  # fmt: skip
+            if value not in options:
+                raise ValueError(f"aster {what} must be one of {', '.join(options)}, got {value!r}")
+        if tau0 < 0 or x <= 0 or not 0 < max_prune_fraction <= 1 or update_every < 1 or history < 1:
+            raise ValueError("aster: need tau0 >= 0, x > 0, 0 < max-prune-fraction <= 1, update-every >= 1, "
+                             "history >= 1")  # fmt: skip
+        if search_epochs is not None and search_epochs < 1:
+            raise ValueError(f"aster search epochs must be >= 1, got {search_epochs}")
+        self.tau = float(tau0)
+        self.reduce, self.sensitivity, self.x, self.loss_mode = reduce, sensitivity, x, loss
+        self.update_every, self.search_epochs, self.eps = update_every, search_epochs, eps
+        self.max_prune_fraction = max_prune_fraction
+        self.lbfgs = TwoLoop(history)
+        self.frozen = False
+        self.freeze_epoch: int | None = None
+        self.fallback: dict[str, Any] | None = None
+        self.trim: dict[str, float] | None = None
+        self.log: list[dict[str, Any]] = []
+        self.skipped: list[tuple[str, str]] = []
+        self._epoch = self._new_epoch_stats()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def setup(self, graph: PruningGraph, ctx: Context) -> None:
+        super().setup(graph, ctx)
+        self.eta0 = ctx.lr
+        self._pool(graph)
+        if self.search_epochs is None:
+            self.search_epochs = max(1, ctx.epochs // 2)
+        self.search_epochs = min(self.search_epochs, max(ctx.epochs, 1))
+        self.allowed = {g.id: graph.allowed_keep(g.id, ctx.max_ratio) for g in graph.groups}
+        fixed = {gid: graph.groups[gid].size for gid in self.unscored}
+        try:  # reachable with the groups ASTER can score?
+            solve_counts(graph, ctx.budget, ctx.target, metric=ctx.metric, max_ratio=ctx.max_ratio,
+                         caps=fixed, floors=fixed)  # fmt: skip
+        except GateFailed as exc:
+            raise GateFailed(f"ASTER prunes only groups with BatchNorm: {exc}") from None
+        self._refresh_hold()
+        if ctx.epochs == 0:  # no training to adapt in: threshold at the target on the given weights
+            self._freeze(self._meet_target(), epoch=0, reason="no training epochs", fallback=True)
+
+    def _pool(self, graph: PruningGraph) -> None:
+        """Index the BN gammas of every scorable group: pooled entry -> (BN weight, position, global channel)."""
+        self.offsets, total = {}, 0
+        for g in graph.groups:
+            self.offsets[g.id] = total
+            total += g.size
+        self.params: list[nn.Parameter] = []
+        pos, chan = [], []
+        self.unscored: list[int] = []
+        for g in graph.groups:
+            bns = [m for m in g.members if m.side == "out" and isinstance(m.module, nn.modules.batchnorm._BatchNorm)]
+            bns = [m for m in bns if m.module.weight is not None]
+            covered = torch.zeros(g.size, dtype=torch.bool)
+            for m in bns:
+                covered[torch.tensor(m.root_idxs, dtype=torch.long)] = True
+            if not bns or not bool(covered.all()):
+                self.unscored.append(g.id)
+                why = "no affine BatchNorm" if not bns else "BatchNorm covers only part of its channels"
+                self.skipped.append((g.root_name, f"{why} in this group: ASTER cannot score it (left unpruned)"))
+                if self.ctx is not None:
+                    self.ctx.log(f"[aster] {g.root_name}: {self.skipped[-1][1]}")
+                continue
+            for m in bns:
+                k = len(self.params)
+                self.params.append(m.module.weight)
+                pos.append(torch.tensor([[k, i] for i in m.idxs], dtype=torch.long))
+                chan.append(torch.tensor(m.root_idxs, dtype=torch.long) + self.offsets[g.id])
+        if not self.params:
+            raise BadInput(f"ASTER needs BatchNorm on the prunable groups; none of the {len(graph.groups)} groups "
+                           "has one (use psap, l1 or l2)")  # fmt: skip
+        self.total = total
+        self.entry_param = torch.cat(pos)[:, 0]
+        self.entry_pos = torch.cat(pos)[:, 1]
+        self.entry_chan = torch.cat(chan)
+        self.scored = torch.zeros(total, dtype=torch.bool)
+        self.scored[self.entry_chan] = True
+
+    # ------------------------------------------------------------------------------------------ views
+    def _gather(self, grad: bool = False) -> torch.Tensor:
+        """The pooled gamma vector (or its gradient; zeros where none), float64 on the CPU."""
+        parts = []
+        for p in self.params:
+            t = p.grad if grad else p
+            parts.append(torch.zeros(p.numel()) if t is None else t.detach().float().cpu())
+        flat = torch.cat(parts).double()
+        starts = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0)[:-1]
+        return flat[starts[self.entry_param] + self.entry_pos]
+
+    def _alive(self) -> torch.Tensor:
+        """Per global channel: kept (True) or pruned; unscored groups count as kept."""
+        out = torch.ones(self.total, dtype=torch.bool)
+        for gid, m in self._masks.items():
+            out[self.offsets[gid] : self.offsets[gid] + len(m)] = m
+        return out
+
+    def channel_scores(self, gamma: torch.Tensor | None = None) -> torch.Tensor:
+        """Score per global channel: max (or mean) |gamma| over its coupled BNs; -inf if pruned, inf if unscored."""
+        g = (self._gather() if gamma is None else gamma).abs()
+        s = torch.zeros(self.total, dtype=torch.float64)
+        s = s.scatter_reduce(0, self.entry_chan, g, reduce="amax" if self.reduce == "max" else "mean",
+                             include_self=False)  # fmt: skip
+        s[~self.scored] = math.inf
+        s[~self._alive()] = -math.inf
+        return s
+
+    def group_scores(self, scores: torch.Tensor) -> dict[int, torch.Tensor]:
+        assert self.ctx is not None
+        return {g.id: scores[self.offsets[g.id] : self.offsets[g.id] + g.size] for g in self.ctx.graph.groups}
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def on_after_backward(self, step: int, loss: torch.Tensor | None = None, batch_size: int = 0) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        if self.frozen or loss is None or (step // ctx.steps_per_epoch) % self.update_every:
+            return
+        alive = self._alive()[self.entry_chan]
+        gamma = self._gather() * alive
+        g = self._gather(grad=True) * alive
+        if self.sensitivity == "lbfgs":
+            self.lbfgs.observe(gamma, g)
+            d = self.lbfgs.direction(g)
+        else:
+            d = -g
+        s = float((torch.sign(gamma) * d)[alive].sum())
+        batch = max(1, batch_size)
+        big_l = float(loss) * (batch if self.loss_mode == "sum" else 1)
+        e = self._epoch
+        e["batches"] += 1
+        if math.isfinite(s):
+            e["S"].append(s)
+        if not (math.isfinite(s) and math.isfinite(big_l) and s > self.eps):
+            e["skipped"] += 1
+            return
+        dtau = self.eta0 * self.x * big_l / (batch * s)
+        if self._guard(self.tau + dtau, gamma):
+            e["reverted"] += 1
+            return
+        self.tau += dtau
+        e["dtau"].append(dtau)
+        if len(e["trace"]) < TRACE_POINTS * 4:
+            e["trace"].append(self.tau)
+
+    def _guard(self, tau: float, gamma: torch.Tensor) -> str:
+        """Why ``tau`` must be reverted ('' if it may stand)."""
+        if not math.isfinite(tau) or tau < 0:
+            return "negative"
+        scores = self.channel_scores(gamma)
+        n_scored = int(self.scored.sum())
+        if int((scores < tau).sum()) > self.max_prune_fraction * n_scored:
+            return "max prune fraction"
+        for gid, s in self.group_scores(scores).items():
+            if gid not in self.unscored and len(s) > 1 and tau >= float(torch.topk(s, 2).values[1]):
+                return "would empty a group"
+        return ""
+
+    def on_after_step(self, step: int) -> None:
+        for t, rows in self._hold:  # permanent masking: pruned filters, biases and BN gamma/beta stay zero
+            t.data.index_fill_(0, rows, 0.0)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        ctx = self.ctx
+        assert ctx is not None
+        t = epoch + 1
+        update = not self.frozen and epoch % self.update_every == 0
+        tau_start = self._epoch["tau_start"]
+        note = ""
+        if not self.frozen:
+            masks = self._masks_at(self.tau)
+            raw_keep = self._raw_keep(self.tau)
+            tiny = [gid for gid, k in raw_keep.items() if k <= TINY_GROUP * ctx.graph.groups[gid].size]
+            if ctx.budget.drop(masks, ctx.metric) >= ctx.target:
+                self._freeze(self._meet_target(), epoch=t, reason="target reached")
+            elif tiny:
+                note = f"group {ctx.graph.groups[tiny[0]].root_name} would keep <= 5%"
+                self._freeze(self._meet_target(), epoch=t, reason=note, fallback=True)
+            else:
+                self._prune(masks)
+                if t >= (self.search_epochs or 1):
+                    self._freeze(self._meet_target(), epoch=t, reason="search epochs over", fallback=True)
+        rec = self._record(t, update, tau_start, note)
+        self.log.append(rec)
+        self._epoch = self._new_epoch_stats()
+        ctx.log(f"[aster] epoch {t}: tau {self.tau:.5g}, {ctx.metric} drop {rec['drop']:.4f}, pruned "
+                f"{rec['pruned_fraction']:.3f} of channels" + (", frozen" if self.frozen else "")
+                + (" (fallback)" if self.fallback else ""))  # fmt: skip
+        return {"aster_tau": self.tau, f"{ctx.metric}_drop": rec["drop"], "aster_frozen": self.frozen,
+                "aster_record": rec}  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ masks
+    def _raw_keep(self, tau: float) -> dict[int, int]:
+        return {gid: int((s >= tau).sum()) for gid, s in self.group_scores(self.channel_scores()).items()}
+
+    def _masks_at(self, tau: float) -> Masks:
+        """Prune ``score < tau`` (pruned channels stay pruned), rounded up to an allowed kept count per group."""
+        scores = self.group_scores(self.channel_scores())
+        counts = {}
+        for gid, s in scores.items():
+            want = int((s >= tau).sum())
+            counts[gid] = min([k for k in self.allowed[gid] if k >= want] + [int(self._masks[gid].sum())])
+        return masks_from_counts(scores, counts)
+
+    def _meet_target(self) -> tuple[Masks, float, bool]:
+        """Masks at the smallest threshold reaching the target, that threshold, and whether they were trimmed."""
+        ctx = self.ctx
+        assert ctx is not None
+        scores = self.channel_scores()
+        cands = torch.unique(scores[torch.isfinite(scores)]).tolist()
+        taus = [math.nextafter(c, math.inf) for c in cands]  # a tau just above a score prunes that channel
+        if not taus or ctx.budget.drop(self._masks_at(taus[-1]), ctx.metric) < ctx.target:
+            raise GateFailed(f"ASTER cannot reach {ctx.metric} drop {ctx.target:.3f} with the groups it scores")
+        lo, hi = -1, len(taus) - 1  # invariant: taus[hi] reaches the target, taus[lo] does not (or lo = -1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if ctx.budget.drop(self._masks_at(taus[mid]), ctx.metric) >= ctx.target:
+                hi = mid
+            else:
+                lo = mid
+        tau = taus[hi]
+        over = self._masks_at(tau)
+        if ctx.budget.drop(over, ctx.metric) <= ctx.target + TRIM_TOL:
+            return over, tau, False
+        # One score step moved a whole rounding unit past the target: keep the threshold's allocation (each
+        # group's fraction below tau) and scale it to the budget; solve_counts then fixes the rounding.
+        by_group = self.group_scores(scores)
+        frac = {gid: float((s < tau).double().mean()) for gid, s in by_group.items()}
+        fixed = {gid: ctx.graph.groups[gid].size for gid in self.unscored}
+        caps = {gid: int(m.sum()) for gid, m in self._masks.items()}
+        counts = solve_counts(ctx.graph, ctx.budget, ctx.target, metric=ctx.metric, weights=frac,
+                              max_ratio=ctx.max_ratio, caps=caps, floors=fixed, tol=TRIM_TOL)  # fmt: skip
+        return masks_from_counts(by_group, counts), tau, True
+
+    def _prune(self, masks: Masks) -> None:
+        """Make ``masks`` permanent: zero every coupled parameter (and momentum) of the newly pruned channels."""
+        ctx = self.ctx
+        assert ctx is not None
+        changed = any(not torch.equal(masks[gid], self._masks[gid]) for gid in masks)
+        self._masks = masks
+        if not changed:
+            return
+        ctx.graph.apply_masks(masks)  # filters, biases, BN gamma/beta/running stats, consumer inputs
+        for g in ctx.graph.groups:
+            if not bool(masks[g.id].all()):
+                ch.clear_momentum(ch.filter_slices(g) + ch.norm_slices(g), ~masks[g.id], ctx.optimizer)
+        self._refresh_hold()
+        self.lbfgs.reset()  # old pairs span channels that are gone
+
+    def _refresh_hold(self) -> None:
+        assert self.ctx is not None
+        self._hold = []
+        for g in self.ctx.graph.groups:
+            dropped = ~self._masks[g.id]
+            if bool(dropped.any()):
+                self._hold += [(s.tensor, s.rows_of(dropped)) for s in ch.filter_slices(g) + ch.norm_slices(g)]
+
+    def _freeze(self, result: tuple[Masks, float, bool], *, epoch: int, reason: str, fallback: bool = False) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        masks, tau, trimmed = result
+        if fallback:
+            self.fallback = {"epoch": epoch, "reason": reason, "tau_before": self.tau, "tau_set": tau}
+            ctx.log(f"[aster] fallback at epoch {epoch} ({reason}): tau {self.tau:.5g} -> {tau:.5g}")
+        # the crossing epoch's tau may overshoot: the frozen tau is the smallest that reaches the target
+        self.trim = {"tau_adapted": self.tau, "tau_effective": tau, "rounding_trimmed": trimmed}
+        self.tau = tau
+        self._prune(masks)
+        self.frozen, self.freeze_epoch, self.finished = True, epoch, True
+
+    # ------------------------------------------------------------------------------------------ records
+    def _new_epoch_stats(self) -> dict[str, Any]:
+        return {"tau_start": getattr(self, "tau", 0.0), "batches": 0, "skipped": 0, "reverted": 0,
+                "S": [], "dtau": [], "trace": []}  # fmt: skip
+
+    def _record(self, epoch: int, update: bool, tau_start: float, note: str) -> dict[str, Any]:
+        ctx = self.ctx
+        assert ctx is not None
+        e = self._epoch
+        s, dt = torch.tensor(e["S"], dtype=torch.float64), torch.tensor(e["dtau"], dtype=torch.float64)
+        stride = max(1, len(e["trace"]) // TRACE_POINTS)
+        alive = self._alive()[self.scored]
+        return {
+            "epoch": epoch, "update": update, "tau_start": tau_start, "tau": self.tau,
+            "batches": e["batches"], "updates": len(dt), "skipped": e["skipped"], "reverted": e["reverted"],
+            "S_median": float(s.median()) if len(s) else None, "S_min": float(s.min()) if len(s) else None,
+            "S_max": float(s.max()) if len(s) else None,
+            "dtau_mean": float(dt.mean()) if len(dt) else 0.0, "dtau_max": float(dt.max()) if len(dt) else 0.0,
+            "tau_trace": e["trace"][::stride],
+            "pruned_fraction": 1.0 - float(alive.double().mean()),
+            "drop": ctx.budget.drop(self._masks, ctx.metric),
+            "frozen": self.frozen, "freeze_epoch": self.freeze_epoch, "fallback": self.fallback, "trim": self.trim,
+            "note": note,
+            "kept": {g.root_name: int(self._masks[g.id].sum()) for g in ctx.graph.groups},
+            "unscored": [name for name, _ in self.skipped],
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tau": self.tau, "frozen": self.frozen, "freeze_epoch": self.freeze_epoch,
+                "fallback": self.fallback, "trim": self.trim, "log": self.log, "lbfgs": self.lbfgs.state_dict(),
+                "epoch_stats": self._epoch}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.tau, self.frozen = float(state["tau"]), bool(state["frozen"])
+        self.freeze_epoch, self.fallback, self.trim = state["freeze_epoch"], state["fallback"], state["trim"]
+        self.log, self._epoch = list(state["log"]), dict(state["epoch_stats"])
+        self.lbfgs.load_state_dict(state["lbfgs"])
+        if self.ctx is not None:
+            self._refresh_hold()
