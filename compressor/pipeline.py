@@ -252,6 +252,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     graph = PruningGraph(model, example, round_to=cfg.round_to, arch=cfg.model)
     budget = Budget(graph)
     solve_counts(graph, budget, target, metric=metric, max_ratio=cfg.max_layer_ratio)  # reachable? (GateFailed)
+    method.check(graph, budget, target, metric, cfg.max_layer_ratio)  # can this method prune it? (BadInput)
     device = pick_device(cfg.device)
 
     # Inputs are valid: from here on we write into the run directory.

@@ -73,6 +73,17 @@ _PRUNE_BASE = _prune_cmd()
 _PRUNE_OK = [*_PRUNE_BASE, "--target-flops", "0.4"]
 
 
+def _no_bn_model(d: Path) -> str:
+    """A user model file (conv-relu only): nothing ASTER can score."""
+    (d / "nobn.py").write_text(
+        "from torch import nn\n"
+        "def make(num_classes=10, in_channels=1):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n"
+    )
+    return f"{d / 'nobn.py'}:make"
+
+
 def _random_bytes(path: Path) -> None:
     path.write_bytes(random.Random(0).randbytes(4096))
 
@@ -155,6 +166,11 @@ BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
     "scratch-no-epochs": lambda d: [*_PRUNE_OK, "--from-scratch", "--out", "run"],
     "psap-bad-pulse": lambda d: [*_PRUNE_OK, "--psap-pulse", "loud", "--out", "run"],
     "prune-every-0": lambda d: [*_PRUNE_OK, "--prune-every", "0", "--out", "run"],
+    "aster-bad-sensitivity": lambda d: [*_PRUNE_OK, "--method", "aster", "--aster-sensitivity", "newton", "--out", "r"],
+    "aster-max-prune-0": lambda d: [*_PRUNE_OK, "--method", "aster", "--max-prune-fraction", "0", "--out", "run"],
+    "bn-init-with-weights": lambda d: [*_PRUNE_OK, "--bn-init", "0.5", "--weights", "w.pt", "--out", "run"],
+    "aster-no-batchnorm": lambda d: [*_prune_cmd(model=_no_bn_model(d)), "--trust-code", "--method", "aster",
+                                     "--target-flops", "0.3", "--out", "run"],  # fmt: skip
 }
 EXPECT_IN_MESSAGE = {
     "unknown-model": "resnet99",
@@ -181,6 +197,10 @@ EXPECT_IN_MESSAGE = {
     "scratch-no-epochs": "--epochs",
     "psap-bad-pulse": "loud",
     "prune-every-0": "--prune-every",
+    "aster-bad-sensitivity": "newton",
+    "aster-max-prune-0": "max-prune-fraction",
+    "bn-init-with-weights": "--bn-init",
+    "aster-no-batchnorm": "BatchNorm",
 }
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.budget import masks_from_counts, solve_counts
+from compressor.budget import Budget, masks_from_counts, solve_counts
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import Masks, PruningGraph
 from compressor.methods import channels as ch
@@ -72,20 +72,25 @@ class ASTER(Method):
         self._epoch = self._new_epoch_stats()
 
     # ------------------------------------------------------------------------------------------ setup
+    def check(self, graph: PruningGraph, budget: Budget, target: float, metric: str, max_ratio: float) -> None:
+        """BadInput when no group has BN; GateFailed when the groups with BN cannot reach the target."""
+        self._pool(graph)
+        fixed = {gid: graph.groups[gid].size for gid in self.unscored}
+        try:
+            solve_counts(graph, budget, target, metric=metric, max_ratio=max_ratio, caps=fixed, floors=fixed)
+        except GateFailed as exc:
+            raise GateFailed(f"ASTER prunes only groups with BatchNorm: {exc}") from None
+
     def setup(self, graph: PruningGraph, ctx: Context) -> None:
         super().setup(graph, ctx)
         self.eta0 = ctx.lr
-        self._pool(graph)
+        self.check(graph, ctx.budget, ctx.target, ctx.metric, ctx.max_ratio)
+        for name, why in self.skipped:
+            ctx.log(f"[aster] {name}: {why}")
         if self.search_epochs is None:
             self.search_epochs = max(1, ctx.epochs // 2)
         self.search_epochs = min(self.search_epochs, max(ctx.epochs, 1))
         self.allowed = {g.id: graph.allowed_keep(g.id, ctx.max_ratio) for g in graph.groups}
-        fixed = {gid: graph.groups[gid].size for gid in self.unscored}
-        try:  # reachable with the groups ASTER can score?
-            solve_counts(graph, ctx.budget, ctx.target, metric=ctx.metric, max_ratio=ctx.max_ratio,
-                         caps=fixed, floors=fixed)  # fmt: skip
-        except GateFailed as exc:
-            raise GateFailed(f"ASTER prunes only groups with BatchNorm: {exc}") from None
         self._refresh_hold()
         if ctx.epochs == 0:  # no training to adapt in: threshold at the target on the given weights
             self._freeze(self._meet_target(), epoch=0, reason="no training epochs", fallback=True)
@@ -99,6 +104,7 @@ class ASTER(Method):
         self.params: list[nn.Parameter] = []
         pos, chan = [], []
         self.unscored: list[int] = []
+        self.skipped = []
         for g in graph.groups:
             bns = [m for m in g.members if m.side == "out" and isinstance(m.module, nn.modules.batchnorm._BatchNorm)]
             bns = [m for m in bns if m.module.weight is not None]
@@ -109,8 +115,6 @@ class ASTER(Method):
                 self.unscored.append(g.id)
                 why = "no affine BatchNorm" if not bns else "BatchNorm covers only part of its channels"
                 self.skipped.append((g.root_name, f"{why} in this group: ASTER cannot score it (left unpruned)"))
-                if self.ctx is not None:
-                    self.ctx.log(f"[aster] {g.root_name}: {self.skipped[-1][1]}")
                 continue
             for m in bns:
                 k = len(self.params)

@@ -44,6 +44,9 @@ class Method:
         self._masks: Masks = {}
         self.finished = False
 
+    def check(self, graph: PruningGraph, budget: Budget, target: float, metric: str, max_ratio: float) -> None:
+        """Raise BadInput/GateFailed before any work if this method cannot prune ``graph`` to ``target``."""
+
     def setup(self, graph: PruningGraph, ctx: Context) -> None:
         self.ctx = ctx
         self._masks = graph.full_masks()
