@@ -679,8 +679,27 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(f"- {r['model']} {r['start']} {r['target']} {r['variant']} seed {r['seed']}: "
                          f"{r.get('error') or r.get('export_error')}")  # fmt: skip
         lines.append("")
+    lines += _aster_lines(result)
     lines += _overhead_lines(result)
     return "\n".join(lines)
+
+
+def _aster_lines(result: dict[str, Any]) -> list[str]:
+    """Per ASTER run: did tau reach the target by adaptation, or did the fallback set it?"""
+    rows = sorted((r for r in result["rows"] if "aster_fallback" in r), key=_sort_key)
+    if not rows:
+        return []
+    lines = ["## ASTER: adaptation or fallback", "",
+             "tau reached: the adapted threshold when the mask froze (before the fallback set it, if it fired). "
+             "The fallback fires when the search epochs end below the target.", "",
+             "| model | start | target | variant | seed | fallback | tau reached | frozen at epoch | top-1 % |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        tau = r["aster_tau_before_fallback"] if r["aster_fallback"] else r["aster_tau"]
+        lines.append(f"| {r['model']} | {r['start']} | {round(100 * r['target'])}% | {r['variant']} | {r['seed']} | "
+                     f"{'**yes**' if r['aster_fallback'] else 'no'} | {tau:.3f} | {r['aster_freeze_epoch']} | "
+                     f"{100 * r['acc']:.2f} |")  # fmt: skip
+    return lines + [""]
 
 
 def _overhead_lines(result: dict[str, Any]) -> list[str]:
