@@ -169,8 +169,16 @@ BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
     "aster-bad-sensitivity": lambda d: [*_PRUNE_OK, "--method", "aster", "--aster-sensitivity", "newton", "--out", "r"],
     "aster-max-prune-0": lambda d: [*_PRUNE_OK, "--method", "aster", "--max-prune-fraction", "0", "--out", "run"],
     "bn-init-with-weights": lambda d: [*_PRUNE_OK, "--bn-init", "0.5", "--weights", "w.pt", "--out", "run"],
-    "aster-no-batchnorm": lambda d: [*_prune_cmd(model=_no_bn_model(d)), "--trust-code", "--method", "aster",
-                                     "--target-flops", "0.3", "--out", "run"],  # fmt: skip
+    "aster-no-batchnorm": lambda d: [
+        *_prune_cmd(model=_no_bn_model(d)),
+        "--trust-code",
+        "--method",
+        "aster",
+        "--target-flops",
+        "0.3",
+        "--out",
+        "run",
+    ],  # fmt: skip
 }
 EXPECT_IN_MESSAGE = {
     "unknown-model": "resnet99",
