@@ -69,6 +69,7 @@ class ASTER(Method):
         self.trim: dict[str, float] | None = None
         self.log: list[dict[str, Any]] = []
         self.skipped: list[tuple[str, str]] = []
+        self._alive_cache: torch.Tensor | None = None
         self._epoch = self._new_epoch_stats()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -125,8 +126,8 @@ class ASTER(Method):
             raise BadInput(f"ASTER needs BatchNorm on the prunable groups; none of the {len(graph.groups)} groups "
                            "has one (use psap, l1 or l2)")  # fmt: skip
         self.total = total
-        self.entry_param = torch.cat(pos)[:, 0]
-        self.entry_pos = torch.cat(pos)[:, 1]
+        starts = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0)[:-1]
+        self.entry_flat = starts[torch.cat(pos)[:, 0]] + torch.cat(pos)[:, 1]  # index into the concatenated weights
         self.entry_chan = torch.cat(chan)
         self.scored = torch.zeros(total, dtype=torch.bool)
         self.scored[self.entry_chan] = True
@@ -138,16 +139,15 @@ class ASTER(Method):
         for p in self.params:
             t = p.grad if grad else p
             parts.append(torch.zeros(p.numel()) if t is None else t.detach().float().cpu())
-        flat = torch.cat(parts).double()
-        starts = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0)[:-1]
-        return flat[starts[self.entry_param] + self.entry_pos]
+        return torch.cat(parts).double()[self.entry_flat]
 
     def _alive(self) -> torch.Tensor:
-        """Per global channel: kept (True) or pruned; unscored groups count as kept."""
-        out = torch.ones(self.total, dtype=torch.bool)
-        for gid, m in self._masks.items():
-            out[self.offsets[gid] : self.offsets[gid] + len(m)] = m
-        return out
+        """Per global channel: kept (True) or pruned; unscored groups count as kept (cached per mask)."""
+        if self._alive_cache is None:
+            self._alive_cache = torch.ones(self.total, dtype=torch.bool)
+            for gid, m in self._masks.items():
+                self._alive_cache[self.offsets[gid] : self.offsets[gid] + len(m)] = m
+        return self._alive_cache
 
     def channel_scores(self, gamma: torch.Tensor | None = None) -> torch.Tensor:
         """Score per global channel: max (or mean) |gamma| over its coupled BNs; -inf if pruned, inf if unscored."""
@@ -301,7 +301,9 @@ class ASTER(Method):
         self.lbfgs.reset()  # old pairs span channels that are gone
 
     def _refresh_hold(self) -> None:
+        """After a mask change: the rows to hold at zero, and the alive cache."""
         assert self.ctx is not None
+        self._alive_cache = None
         self._hold = []
         for g in self.ctx.graph.groups:
             dropped = ~self._masks[g.id]
