@@ -58,17 +58,32 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_kept_ratios(log: list[dict[str, Any]], path: Any, title: str = "") -> None:
-    """PNG of each group's kept-channel ratio over pruning steps (PSAP's per-step records), written atomically."""
+def _figure() -> tuple[Any, Any]:
+    """A headless (Agg) matplotlib figure and axes of the report plots' size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(8, 4.5), dpi=100)
+
+
+def _save_png(fig: Any, path: Any) -> None:
+    """Write ``fig`` as PNG to ``path`` atomically and free it."""
+    import matplotlib.pyplot as plt
+
     from compressor.atomic import atomic_path
 
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_kept_ratios(log: list[dict[str, Any]], path: Any, title: str = "") -> None:
+    """PNG of each group's kept-channel ratio over pruning steps (PSAP's per-step records), written atomically."""
     steps = [rec["step"] for rec in log]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, ax = _figure()
     names = [g["name"] for g in log[0]["groups"]]
     for i, name in enumerate(names):
         ax.plot(steps, [1 - rec["groups"][i]["p"] for rec in log], marker=".", linewidth=1, label=name)
@@ -78,22 +93,12 @@ def plot_kept_ratios(log: list[dict[str, Any]], path: Any, title: str = "") -> N
     ax.set_title(title or "kept ratio per channel group")
     if len(names) <= 24:
         ax.legend(fontsize=6, ncol=2, loc="lower left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def plot_threshold(log: list[dict[str, Any]], path: Any, title: str = "") -> None:
     """PNG of ASTER's threshold (per-update trace and epoch ends) and the FLOPs drop per epoch, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from compressor.atomic import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, ax = _figure()
     xs, ts = [], []
     for rec in log:  # the trace of epoch e spreads over (e-1, e]
         trace = rec.get("tau_trace") or []
@@ -117,7 +122,4 @@ def plot_threshold(log: list[dict[str, Any]], path: Any, title: str = "") -> Non
     more = drop.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper left")
     ax.set_title(title or "ASTER threshold")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save_png(fig, path)

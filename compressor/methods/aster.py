@@ -221,9 +221,9 @@ class ASTER(Method):
         tau_start = self._epoch["tau_start"]
         note = ""
         if not self.frozen:
-            masks = self._masks_at(self.tau)
-            raw_keep = self._raw_keep(self.tau)
-            tiny = [gid for gid, k in raw_keep.items() if k <= TINY_GROUP * ctx.graph.groups[gid].size]
+            scores = self.group_scores(self.channel_scores())
+            masks = self._masks_at(self.tau, scores)
+            tiny = [gid for gid, s in scores.items() if int((s >= self.tau).sum()) <= TINY_GROUP * len(s)]
             if ctx.budget.drop(masks, ctx.metric) >= ctx.target:
                 self._freeze(self._meet_target(), epoch=t, reason="target reached")
             elif tiny:
@@ -243,12 +243,8 @@ class ASTER(Method):
                 "aster_record": rec}  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ masks
-    def _raw_keep(self, tau: float) -> dict[int, int]:
-        return {gid: int((s >= tau).sum()) for gid, s in self.group_scores(self.channel_scores()).items()}
-
-    def _masks_at(self, tau: float) -> Masks:
+    def _masks_at(self, tau: float, scores: dict[int, torch.Tensor]) -> Masks:
         """Prune ``score < tau`` (pruned channels stay pruned), rounded up to an allowed kept count per group."""
-        scores = self.group_scores(self.channel_scores())
         counts = {}
         for gid, s in scores.items():
             want = int((s >= tau).sum())
@@ -260,24 +256,24 @@ class ASTER(Method):
         ctx = self.ctx
         assert ctx is not None
         scores = self.channel_scores()
+        by_group = self.group_scores(scores)
         cands = torch.unique(scores[torch.isfinite(scores)]).tolist()
         taus = [math.nextafter(c, math.inf) for c in cands]  # a tau just above a score prunes that channel
-        if not taus or ctx.budget.drop(self._masks_at(taus[-1]), ctx.metric) < ctx.target:
+        if not taus or ctx.budget.drop(self._masks_at(taus[-1], by_group), ctx.metric) < ctx.target:
             raise GateFailed(f"ASTER cannot reach {ctx.metric} drop {ctx.target:.3f} with the groups it scores")
         lo, hi = -1, len(taus) - 1  # invariant: taus[hi] reaches the target, taus[lo] does not (or lo = -1)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if ctx.budget.drop(self._masks_at(taus[mid]), ctx.metric) >= ctx.target:
+            if ctx.budget.drop(self._masks_at(taus[mid], by_group), ctx.metric) >= ctx.target:
                 hi = mid
             else:
                 lo = mid
         tau = taus[hi]
-        over = self._masks_at(tau)
+        over = self._masks_at(tau, by_group)
         if ctx.budget.drop(over, ctx.metric) <= ctx.target + TRIM_TOL:
             return over, tau, False
         # One score step moved a whole rounding unit past the target: keep the threshold's allocation (each
         # group's fraction below tau) and scale it to the budget; solve_counts then fixes the rounding.
-        by_group = self.group_scores(scores)
         frac = {gid: float((s < tau).double().mean()) for gid, s in by_group.items()}
         fixed = {gid: ctx.graph.groups[gid].size for gid in self.unscored}
         caps = {gid: int(m.sum()) for gid, m in self._masks.items()}
