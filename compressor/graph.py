@@ -8,16 +8,24 @@ root layer's output channels. Masks are ``dict[group_id, BoolTensor]`` over the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fnmatch
+import importlib
 import importlib.metadata
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning import ops as tp_ops
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 
+from compressor.bounded import LimitExceeded, available_bytes, bounded
 from compressor.errors import BadInput
 
 Masks = dict[int, torch.Tensor]
@@ -25,20 +33,23 @@ Masks = dict[int, torch.Tensor]
 TP_VERSION = importlib.metadata.version("torch-pruning")
 PRUNED_FORMAT = "compress.pruned/1"
 
-# Families Torch-Pruning cannot handle (checked): refuse clearly instead of crashing or hanging.
+# Families Torch-Pruning cannot handle (checked): refuse at once instead of running into the bound below.
 UNSUPPORTED = {
-    "shufflenet": "channel shuffle breaks Torch-Pruning's dependency graph (ZeroDivisionError at build)",
-    "swin": "Torch-Pruning's group search does not finish in reasonable time on Swin",
-    "maxvit": "Torch-Pruning's group search does not finish in reasonable time on MaxViT",
+    "swin": "Torch-Pruning's group search does not finish in reasonable time on Swin (window shifts/reshapes)",
+    "maxvit": "Torch-Pruning's group search does not finish in reasonable time on MaxViT (window/grid reshapes)",
 }
+#: Graph building (tracing + group search) is stopped past this many seconds / this much memory growth.
+GRAPH_SECONDS = float(os.environ.get("COMPRESS_GRAPH_TIMEOUT", "40"))
+GRAPH_MEMORY_GB = os.environ.get("COMPRESS_GRAPH_MEMORY_GB")  # default: half the memory available at start
 
 # Module types whose FLOPs Torch-Pruning's counter sees and that scale with their channel count only.
 _PASSTHROUGH = (
     nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.GELU,
 )  # fmt: skip
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample, nn.GELU)  # costed on their output
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
           nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)  # fmt: skip
 
@@ -63,6 +74,8 @@ class ChannelGroup:
     size: int
     members: list[Member] = field(repr=False)
     tp_group: Any = field(repr=False)
+    step: int = 1  # kept counts are multiples of this (--round-to, and attention heads where coupled)
+    max_ratio: float = 1.0  # a per-group cap on the pruned fraction (--group-max-ratio)
 
     @property
     def layer_names(self) -> list[str]:
@@ -125,7 +138,13 @@ def _is_depthwise(m: nn.Module) -> bool:
 
 
 class PruningGraph:
-    """DepGraph groups of a model plus everything needed to mask, count and materialize them."""
+    """DepGraph groups of a model plus everything needed to mask, count and materialize them.
+
+    Layers are left alone (never pruned) when they are the classifier, match ``ignore`` (names, globs or
+    ``type:ClassName``), are the stem with ``ignore_stem``, or are coupled to such a layer, to an op Torch-Pruning
+    cannot map (channel shuffle, grouped convolutions) or to too few channels; :meth:`left_alone` says which and
+    why. Building is bounded by ``seconds`` and ``memory_gb`` (see :mod:`compressor.bounded`).
+    """
 
     def __init__(
         self,
@@ -133,8 +152,13 @@ class PruningGraph:
         example: torch.Tensor,
         *,
         ignored_layers: list[nn.Module] | None = None,
+        ignore: list[str] | tuple[str, ...] = (),
+        ignore_stem: bool = False,
+        group_max_ratio: dict[str, float] | None = None,
         round_to: int = 8,
         arch: str = "",
+        seconds: float | None = None,
+        memory_gb: float | None = None,
     ) -> None:
         for key, why in UNSUPPORTED.items():
             if key in arch.lower():
@@ -142,13 +166,19 @@ class PruningGraph:
         self.model = model
         self.example = example
         self.round_to = max(1, int(round_to))
-        self.classifiers = _classifiers(model, example)
-        ignored = list(ignored_layers or []) + self.classifiers
         self.names = {m: n for n, m in model.named_modules()}
-        self.skipped: list[tuple[str, str]] = [(self.names[m], "classifier (output layer)") for m in self.classifiers]
+        self.classifiers = _classifiers(model, example)
+        self.ignored: dict[nn.Module, str] = {m: "ignored by the caller" for m in ignored_layers or []}
+        self.ignored.update(resolve_ignore(model, ignore))
+        self.ignored.update({m: "classifier (output layer)" for m in self.classifiers})
+        self.overrides = _check_overrides(model, group_max_ratio or {})
+        self.skipped: list[tuple[str, str]] = []
+        self._skipped_layers: dict[str, str] = {}
+        label = arch or type(model).__name__
+        seconds = GRAPH_SECONDS if seconds is None else seconds
+        limit = _memory_limit(memory_gb)
 
         calls: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...], Any]] = []
-
         active = [False]  # True only inside a top-level forward on the example batch
 
         def enter(_mod: nn.Module, args: tuple) -> None:
@@ -160,66 +190,126 @@ class PruningGraph:
             active[0] = False
 
         def record(mod: nn.Module, inputs: tuple, output: Any) -> None:
+            output = output[0] if isinstance(output, tuple) and output else output  # attention: (out, weights)
             if active[0] and isinstance(output, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor):
                 calls.append((mod, tuple(inputs[0].shape), tuple(output.shape), output.grad_fn))
 
-        hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+        leaves = [m for m in model.modules() if not list(m.children()) or isinstance(m, nn.MultiheadAttention)]
+        hooks = [m.register_forward_hook(record) for m in leaves]
         hooks += [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
-        was_training = model.training
         try:
-            with torch.enable_grad():
+            with bounded(seconds, limit):
                 # Classifiers are excluded from groups below, not from tracing: a layer ignored while
                 # tracing becomes anonymous ops whose reshape mapping corrupts the groups feeding it.
-                self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+                self.DG = _build_dg(model, example)
+                for h in hooks:
+                    h.remove()
+                if ignore_stem:
+                    stem = next((m for m, *_ in calls if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+                    if stem is not None:
+                        self.ignored.setdefault(stem, "stem (--ignore-stem)")
+                self.groups: list[ChannelGroup] = []
+                for tp_group in self.DG.get_all_groups(ignored_layers=[], root_module_types=(nn.Conv2d, nn.Linear)):
+                    self._add_group(tp_group)
+        except LimitExceeded as exc:
+            raise BadInput(
+                f"model {label!r} cannot be pruned: building its channel groups {exc} and was stopped "
+                "(Torch-Pruning cannot group this architecture; limits: COMPRESS_GRAPH_TIMEOUT/_MEMORY_GB)"
+            ) from None
         except BadInput:
             raise
         except Exception as exc:  # Torch-Pruning raises many types on untraceable models
-            raise BadInput(
-                f"Torch-Pruning cannot trace {arch or type(model).__name__}: {type(exc).__name__}: {exc}"
-            ) from None
+            raise BadInput(f"Torch-Pruning cannot trace {label}: {type(exc).__name__}: {exc}") from None
         finally:
             for h in hooks:
                 h.remove()
-            model.train(was_training)
-        self.groups: list[ChannelGroup] = []
-        for tp_group in self.DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-            self._add_group(tp_group)
+        for mod, why in self.ignored.items():  # ignored layers that no group reached (e.g. unused in forward)
+            name = self.names.get(mod)
+            if name is not None and name not in self._skipped_layers:
+                self._note_skipped(name, why)
         self._build_costs(calls)
 
     # ----------------------------------------------------------------------------------------- groups
+    def _note_skipped(self, root_name: str, why: str, members: list[Member] | None = None) -> None:
+        self.skipped.append((root_name, why))
+        self._skipped_layers.setdefault(root_name, why)
+        for m in members or []:
+            if m.side == "out" and m.name != root_name and isinstance(m.module, (nn.Conv2d, nn.Linear)):
+                self._skipped_layers.setdefault(m.name, f"{why} (same channels as {root_name})")
+
     def _add_group(self, tp_group: Any) -> None:
         root = tp_group[0].dep.target.module
         root_name = self.names[root]
         members: list[Member] = []
+        opaque = None
         for item in tp_group.items:
             mod = item.dep.target.module
             if not isinstance(mod, nn.Module) or mod not in self.names:
+                fn = getattr(item.dep.target, "grad_fn", None)
+                if fn is not None and _OpaqueShuffle.__name__ in getattr(fn, "name", lambda: "")():
+                    opaque = "channel shuffle"
+                elif item.dep.target.type == tp_ops.OPTYPE.SPLIT and opaque is None:
+                    opaque = "split into chunks (kept channels would move between chunks)"
                 continue  # op nodes (add, cat, relu grad_fns) carry no weights
             side = "out" if self.DG.is_out_channel_pruning_fn(item.dep.handler) else "in"
             members.append(Member(self.names[mod], mod, side, list(item.idxs), list(item.root_idxs)))
         size = len(tp_group[0].idxs)
+        why = self._why_not(root_name, members, size, opaque)
+        if why is not None:
+            self._note_skipped(root_name, why, members)
+            return
+        heads = [m.module.num_heads for m in members if isinstance(m.module, nn.MultiheadAttention)]
+        step = math.lcm(self.round_to, *heads)
+        cap = min((v for pat, v in self.overrides.items() if _matches(pat, members)), default=1.0)
+        if cap <= 0:
+            self._note_skipped(root_name, "--group-max-ratio 0 for this group", members)
+            return
+        self.groups.append(ChannelGroup(len(self.groups), root_name, size, members, tp_group, step, cap))
+
+    def _why_not(self, root_name: str, members: list[Member], size: int, opaque: str | None) -> str | None:
+        """Why a group must be left alone (None: it can be pruned)."""
+        hit = next((m for m in members if m.side == "out" and m.module in self.ignored), None)
+        if hit is not None:
+            why = self.ignored[hit.module]
+            return why if hit.name == root_name else f"coupled to {hit.name}: {why}"
+        if opaque is not None:
+            return f"coupled to a {opaque} (unsupported op: Torch-Pruning cannot map channels through it)"
         broken = next((m for m in members if not _consistent(m, size)), None)
         if broken is not None:
-            self.skipped.append((root_name, f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)"))
-            return
-        grouped = [m for m in members if _is_grouped(m.module)]
-        if grouped:
-            g = grouped[0].module
-            self.skipped.append((root_name, f"grouped convolution {grouped[0].name} (groups={g.groups})"))
-            return
-        if size <= self.round_to:
-            self.skipped.append((root_name, f"{size} channels: not more than --round-to {self.round_to}"))
-            return
-        self.groups.append(ChannelGroup(len(self.groups), root_name, size, members, tp_group))
+            return f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)"
+        grouped = next((m for m in members if _is_grouped(m.module)), None)
+        if grouped is not None:
+            return f"grouped convolution {grouped.name} (groups={grouped.module.groups}, unsupported op)"
+        heads = [m.module.num_heads for m in members if isinstance(m.module, nn.MultiheadAttention)]
+        step = math.lcm(self.round_to, *heads)
+        if size <= step:
+            return f"{size} channels: not more than --round-to {self.round_to}" + (
+                f" (rounded to {step} for {heads[0]} attention heads)" if step != self.round_to else ""
+            )
+        return None
+
+    def left_alone(self) -> list[tuple[str, str]]:
+        """Every conv/linear layer whose output channels are never pruned, and why."""
+        grouped = {m.name for g in self.groups for m in g.members if m.side == "out"}
+        rows = []
+        for name, mod in self.model.named_modules():
+            if not isinstance(mod, (nn.Conv2d, nn.Linear)) or name in grouped:
+                continue
+            why = self._skipped_layers.get(name)
+            if why is None:
+                why = "not traced (unused in forward, or only reached through ops Torch-Pruning does not follow)"
+            rows.append((name, why))
+        return rows
 
     def full_masks(self) -> Masks:
         return {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.groups}
 
     def allowed_keep(self, gid: int, max_ratio: float = 1.0) -> list[int]:
-        """Kept-channel counts allowed for a group: multiples of round_to (or all), never empty."""
-        n = self.groups[gid].size
-        floor = max(1, n - int(max_ratio * n))
-        counts = [k for k in range(self.round_to, n, self.round_to) if k >= floor]
+        """Kept-channel counts allowed for a group: multiples of its step (or all), never empty."""
+        g = self.groups[gid]
+        n, step = g.size, g.step
+        floor = max(1, n - int(min(max_ratio, g.max_ratio) * n))
+        counts = [k for k in range(step, n, step) if k >= floor]
         return counts + [n]
 
     # ----------------------------------------------------------------------------------------- masking
@@ -250,7 +340,8 @@ class PruningGraph:
     def materialize(self, masks: Masks, model: nn.Module | None = None) -> tuple[nn.Module, list]:
         """A physically smaller deep copy of ``model`` (default: the graph's) and its DepGraph history."""
         slim = copy.deepcopy(self.model if model is None else model).cpu()
-        slim_dg = _build_dg(slim, self.example)
+        with bounded(GRAPH_SECONDS, _memory_limit(None)):
+            slim_dg = _build_dg(slim, self.example)
         mods = dict(slim.named_modules())
         for g in self.groups:
             mask = masks.get(g.id)
@@ -260,6 +351,7 @@ class PruningGraph:
             root = mods[g.root_name]
             pruner = slim_dg.get_pruner_of_module(root)
             slim_dg.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
+        _sync_static_attrs(slim)
         history = [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in slim_dg.pruning_history()]
         return slim, history
 
@@ -291,7 +383,8 @@ class PruningGraph:
         self.costs: list[Cost] = []
         counted: set[int] = set()
         for mod, in_shape, out_shape, fn in calls:
-            cost = _module_cost(mod, in_shape, out_shape)
+            channels = _passthrough_channels(out_shape, fn_links.get(fn, [])) if isinstance(mod, _PASSTHROUGH) else 0
+            cost = _module_cost(mod, in_shape, out_shape, channels)
             if cost is None:
                 continue
             flops, params = cost
@@ -301,9 +394,11 @@ class PruningGraph:
             in_d = index.get((id(mod), "in"), -1)
             out_d = index.get((id(mod), "out"), -1)
             if isinstance(mod, _PASSTHROUGH):
-                out_d = dim_of(fn, "out", out_shape[1])
+                out_d = dim_of(fn, "out", channels)
                 if not self.dims[out_d].links:
                     self.dims[out_d].links.extend(fn_links.get(fn, []))
+            if isinstance(mod, nn.MultiheadAttention):
+                in_d = out_d  # one embed dim is both its input and its output width
             if in_d < 0 and (flops[0] or flops[2] or params[0] or params[2]):
                 in_d = dim_of(mod, "in_fixed", _channels(mod, "in") or 0)
             if out_d < 0:
@@ -311,16 +406,129 @@ class PruningGraph:
             self.costs.append(Cost(self.names.get(mod, "?"), in_d, out_d, flops, params))
 
 
+# --------------------------------------------------------------------------------------------- ignore rules
+def resolve_ignore(model: nn.Module, patterns: list[str] | tuple[str, ...]) -> dict[nn.Module, str]:
+    """Layers matched by ``--ignore`` patterns: a module name, a glob over names, or ``type:ClassName``.
+
+    A matched container ignores every conv/linear/norm inside it. A pattern matching nothing is bad input.
+    """
+    named = list(model.named_modules())
+    found: dict[nn.Module, str] = {}
+    for raw in patterns:
+        pat = str(raw).strip()
+        if not pat:
+            continue
+        if pat.startswith("type:"):
+            cls = pat[5:].removeprefix("nn.")
+            hits = [(n, m) for n, m in named if type(m).__name__ == cls]
+        else:
+            hits = [(n, m) for n, m in named if n and fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise BadInput(f"--ignore {pat!r} matches no layer of the model (names as in `compress info`)")
+        for _, mod in hits:
+            for sub in mod.modules():
+                found.setdefault(sub, f"ignored (--ignore {pat})")
+    return found
+
+
+def _check_overrides(model: nn.Module, overrides: dict[str, float]) -> dict[str, float]:
+    names = [n for n, _ in model.named_modules() if n]
+    checked: dict[str, float] = {}
+    for pat, value in overrides.items():
+        try:
+            ratio = float(value)
+        except (TypeError, ValueError):
+            raise BadInput(f"--group-max-ratio {pat}={value!r}: the ratio must be a number in [0, 1)") from None
+        if not 0 <= ratio < 1:
+            raise BadInput(f"--group-max-ratio {pat}={value}: the ratio must be in [0, 1)")
+        if not any(fnmatch.fnmatchcase(n, str(pat)) for n in names):
+            raise BadInput(f"--group-max-ratio {pat!r} matches no layer of the model")
+        checked[str(pat)] = ratio
+    return checked
+
+
+def _matches(pattern: str, members: list[Member]) -> bool:
+    return any(m.side == "out" and fnmatch.fnmatchcase(m.name, pattern) for m in members)
+
+
+def _memory_limit(memory_gb: float | None) -> int | None:
+    if memory_gb is None and GRAPH_MEMORY_GB:
+        memory_gb = float(GRAPH_MEMORY_GB)
+    if memory_gb is not None:
+        return int(memory_gb * 2**30) if memory_gb > 0 else None
+    avail = available_bytes()
+    return max(2 * 2**30, avail // 2) if avail else None
+
+
+# --------------------------------------------------------------------------------------------- opaque ops
+def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+class _OpaqueShuffle(torch.autograd.Function):
+    """Channel shuffle as ONE autograd node while Torch-Pruning traces (it crashes mapping the reshapes).
+
+    The node is an element-wise op to Torch-Pruning; every group it touches is left alone (its channels are
+    permuted), while the groups inside the blocks (ShuffleNetV2's branch convs) stay prunable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, groups: int) -> torch.Tensor:
+        ctx.groups = groups
+        return _shuffle(x, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _shuffle(grad, grad.shape[1] // ctx.groups), None  # the inverse permutation
+
+
+#: (module, function) pairs implementing channel shuffle, swapped for the opaque node during tracing.
+_SHUFFLE_SITES = (("torchvision.models.shufflenetv2", "channel_shuffle"), ("torch.nn.functional", "channel_shuffle"))
+
+
+@contextlib.contextmanager
+def _opaque_ops() -> Iterator[None]:
+    saved = []
+    for mod_name, attr in _SHUFFLE_SITES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        if hasattr(mod, attr):
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, lambda x, groups: _OpaqueShuffle.apply(x, int(groups)))
+    try:
+        yield
+    finally:
+        for mod, attr, fn in saved:
+            setattr(mod, attr, fn)
+
+
+def _sync_static_attrs(model: nn.Module) -> None:
+    """Update the width attributes a forward reads besides the weights (torchvision ViT's ``hidden_dim``)."""
+    for mod in model.modules():
+        proj = getattr(mod, "conv_proj", None)
+        if isinstance(proj, nn.Conv2d) and hasattr(mod, "hidden_dim"):
+            mod.hidden_dim = proj.out_channels
+
+
 def _consistent(m: Member, root_size: int) -> bool:
-    """Each root channel maps to the same number of unique, in-range layer channels."""
+    """Unique, in-range layer channels, each covered root channel mapping to the same number of them.
+
+    A member may cover part of the root's channels (a conv reading one chunk of a split output); the
+    out-side members, which define the group's width, must cover all of them.
+    """
     size = _channels(m.module, m.side)
-    if len(set(m.idxs)) != len(m.idxs) or len(m.idxs) % root_size:
+    if len(set(m.idxs)) != len(m.idxs) or not m.idxs:
         return False
-    if size is not None and (max(m.idxs, default=0) >= size or len(m.idxs) > size):
+    if size is not None and (max(m.idxs) >= size or len(m.idxs) > size):
         return False
-    per_root = len(m.idxs) // root_size
     counts = torch.bincount(torch.tensor(m.root_idxs, dtype=torch.long), minlength=root_size)
-    return bool((counts == per_root).all())
+    covered = counts[counts > 0]
+    if m.side == "out" and len(covered) != root_size:
+        return False
+    return bool((covered == covered[0]).all())
 
 
 def _channels(mod: nn.Module, side: str) -> int | None:
@@ -332,33 +540,62 @@ def _channels(mod: nn.Module, side: str) -> int | None:
         return mod.num_features
     if isinstance(mod, nn.GroupNorm):
         return mod.num_channels
+    if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) == 1:
+        return int(mod.normalized_shape[0])
+    if isinstance(mod, nn.MultiheadAttention):
+        return mod.embed_dim
     return None
 
 
-def _module_cost(mod: nn.Module, in_shape: tuple, out_shape: tuple) -> tuple[tuple, tuple] | None:
-    """(flops, params) coefficients as (io, o, i, const), mirroring tp.utils.count_ops_and_params."""
+def _passthrough_channels(shape: tuple, links: list[tuple[int, list[int]]]) -> int:
+    """The channel count of an activation/pool tensor: dim 1, or the (last) dim its group links cover."""
+    n = sum(len(roots) for _, roots in links)
+    if n and n != shape[1] and n in shape[2:]:
+        return n
+    return shape[1]
+
+
+def _prod(shape: tuple) -> float:
+    return float(math.prod(shape))
+
+
+def _module_cost(mod: nn.Module, in_shape: tuple, out_shape: tuple, channels: int = 0) -> tuple[tuple, tuple] | None:
+    """(flops, params) coefficients as (io, o, i, const), mirroring tp.utils.count_ops_and_params.
+
+    ``channels`` is the channel count of a pass-through op's tensor (default: its dim 1).
+    """
     batch = in_shape[0]
     bias = 1.0 if getattr(mod, "bias", None) is not None else 0.0
     if isinstance(mod, nn.Conv2d):
-        area = float(torch.tensor(out_shape[2:]).prod()) * batch
+        area = _prod(out_shape[2:]) * batch
         kk = float(mod.kernel_size[0] * mod.kernel_size[1])
         if _is_depthwise(mod):
             per_k = kk * (mod.out_channels // mod.groups)
             return (0.0, (per_k + bias) * area, 0.0, 0.0), (0.0, per_k + bias, 0.0, 0.0)
         return (kk * area / mod.groups, bias * area, 0.0, 0.0), (kk / mod.groups, bias, 0.0, 0.0)
     if isinstance(mod, nn.Linear):
-        rows = float(torch.tensor(in_shape[:-1]).prod())
+        rows = _prod(in_shape[:-1])
         return (rows, bias, 0.0, 0.0), (1.0, bias, 0.0, 0.0)
-    if isinstance(mod, _NORMS) and not isinstance(mod, nn.LayerNorm):
-        per_c = float(torch.tensor(in_shape).prod()) / in_shape[1]
+    if isinstance(mod, nn.MultiheadAttention):  # q = k = v (self-attention), E = embed dim, h heads
+        n, length = (in_shape[0], in_shape[1]) if mod.batch_first else (in_shape[1], in_shape[0])
+        b_in = 3.0 if mod.in_proj_bias is not None else 0.0
+        b_out = 1.0 if mod.out_proj.bias is not None else 0.0
+        io = 4.0 * length * n  # QW, KW, VW, out projection
+        o = (length + b_in * length + 2.0 * length * length + length) * n
+        return (io, o, 0.0, float(mod.num_heads * length * length * n)), (4.0, b_in + b_out, 0.0, 0.0)
+    if isinstance(mod, nn.LayerNorm):
+        c = _channels(mod, "out") or in_shape[-1]
+        affine = bool(mod.elementwise_affine)
+        n_params = float(sum(p.numel() for p in mod.parameters())) / c
+        return (0.0, _prod(in_shape) / c * (2.0 if affine else 1.0), 0.0, 0.0), (0.0, n_params, 0.0, 0.0)
+    if isinstance(mod, _NORMS):
+        per_c = _prod(in_shape) / in_shape[1]
         affine = bool(getattr(mod, "affine", False))
         n_params = 2.0 if affine else 0.0
         return (0.0, per_c * (2.0 if affine else 1.0), 0.0, 0.0), (0.0, n_params, 0.0, 0.0)
     if isinstance(mod, _PASSTHROUGH):
-        shape = (
-            out_shape if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample)) else in_shape
-        )
-        per_c = float(torch.tensor(shape).prod()) / shape[1]
+        shape = out_shape if isinstance(mod, _ACTIVATIONS) else in_shape
+        per_c = _prod(shape) / (channels or shape[1])
         n_params = float(sum(p.numel() for p in mod.parameters()))
         return (0.0, per_c, 0.0, 0.0), (0.0, 0.0, 0.0, n_params)
     return None
@@ -378,18 +615,70 @@ def _zero(mod: nn.Module, side: str, pos: list[int], zero_inputs: bool) -> None:
             if getattr(mod, "running_mean", None) is not None:
                 mod.running_mean.index_fill_(0, idx.to(mod.running_mean.device), 0.0)
                 mod.running_var.index_fill_(0, idx.to(mod.running_var.device), 1.0)
+        elif isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
+            _zero_attention(mod, idx, zero_inputs)
     elif (
         zero_inputs and isinstance(mod, (nn.Conv2d, nn.Linear)) and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
     ):
         mod.weight.index_fill_(1, idx.to(mod.weight.device), 0.0)
 
 
+def _zero_attention(mod: nn.MultiheadAttention, idx: torch.Tensor, zero_inputs: bool) -> None:
+    """Masked embed channels: q/k/v rows and the output projection's rows (and columns: its inputs)."""
+    e = mod.embed_dim
+    rows = torch.cat([idx, idx + e, idx + 2 * e]).to(mod.in_proj_weight.device)
+    mod.in_proj_weight.index_fill_(0, rows, 0.0)
+    if mod.in_proj_bias is not None:
+        mod.in_proj_bias.index_fill_(0, rows, 0.0)
+    out = mod.out_proj
+    out.weight.index_fill_(0, idx.to(out.weight.device), 0.0)
+    if out.bias is not None:
+        out.bias.index_fill_(0, idx.to(out.bias.device), 0.0)
+    if zero_inputs:
+        mod.in_proj_weight.index_fill_(1, idx.to(mod.in_proj_weight.device), 0.0)
+        out.weight.index_fill_(1, idx.to(out.weight.device), 0.0)
+
+
 def _build_dg(model: nn.Module, example: torch.Tensor) -> Any:
     was_training = model.training
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    model.train(was_training)
+    try:
+        with torch.enable_grad(), _opaque_ops():
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    finally:
+        model.train(was_training)
+    if _fix_chunk_sizes(dg):
+        tp_index_mapping.update_index_mapping(dg)
     return dg
+
+
+def _fix_chunk_sizes(dg: Any) -> bool:
+    """Chunk sizes Torch-Pruning 1.6.1 misses on torch >= 2.x (``SplitBackward0`` saves ``_saved_split_size``).
+
+    It then guesses each output's width from its consumer (a following concat's full width), and the concat
+    mapping crashes (ShuffleNetV2). Outputs are put in chunk order (``output_nr``) with their true offsets.
+    """
+    fixed = False
+    for node in dg.module2node.values():
+        fn = node.grad_fn
+        if node.type != tp_ops.OPTYPE.SPLIT or not hasattr(fn, "_saved_split_size") or fn._saved_dim != 1:
+            continue
+        size, total = int(fn._saved_split_size), int(fn._saved_self_sym_sizes[1])
+        chunks = [min(size, total - i) for i in range(0, total, size)]
+        order = []
+        for out in node.outputs:
+            nrs = [nr for f, nr in getattr(out.grad_fn, "next_functions", ()) if f is fn]
+            order.append(nrs[0] if len(nrs) == 1 else -1)
+        if -1 in order or sorted(order) != list(range(len(chunks))):
+            continue  # a chunk unused or consumed twice: leave Torch-Pruning's reading
+        node.outputs = [out for _, out in sorted(zip(order, node.outputs, strict=True), key=lambda t: t[0])]
+        node.module.split_sizes = chunks
+        node.module.offsets = [sum(chunks[:i]) for i in range(len(chunks) + 1)]
+        fixed = True
+    if fixed:  # concat widths were cached from the wrong chunk sizes: let the mapping pass recompute them
+        for node in dg.module2node.values():
+            if node.type == tp_ops.OPTYPE.CONCAT:
+                node.module.concat_sizes = None
+    return fixed
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -414,6 +703,7 @@ def rebuild_pruned(payload: dict[str, Any], build: Callable[[dict[str, Any]], nn
     if payload["history"]:
         dg = _build_dg(model, example)
         dg.load_pruning_history(payload["history"])
+        _sync_static_attrs(model)
     model.load_state_dict(payload["state_dict"])
     return model
 

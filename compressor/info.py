@@ -10,6 +10,7 @@ from compressor.budget import Budget, solve_counts
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
 from compressor.models import build_model
+from compressor.pipeline import parse_patterns, parse_ratios
 
 DATA_SHAPES = {
     "fashion-mnist": ((1, 28, 28), 10),
@@ -45,10 +46,16 @@ def model_info(
     max_ratio: float = 0.8,
     target_flops: float | None = None,
     trust_code: bool = False,
+    ignore: Any = None,
+    ignore_stem: bool = False,
+    group_max_ratio: Any = None,
 ) -> dict[str, Any]:
+    if not 0 < max_ratio < 1:
+        raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {max_ratio}")
     shape, classes = _shape(data, input_shape, num_classes)
     net = build_model(model, num_classes=classes, in_channels=shape[0], trust_code=trust_code).eval()
-    graph = PruningGraph(net, torch.zeros(1, *shape), round_to=round_to, arch=model)
+    graph = PruningGraph(net, torch.zeros(1, *shape), round_to=round_to, arch=model, ignore=parse_patterns(ignore),
+                         ignore_stem=ignore_stem, group_max_ratio=parse_ratios(group_max_ratio))  # fmt: skip
     budget = Budget(graph)
     flops, params = count_ops_and_params(net, shape)
     result: dict[str, Any] = {
@@ -70,7 +77,9 @@ def model_info(
             for g in graph.groups
         ],  # fmt: skip
         "prunable_channels": sum(g.size for g in graph.groups),
-        "left_alone": [{"layer": n, "why": why} for n, why in graph.skipped],
+        "max_layer_ratio": max_ratio,
+        "reachable_flops_drop": reachable(graph, budget, max_ratio),
+        "left_alone": [{"layer": n, "why": why} for n, why in graph.left_alone()],
     }
     if target_flops is not None:
         if not 0 < target_flops < 1:
@@ -84,6 +93,13 @@ def model_info(
     return result
 
 
+def reachable(graph: PruningGraph, budget: Budget, max_ratio: float) -> dict[str, float]:
+    """The smallest non-zero and the largest FLOPs drop any mask can give (rounding and caps included)."""
+    allowed = {g.id: graph.allowed_keep(g.id, max_ratio) for g in graph.groups}
+    steps = [budget.drop_of_counts({gid: ks[-2]}) for gid, ks in allowed.items() if len(ks) > 1]
+    return {"min": min(steps, default=0.0), "max": budget.drop_of_counts({gid: ks[0] for gid, ks in allowed.items()})}
+
+
 def render_info(r: dict[str, Any]) -> str:
     lines = [
         f"{r['model']}  input {'x'.join(map(str, r['input_shape']))}  classes {r['num_classes']}",
@@ -93,8 +109,12 @@ def render_info(r: dict[str, Any]) -> str:
         f"{'group':>5}  {'channels':>8}  {'layers':>6}  root",
     ]
     lines += [f"{g['group']:>5}  {g['channels']:>8}  {g['layers']:>6}  {g['root']}" for g in r["groups"]]
+    reach = r["reachable_flops_drop"]
+    lines += ["", f"reachable FLOPs drop: {reach['min']:.4f} .. {reach['max']:.4f} "
+                  f"(max layer ratio {r['max_layer_ratio']}, round to {r['round_to']})"]  # fmt: skip
     if r["left_alone"]:
-        lines += ["", "left alone:"] + [f"  {x['layer']}: {x['why']}" for x in r["left_alone"]]
+        lines += ["", f"left alone ({len(r['left_alone'])} conv/linear layers):"]
+        lines += [f"  {x['layer']}: {x['why']}" for x in r["left_alone"]]
     if "dry_run" in r:
         d = r["dry_run"]
         verdict = f"feasible ({d['flops_drop']:.4f})" if d["feasible"] else f"NOT feasible: {d['why']}"

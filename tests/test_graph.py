@@ -325,7 +325,7 @@ def test_batchnorm1d_model_in_train_mode_builds() -> None:
 
 def test_unsupported_families_refused() -> None:
     with pytest.raises(BadInput, match="cannot be pruned"):
-        PruningGraph(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), arch="shufflenet_v2_x1_0")
+        PruningGraph(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), arch="swin_t")
 
 
 def test_count_ops_and_params_keeps_mode() -> None:
