@@ -61,6 +61,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         data = data.get(ctx.info_name, data) if isinstance(data.get(ctx.info_name), dict) else data
         known = {p.name for p in ctx.command.params}
         norm = {str(k).replace("-", "_"): v for k, v in data.items()}
+        # A YAML mapping for a repeated PATTERN=VALUE option (group_max_ratio) becomes its list form.
+        norm = {k: [f"{a}={b}" for a, b in v.items()] if isinstance(v, dict) else v for k, v in norm.items()}
         unknown = sorted(set(norm) - known - {"prune", "export", "bench"})
         if unknown:
             raise click.BadParameter(f"unknown option(s) in {value}: {', '.join(unknown)}", param_hint="--config")
@@ -141,6 +143,17 @@ aster_options = [
 ]  # fmt: skip
 
 
+graph_rule_options = [
+    click.option("--ignore", multiple=True,
+                 help="Never prune these layers (and what is coupled to them): a name, a glob like 'layer4.*', or "
+                      "type:ClassName. Repeatable or comma list. The classifier is always left alone."),
+    click.option("--ignore-stem", is_flag=True, help="Also leave the first conv (the stem) alone."),
+    click.option("--group-max-ratio", multiple=True, metavar="PATTERN=RATIO",
+                 help="Cap the pruned fraction of groups whose layers match PATTERN (0 = leave alone). Repeatable; "
+                      "in a recipe, a mapping."),
+]  # fmt: skip
+
+
 def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option(
@@ -211,6 +224,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Never remove more than this fraction of any group.",
         ),
+        *graph_rule_options,
         click.option("--lr", type=float, default=0.05, show_default=True, help="Fine-tuning learning rate."),
         click.option("--pretrain-lr", type=float, default=0.1, show_default=True),
         click.option("--momentum", type=float, default=0.9, show_default=True),
@@ -260,11 +274,20 @@ def prune(as_json: bool, **options: Any) -> None:
 
 def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
-        click.option("--opset", type=int, default=17, show_default=True),
+        click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, pinned and checked."),
+        click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True,
+                     help="torch.export-based (dynamo, opset >= 18) or TorchScript (legacy) exporter; auto tries "
+                     "dynamo and falls back to legacy, recording why."),
         click.option("--dynamic-batch/--static-batch", default=True, show_default=True),
         click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxslim."),
-        click.option("--rtol", type=float, default=1e-3, show_default=True),
-        click.option("--atol", type=float, default=1e-4, show_default=True),
+        click.option("--fp16", is_flag=True, help="Convert to float16 (float32 inputs/outputs) for GPU runtimes; "
+                     "verified against the fp32 PyTorch model with the fp16 tolerance. Needs --opset >= 9."),
+        click.option("--rtol", type=float, default=None,
+                     help="Verification rtol (np.allclose). Default: 1e-3, with --fp16 2e-2 (measured, see README)."),
+        click.option("--atol", type=float, default=None, help="Verification atol. Default: 1e-4, with --fp16 5e-2."),
+        click.option("--external-data/--no-external-data", default=None,
+                     help="Weights in FILE.onnx.data next to the model. Default: only when the model reaches "
+                     "~1.9 GB (protobuf's 2 GB limit)."),
     ]):  # fmt: skip
         f = opt(f)
     return f
@@ -292,12 +315,14 @@ def _print_export(result: dict[str, Any], as_json: bool) -> None:
     v = result["verification"]
     if as_json:
         click.echo(json.dumps(result, default=str))
-    else:
-        click.echo(
-            f"exported {result['path']} ({result['exporter']}, opset {result['opset']}, {result['nodes']} nodes); "
-            f"verified on batches {v['batch_sizes']}: {_diff_text(v)}, "
-            f"{'passed' if v['passed'] else 'FAILED'}"
-        )
+        return
+    fallback = f"; dynamo fell back: {result['fallback_reason']};" if result.get("fallback_reason") else ","
+    extra = "".join(f" + {Path(p).name}" for p in result.get("files", [])[1:])
+    click.echo(
+        f"exported {result['path']}{extra} ({result['exporter']} exporter{fallback} opset {result['opset']}, "
+        f"{result.get('precision', 'fp32')}, {result['nodes']} nodes); verified on batches {v['batch_sizes']}: "
+        f"{_diff_text(v)} (rtol {v['rtol']:g}, atol {v['atol']:g}), {'passed' if v['passed'] else 'FAILED'}"
+    )
 
 
 def _diff_text(v: dict[str, Any]) -> str:
@@ -371,6 +396,12 @@ def _read_yaml_or_bad(path: str) -> dict[str, Any]:
         raise BadInput(exc.message) from None
 
 
+def _graph_rules(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(graph_rule_options):
+        f = opt(f)
+    return f
+
+
 @main.command()
 @click.argument("model", required=False)
 @click.option("--list-models", is_flag=True, help="List every model spec and exit.")
@@ -378,13 +409,15 @@ def _read_yaml_or_bad(path: str) -> dict[str, Any]:
 @click.option("--input-shape", default=None, help="CxHxW instead of --data, e.g. 3x224x224.")
 @click.option("--num-classes", type=int, default=10, show_default=True, help="With --input-shape.")
 @click.option("--round-to", type=int, default=8, show_default=True)
+@click.option("--max-layer-ratio", type=float, default=0.8, show_default=True)
 @click.option("--target-flops", type=float, default=None, help="Dry run: can this FLOPs drop be reached?")
 @click.option("--trust-code", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def info(model: str | None,
-    list_models: bool, data: str, input_shape: str | None, num_classes: int, round_to: int,
-         target_flops: float | None, trust_code: bool, as_json: bool) -> None:  # fmt: skip
-    """Show a model's prunable channel groups, FLOPs, params and the layers left alone (and why)."""
+@_graph_rules
+def info(model: str | None, list_models: bool, data: str, input_shape: str | None, num_classes: int,
+         round_to: int, max_layer_ratio: float, target_flops: float | None, trust_code: bool, as_json: bool,
+         ignore: tuple[str, ...], ignore_stem: bool, group_max_ratio: tuple[str, ...]) -> None:  # fmt: skip
+    """Show a model's prunable groups, FLOPs, params, every layer left alone (and why) and the reachable drop."""
     if list_models:
         from compressor.models import list_models as all_models
 
@@ -395,7 +428,8 @@ def info(model: str | None,
     from compressor.info import model_info, render_info
 
     result = model_info(model, data=data, input_shape=input_shape, num_classes=num_classes, round_to=round_to,
-                        target_flops=target_flops, trust_code=trust_code)  # fmt: skip
+                        max_ratio=max_layer_ratio, target_flops=target_flops, trust_code=trust_code,
+                        ignore=ignore, ignore_stem=ignore_stem, group_max_ratio=group_max_ratio)  # fmt: skip
     click.echo(json.dumps(result, default=str) if as_json else render_info(result))
 
 

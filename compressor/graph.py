@@ -76,6 +76,7 @@ class ChannelGroup:
     tp_group: Any = field(repr=False)
     step: int = 1  # kept counts are multiples of this (--round-to, and attention heads where coupled)
     max_ratio: float = 1.0  # a per-group cap on the pruned fraction (--group-max-ratio)
+    tied: Member | None = field(default=None, repr=False)  # a grouped conv whose conv groups constrain the mask
 
     @property
     def layer_names(self) -> list[str]:
@@ -258,13 +259,19 @@ class PruningGraph:
         if why is not None:
             self._note_skipped(root_name, why, members)
             return
-        heads = [m.module.num_heads for m in members if isinstance(m.module, nn.MultiheadAttention)]
-        step = math.lcm(self.round_to, *heads)
+        step = self._step(members)
         cap = min((v for pat, v in self.overrides.items() if _matches(pat, members)), default=1.0)
         if cap <= 0:
             self._note_skipped(root_name, "--group-max-ratio 0 for this group", members)
             return
-        self.groups.append(ChannelGroup(len(self.groups), root_name, size, members, tp_group, step, cap))
+        tied = _tie([m for m in members if _is_grouped(m.module)], size)
+        self.groups.append(ChannelGroup(len(self.groups), root_name, size, members, tp_group, step, cap, tied))
+
+    def _step(self, members: list[Member]) -> int:
+        """Kept counts are multiples of round_to, of the attention heads and of the conv groups they meet."""
+        heads = [m.module.num_heads for m in members if isinstance(m.module, nn.MultiheadAttention)]
+        groups = [m.module.groups for m in members if _is_grouped(m.module)]
+        return math.lcm(self.round_to, *heads, *groups)
 
     def _why_not(self, root_name: str, members: list[Member], size: int, opaque: str | None) -> str | None:
         """Why a group must be left alone (None: it can be pruned)."""
@@ -277,16 +284,29 @@ class PruningGraph:
         broken = next((m for m in members if not _consistent(m, size)), None)
         if broken is not None:
             return f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)"
-        grouped = next((m for m in members if _is_grouped(m.module)), None)
-        if grouped is not None:
-            return f"grouped convolution {grouped.name} (groups={grouped.module.groups}, unsupported op)"
-        heads = [m.module.num_heads for m in members if isinstance(m.module, nn.MultiheadAttention)]
-        step = math.lcm(self.round_to, *heads)
+        grouped = [m for m in members if _is_grouped(m.module)]
+        if grouped and _tie(grouped, size) is None:
+            g = grouped[0]
+            return f"grouped convolution {g.name} (groups={g.module.groups}) coupled in a way we cannot keep aligned"
+        step = self._step(members)
         if size <= step:
             return f"{size} channels: not more than --round-to {self.round_to}" + (
-                f" (rounded to {step} for {heads[0]} attention heads)" if step != self.round_to else ""
+                f" (rounded to {step} for attention heads / conv groups)" if step != self.round_to else ""
             )
         return None
+
+    def legalize(self, masks: Masks) -> Masks:
+        """Masks a grouped convolution can take, with the same kept counts (so the same FLOPs).
+
+        Through a grouped conv's input every conv group must keep the same positions; at its output every conv
+        group must keep the same number of channels. Other groups' masks are returned as they are.
+        """
+        out = dict(masks)
+        for g in self.groups:
+            mask = masks.get(g.id)
+            if g.tied is not None and mask is not None and not bool(mask.all()):
+                out[g.id] = _legal_mask(g.tied, mask)
+        return out
 
     def left_alone(self) -> list[tuple[str, str]]:
         """Every conv/linear layer whose output channels are never pruned, and why."""
@@ -318,6 +338,7 @@ class PruningGraph:
         """Zero every coupled parameter of masked channels in place (filters, biases, norms, consumers)."""
         target = self.model if model is None else model
         mods = dict(target.named_modules()) if model is not None else None
+        masks = self.legalize(masks)
         for g in self.groups:
             mask = masks.get(g.id)
             if mask is None or bool(mask.all()):
@@ -343,6 +364,7 @@ class PruningGraph:
         with bounded(GRAPH_SECONDS, _memory_limit(None)):
             slim_dg = _build_dg(slim, self.example)
         mods = dict(slim.named_modules())
+        masks = self.legalize(masks)
         for g in self.groups:
             mask = masks.get(g.id)
             if mask is None or bool(mask.all()):
@@ -511,6 +533,49 @@ def _sync_static_attrs(model: nn.Module) -> None:
         proj = getattr(mod, "conv_proj", None)
         if isinstance(proj, nn.Conv2d) and hasattr(mod, "hidden_dim"):
             mod.hidden_dim = proj.out_channels
+
+
+def _tie(grouped: list[Member], size: int) -> Member | None:
+    """The grouped-conv member constraining a group's masks (None: none, or constraints we cannot meet).
+
+    One grouped conv per group (or several with the same channel mapping and side), covering all of its
+    channels one root channel each.
+    """
+    if not grouped:
+        return None
+    first = grouped[0]
+    same = all(m.side == first.side and m.idxs == first.idxs and m.root_idxs == first.root_idxs
+               and m.module.groups == first.module.groups for m in grouped)  # fmt: skip
+    channels = _channels(first.module, first.side)
+    if not same or channels != size or len(first.idxs) != size or channels % first.module.groups:
+        return None
+    return first
+
+
+def _legal_mask(tied: Member, mask: torch.Tensor) -> torch.Tensor:
+    """Project ``mask`` (root channels) onto what the grouped conv ``tied`` allows, keeping its count."""
+    groups = tied.module.groups
+    size = len(mask)
+    keep = int(mask.sum())
+    if keep % groups:
+        raise ValueError(f"{keep} kept channels cannot be split evenly over {groups} conv groups of {tied.name}")
+    idxs = torch.tensor(tied.idxs)
+    roots = torch.tensor(tied.root_idxs)
+    layer = torch.zeros(size, dtype=torch.bool)
+    layer[idxs] = mask.cpu()[roots]
+    blocks = layer.view(groups, size // groups)
+    per = keep // groups
+    legal = torch.zeros_like(blocks)
+    if tied.side == "in":  # the same positions in every conv group: the ones most groups kept
+        votes = blocks.sum(0).float() - torch.arange(blocks.shape[1]) * 1e-6  # ties: lower index first
+        legal[:, torch.argsort(votes, descending=True)[:per]] = True
+    else:  # the same count in every conv group: the kept ones first, then by index
+        for b in range(groups):
+            order = torch.argsort((~blocks[b]).float() + torch.arange(blocks.shape[1]) * 1e-6)
+            legal[b, order[:per]] = True
+    out = torch.zeros_like(mask)
+    out[roots] = legal.flatten()[idxs].to(mask.device)
+    return out
 
 
 def _consistent(m: Member, root_size: int) -> bool:

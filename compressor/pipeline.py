@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +110,14 @@ class PruneConfig:
     aster_eps: float = 1e-12
     max_prune_fraction: float = 0.8
     bn_init: float | None = None
+    ignore: list[str] = field(default_factory=list)
+    ignore_stem: bool = False
+    group_max_ratio: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Recipes give raw YAML values: coerce each to its field's type or fail with BadInput."""
+        self.ignore = parse_patterns(self.ignore)
+        self.group_max_ratio = parse_ratios(self.group_max_ratio)
         for f in fields(self):
             value = getattr(self, f.name)
             kind = str(f.type).replace(" | None", "")
@@ -154,6 +159,42 @@ class PruneConfig:
         return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every,
                 "from_scratch": self.from_scratch, "schedule": self.prune_schedule,
                 "max_prune_fraction": self.max_prune_fraction, **prefixed}  # fmt: skip
+
+
+def parse_patterns(value: Any) -> list[str]:
+    """``--ignore`` values: repeated options, comma lists or a YAML list -> a flat list of patterns."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+
+
+def parse_ratios(value: Any) -> dict[str, float]:
+    """``--group-max-ratio PATTERN=RATIO`` (repeated or comma list) or a YAML mapping -> {pattern: ratio}."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        pairs = [(str(k), v) for k, v in value.items()]
+    else:
+        pairs = []
+        for entry in parse_patterns(value):
+            pat, sep, ratio = entry.rpartition("=")
+            if not sep or not pat:
+                raise BadInput(f"--group-max-ratio expects PATTERN=RATIO, got {entry!r}")
+            pairs.append((pat.strip(), ratio.strip()))
+    out: dict[str, float] = {}
+    for pat, ratio in pairs:
+        try:
+            out[pat] = float(ratio)
+        except (TypeError, ValueError):
+            raise BadInput(f"--group-max-ratio {pat}={ratio!r}: the ratio must be a number in [0, 1)") from None
+    return out
+
+
+def graph_options(cfg: PruneConfig) -> dict[str, Any]:
+    """The PruningGraph keyword arguments a config sets (what is prunable and how counts round)."""
+    return {"round_to": cfg.round_to, "arch": cfg.model, "ignore": cfg.ignore, "ignore_stem": cfg.ignore_stem,
+            "group_max_ratio": cfg.group_max_ratio}  # fmt: skip
 
 
 def model_spec(cfg: PruneConfig, num_classes: int, in_channels: int) -> dict[str, Any]:
@@ -209,7 +250,8 @@ RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_fl
                 "psap_gamma", "psap_pulse", "psap_adaptive", "psap_protect", "psap_restore",
                 "psap_zero_bn", "psap_regrow", "psap_sparsity_scope", "psap_bn_batches", "aster_sensitivity",
                 "aster_tau0", "aster_x", "aster_reduce", "aster_history", "aster_update_every",
-                "aster_search_epochs", "aster_loss", "aster_eps", "max_prune_fraction", "bn_init")  # fmt: skip
+                "aster_search_epochs", "aster_loss", "aster_eps", "max_prune_fraction", "bn_init", "ignore",
+                "ignore_stem", "group_max_ratio")  # fmt: skip
 
 
 def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
@@ -249,7 +291,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         init_bn_gamma(model, cfg.bn_init)
     input_shape = tuple(data.input_shape)
     example = torch.zeros(1, *input_shape)
-    graph = PruningGraph(model, example, round_to=cfg.round_to, arch=cfg.model)
+    graph = PruningGraph(model, example, **graph_options(cfg))
     budget = Budget(graph)
     solve_counts(graph, budget, target, metric=metric, max_ratio=cfg.max_layer_ratio)  # reachable? (GateFailed)
     method.check(graph, budget, target, metric, cfg.max_layer_ratio)  # can this method prune it? (BadInput)
@@ -485,12 +527,16 @@ def _plain(cfg: PruneConfig) -> dict[str, Any]:
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = False, opset: int = 17,
-           trust_code: bool = False,
-           dynamic_batch: bool = True, simplify: bool = True, rtol: float = 1e-3,
-           atol: float = 1e-4) -> dict[str, Any]:  # fmt: skip
-    """Export a run's pruned (or dense) model to ONNX, verified against PyTorch."""
-    from exporters.onnx import export_onnx
+           trust_code: bool = False, dynamic_batch: bool = True, simplify: bool = True,
+           rtol: float | None = None, atol: float | None = None, exporter: str = "auto", fp16: bool = False,
+           external_data: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """Export a run's pruned (or dense) model to ONNX, verified against PyTorch (see ``exporters.onnx``).
 
+    ``rtol``/``atol`` None: the exporter's default for the precision (fp32 1e-3/1e-4, fp16 2e-2/5e-2).
+    """
+    from exporters.onnx import check_options, export_onnx
+
+    check_options(opset=opset, exporter=exporter, fp16=fp16, rtol=rtol, atol=atol, external_data=external_data)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BadInput(f"run directory {run_dir} does not exist")
@@ -500,10 +546,46 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = 
     meta = {"source_run": str(run_dir), "model_spec": payload["spec"]["model"], "variant": name}
     summary = payload.get("report") or {}
     meta.update({k: str(v) for k, v in summary.items()})
+    meta.update(_report_figures(run_dir, name))
     result = export_onnx(model.eval(), tuple(payload["input_shape"]), out, opset=opset,
                          dynamic_batch=dynamic_batch, simplify=simplify, metadata=meta, rtol=rtol,
-                         atol=atol)  # fmt: skip
+                         atol=atol, exporter=exporter, fp16=fp16, external_data=external_data)  # fmt: skip
     return result
+
+
+def _report_figures(run_dir: Path, variant: str) -> dict[str, str]:
+    """The report's key figures for the ONNX metadata: target and FLOPs/params (the dense model: its own only).
+
+    Read from ``report.json`` when the run has one (``pruned.pt`` keeps a short summary only).
+    """
+    path = run_dir / "report.json"
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+        figures = {"dense_flops": report["dense"]["flops"], "dense_params": report["dense"]["params"]}
+        if variant == "dense":
+            figures["dense_acc"] = report["dense"]["acc"]
+        else:
+            target, pruned = report["target"], report["pruned"]
+            figures.update({"target_metric": target["metric"], "target_value": target["value"],
+                            "target_achieved": target["achieved"], "target_met": target["met"],
+                            "pruned_flops": pruned["flops"], "pruned_params": pruned["params"]})  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        import logging
+
+        logging.getLogger("compress.export").warning("%s: no report figures in the ONNX metadata (%s)", path,
+                                                     one_line(exc, typed=True))  # fmt: skip
+        return {}
+    return {k: _meta_text(v) for k, v in figures.items()}
+
+
+def _meta_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return str(value)
 
 
 def _csv(value: Any) -> list[str]:

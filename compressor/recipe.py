@@ -15,7 +15,7 @@ from compressor.errors import BadInput, GateFailed
 from compressor.pipeline import PruneConfig, bench_models, export, prune, speedup_gate
 
 SECTIONS = ("prune", "export", "bench")
-EXPORT_KEYS = ("opset", "dynamic_batch", "simplify", "rtol", "atol")
+EXPORT_KEYS = ("opset", "exporter", "dynamic_batch", "simplify", "fp16", "rtol", "atol", "external_data")
 OPSETS = range(7, 26)
 BENCH_KEYS = ("provider", "batch", "threads", "warmup", "iters", "duration", "fail_below_speedup")
 
@@ -69,6 +69,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         "params_drop": report["params_drop"],
         "export_max_abs_diff": max(_diff(pruned), _diff(dense)),
         "export_verified": bool(pruned["verification"]["passed"] and dense["verification"]["passed"]),
+        "export_precision": pruned["precision"],
         "provider": row["provider"],
         "batch": row["batch"],
         "dense_p50_ms": row["models"]["dense"]["p50_ms"],
@@ -93,12 +94,22 @@ def _diff(export_result: dict[str, Any]) -> float:
 
 def _check_export_bench(e: dict[str, Any], b: dict[str, Any]) -> None:
     from benchmarks.latency import check_options
+    from exporters.onnx import check_options as check_export_options
 
     if "opset" in e and (not isinstance(e["opset"], int) or e["opset"] not in OPSETS):
         raise BadInput(f"export opset must be an integer in {OPSETS.start}..{OPSETS.stop - 1}, got {e['opset']!r}")
     for key in ("rtol", "atol"):
-        if key in e and not isinstance(e[key], (int, float)):
+        if e.get(key) is not None and not isinstance(e[key], (int, float)):
             raise BadInput(f"export {key} must be a number, got {e[key]!r}")
+    for key in ("dynamic_batch", "simplify"):
+        if key in e and not isinstance(e[key], bool):
+            raise BadInput(f"export {key} must be true or false, got {e[key]!r}")
+    try:
+        check_export_options(
+            **{k: e[k] for k in ("opset", "exporter", "fp16", "rtol", "atol", "external_data") if k in e}
+        )
+    except BadInput as exc:
+        raise BadInput(f"recipe section 'export': {exc}") from None
     try:
         batches = [int(v) for v in (b["batch"] if isinstance(b["batch"], list) else str(b["batch"]).split(","))]
     except ValueError:

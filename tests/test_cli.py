@@ -139,6 +139,10 @@ def _case_resume_without_checkpoint(d: Path) -> list[str]:
 
 
 BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
+    "ignore-matches-nothing": lambda d: [*_PRUNE_OK, "--ignore", "layer9.*", "--out", "run"],
+    "group-max-ratio-no-equals": lambda d: [*_PRUNE_OK, "--group-max-ratio", "layer1.*", "--out", "run"],
+    "group-max-ratio-out-of-range": lambda d: [*_PRUNE_OK, "--group-max-ratio", "layer1.*=1.5", "--out", "run"],
+    "info-swin-refused": lambda d: ["info", "torchvision:swin_t", "--input-shape", "3x224x224"],
     "unknown-model": lambda d: [*_prune_cmd(model="cifar:resnet99"), "--target-flops", "0.4", "--out", "run"],
     "missing-data-dir": lambda d: (
         [*_prune_cmd(data="fashion-mnist"), "--data-dir", str(d / "nonexistent")]
@@ -181,6 +185,10 @@ BAD_INPUT: dict[str, Callable[[Path], list[str]]] = {
     ],  # fmt: skip
 }
 EXPECT_IN_MESSAGE = {
+    "ignore-matches-nothing": "layer9.*",
+    "group-max-ratio-no-equals": "PATTERN=RATIO",
+    "group-max-ratio-out-of-range": "[0, 1)",
+    "info-swin-refused": "cannot be pruned",
     "unknown-model": "resnet99",
     "missing-data-dir": "nonexistent",
     "target-flops-0": "--target-flops",
@@ -376,6 +384,46 @@ def test_info_dry_run() -> None:
     assert r["model"] == "cifar:resnet20" and r["input_shape"] == [1, 28, 28] and r["groups"]
     assert r["dry_run"]["feasible"] is True
     assert abs(r["dry_run"]["flops_drop"] - 0.5) <= 0.01
+
+
+def test_info_lists_left_alone_layers_and_reachable_drop() -> None:
+    args = ["info", "torchvision:resnet18", "--input-shape", "3x32x32", "--ignore", "layer4.*", "--ignore-stem",
+            "--group-max-ratio", "layer2.0.conv1=0"]  # fmt: skip
+    text = _invoke(args).stdout
+    assert "reachable FLOPs drop:" in text and "fc: classifier (output layer)" in text
+    assert "conv1: stem (--ignore-stem)" in text and "layer4.0.conv1: ignored (--ignore layer4.*)" in text
+    r = json.loads(_invoke([*args, "--json"]).stdout)
+    why = {x["layer"]: x["why"] for x in r["left_alone"]}
+    assert why["layer2.0.conv1"] == "--group-max-ratio 0 for this group"
+    full = json.loads(_invoke(["info", "torchvision:resnet18", "--input-shape", "3x32x32", "--json"]).stdout)
+    assert 0 < r["reachable_flops_drop"]["min"] < r["reachable_flops_drop"]["max"]
+    assert r["reachable_flops_drop"]["max"] < full["reachable_flops_drop"]["max"] <= 1  # rules cost reach
+    assert set(why) - {x["layer"] for x in full["left_alone"]}  # more layers left alone with the rules
+
+
+def test_prune_recipe_ignore_and_group_caps(tmp_path: Path) -> None:
+    """Recipe mapping for --group-max-ratio, a list for --ignore: both reach the graph and the config."""
+    cfg = {
+        "model": "cifar:resnet20",
+        "data": SYN_TINY,
+        "method": "l1",
+        "target_flops": 0.3,
+        "epochs": 0,
+        "device": "cpu",
+        "quiet": True,
+        "ignore": ["layer3.*"],
+        "group_max_ratio": {"layer1.0.conv1": 0.25},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    _invoke(["prune", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run)])
+    report = json.loads((run / "report.json").read_text())
+    kept = {row["root"]: row for row in report["groups"]}
+    assert not any(name.startswith("layer3.") for name in kept)
+    row = kept["layer1.0.conv1"]
+    assert row["kept"] >= 0.75 * row["channels"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["ignore"] == ["layer3.*"] and saved["group_max_ratio"] == {"layer1.0.conv1": 0.25}
 
 
 def test_run_recipe_prints_summary_and_writes_summary_json(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ class Case:
     def pruned(self, seed: int) -> tuple[dict, nn.Module, nn.Module, list]:
         """(masks, soft-masked copy, materialized model, history) for one seed, computed once."""
         if seed not in self.cache:
-            masks = random_masks(self.graph, seed)
+            masks = self.graph.legalize(random_masks(self.graph, seed))  # what soft masking/removal apply
             soft = copy.deepcopy(self.model)
             self.graph.apply_masks(masks, model=soft)
             slim, history = self.graph.materialize(masks, model=soft)

@@ -12,7 +12,8 @@ MODELS = [
     ("torchvision:efficientnet_b0", TV_SHAPE),
     ("torchvision:googlenet", TV_SHAPE),  # concat
     ("torchvision:densenet121", TV_SHAPE),  # concat
-    ("torchvision:shufflenet_v2_x0_5", TV_SHAPE),  # chunk + channel shuffle (beyond Torch-Pruning)
+    ("torchvision:shufflenet_v2_x0_5", TV_SHAPE),
+    ("torchvision:regnet_x_400mf", TV_SHAPE),  # grouped convolutions  # chunk + channel shuffle (beyond Torch-Pruning)
     ("cifar:resnet20", (1, 28, 28)),
     ("cifar:vgg16", (3, 32, 32)),
 ]

@@ -285,6 +285,7 @@ class ASTER(Method):
         """Make ``masks`` permanent: zero every coupled parameter (and momentum) of the newly pruned channels."""
         ctx = self.ctx
         assert ctx is not None
+        masks = ctx.graph.legalize(masks)
         changed = any(not torch.equal(masks[gid], self._masks[gid]) for gid in masks)
         self._masks = masks
         if not changed:

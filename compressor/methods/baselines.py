@@ -79,8 +79,8 @@ class ImportanceBaseline(Method):
         for gid, s in scores.items():  # channels pruned by an earlier step stay pruned
             s[~self._masks[gid]] = -float("inf")
         caps = {gid: int(m.sum()) for gid, m in self._masks.items()}
-        self._masks = solve_masks(
-            ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio, caps=caps
+        self._masks = ctx.graph.legalize(
+            solve_masks(ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio, caps=caps)
         )
         ctx.graph.apply_masks(self._masks)
         drop = ctx.budget.drop(self._masks, ctx.metric)

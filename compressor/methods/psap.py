@@ -247,7 +247,7 @@ class PSAP(Method):
         scores = {gid: n.clone() for gid, n in norms.items()}
         for gid, m in protected.items():
             scores[gid][m] = math.inf
-        masks = masks_from_counts(scores, counts)
+        masks = graph.legalize(masks_from_counts(scores, counts))
         for g in graph.groups:
             p = protected.get(g.id)
             snap = self.snapshots.get(g.id)
