@@ -275,7 +275,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Coverage: torchvision classification models, prune -> materialize -> export -> verify",
         "",
-        f"`{result['command']}` on {result['machine']['processor']} (Python {result['machine']['python']}), "
+        " then ".join(f"`{c}`" for c in result.get("commands", [result["command"]]))
+        + f" on {result['machine']['processor']} (Python {result['machine']['python']}), "
         f"Torch-Pruning {result['torch_pruning']}, torch {result['torch']}.",
         "",
         f"- Target: {result['target']:.0%} FLOPs drop, one-step masks (no training), random-init weights; "
@@ -351,9 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     skipped = [x for x in old.get("skipped", []) if x["model"] not in names]
     budget_gb = available_bytes() / 2**30 * args.memory_fraction
     estimates = {n: _peak_estimate_gb(n) for n in names}
-    command = "python -m benchmarks.coverage" + " ".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
-    )  # fmt: skip
+    command = " ".join(["python -m benchmarks.coverage", *(argv if argv is not None else sys.argv[1:])])
     todo = [n for n in sorted(names, key=lambda n: estimates[n]) if n not in done]
     lock, room = threading.Lock(), threading.Condition()
     running = [0.0]  # estimated GB of the children running now
@@ -362,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.sort(key=lambda r: (r["model"], r["method"]))
         result = {
             "command": command.strip(),
+            "commands": [*old.get("commands", []), command.strip()] if args.merge else [command.strip()],
             "machine": {
                 "processor": platform.processor() or platform.machine(),
                 "python": platform.python_version(),
