@@ -43,13 +43,13 @@ GRAPH_SECONDS = float(os.environ.get("COMPRESS_GRAPH_TIMEOUT", "40"))
 GRAPH_MEMORY_GB = os.environ.get("COMPRESS_GRAPH_MEMORY_GB")  # default: half the memory available at start
 
 # Module types whose FLOPs Torch-Pruning's counter sees and that scale with their channel count only.
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample, nn.GELU)  # costed on their output
 _PASSTHROUGH = (
-    nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU,
+    *_ACTIVATIONS,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.GELU,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
 )  # fmt: skip
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.Upsample, nn.GELU)  # costed on their output
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
           nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)  # fmt: skip
 
@@ -203,8 +203,6 @@ class PruningGraph:
                 # Classifiers are excluded from groups below, not from tracing: a layer ignored while
                 # tracing becomes anonymous ops whose reshape mapping corrupts the groups feeding it.
                 self.DG = _build_dg(model, example)
-                for h in hooks:
-                    h.remove()
                 if ignore_stem:
                     stem = next((m for m, *_ in calls if isinstance(m, (nn.Conv2d, nn.Linear))), None)
                     if stem is not None:
@@ -255,16 +253,16 @@ class PruningGraph:
             side = "out" if self.DG.is_out_channel_pruning_fn(item.dep.handler) else "in"
             members.append(Member(self.names[mod], mod, side, list(item.idxs), list(item.root_idxs)))
         size = len(tp_group[0].idxs)
-        why = self._why_not(root_name, members, size, opaque)
+        grouped = [m for m in members if _is_grouped(m.module)]
+        tied, step = _tie(grouped, size), self._step(members)
+        why = self._why_not(root_name, members, size, opaque, grouped, tied, step)
         if why is not None:
             self._note_skipped(root_name, why, members)
             return
-        step = self._step(members)
         cap = min((v for pat, v in self.overrides.items() if _matches(pat, members)), default=1.0)
         if cap <= 0:
             self._note_skipped(root_name, "--group-max-ratio 0 for this group", members)
             return
-        tied = _tie([m for m in members if _is_grouped(m.module)], size)
         self.groups.append(ChannelGroup(len(self.groups), root_name, size, members, tp_group, step, cap, tied))
 
     def _step(self, members: list[Member]) -> int:
@@ -273,7 +271,8 @@ class PruningGraph:
         groups = [m.module.groups for m in members if _is_grouped(m.module)]
         return math.lcm(self.round_to, *heads, *groups)
 
-    def _why_not(self, root_name: str, members: list[Member], size: int, opaque: str | None) -> str | None:
+    def _why_not(self, root_name: str, members: list[Member], size: int, opaque: str | None,
+                 grouped: list[Member], tied: Member | None, step: int) -> str | None:  # fmt: skip
         """Why a group must be left alone (None: it can be pruned)."""
         hit = next((m for m in members if m.side == "out" and m.module in self.ignored), None)
         if hit is not None:
@@ -284,11 +283,9 @@ class PruningGraph:
         broken = next((m for m in members if not _consistent(m, size)), None)
         if broken is not None:
             return f"Torch-Pruning maps this group inconsistently at {broken.name} (concat)"
-        grouped = [m for m in members if _is_grouped(m.module)]
-        if grouped and _tie(grouped, size) is None:
+        if grouped and tied is None:
             g = grouped[0]
             return f"grouped convolution {g.name} (groups={g.module.groups}) coupled in a way we cannot keep aligned"
-        step = self._step(members)
         if size <= step:
             return f"{size} channels: not more than --round-to {self.round_to}" + (
                 f" (rounded to {step} for attention heads / conv groups)" if step != self.round_to else ""
