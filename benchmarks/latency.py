@@ -1,13 +1,13 @@
-"""Latency harness behind ``compress bench``: ONNX Runtime sessions per provider, interleaved timing.
+"""Latency harness behind ``compress bench``: interleaved timing of models on ORT and PyTorch backends.
 
-For every (provider, batch) all models are warmed up, then timed round-robin (one run of each model
-per round, the starting model rotating) so that clock/thermal drift and background load hit every
-model alike. GPU providers use IO binding with the input resident on the device and outputs bound to
-the device, so host<->device copies are not timed.
+For every (backend, IO mode, batch) all models are set up and warmed up (both reported apart), then timed
+round-robin -- one run of each model per round, the starting model rotating -- so that clock/thermal drift
+and background load hit every model alike and a dense-vs-pruned ratio is fair. Timing stops after
+``iters`` rounds, or after ``duration`` seconds and at least ``min_iters`` rounds.
 
-Provider checks: ``onnxruntime-gpu`` lists CUDA/TensorRT as available on machines without a GPU or
-without the CUDA/TensorRT libraries; a session then either raises or silently runs on CPU. Both are
-reported as ``GateFailed("provider X unavailable: ...")`` -- a CPU number is never labelled CUDA.
+A model is an ONNX file (ORT backends), our pruned-model file ``.pt`` (PyTorch backends), or a run
+directory; an ONNX file and a ``.pt`` with the same stem side by side (``compress export`` writes them so)
+serve both. The result is a schema-versioned dict (see ``SCHEMA``), rendered by ``benchmarks.bench_output``.
 """
 
 from __future__ import annotations
@@ -15,34 +15,39 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import sys
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compressor.errors import BadInput, GateFailed, one_line
+from benchmarks.backends import (
+    BACKENDS,
+    IO_MODES,
+    ORT_PROVIDERS,
+    SESSION_CONFIG,
+    Options,
+    Runner,
+    is_gpu,
+    is_torch,
+    ort_runner,
+    ort_session,
+    timed,
+    torch_model,
+    torch_runner,
+)
+from compressor import tool_version
+from compressor.errors import BadInput, one_line
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-#: What a session for each provider is created with (later entries take unsupported nodes).
-PROVIDER_CHAIN = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-GPU_PROVIDERS = ("cuda", "tensorrt")
-SCHEMA = 1
-#: ORT's intra-op threads spin-wait after each run; with interleaved models an idle session's
-#: spinning threads would steal cores from the session being timed, so spinning is disabled.
-SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
-UNSTABLE_COV = 0.10
+PROVIDERS = ORT_PROVIDERS  # the ONNX Runtime providers (``--latency-provider`` and friends)
+SCHEMA = 2
+COV_WARN = 0.03  # a setting whose coefficient of variation exceeds this gets a warning
+MIN_ITERS = 10
 
 _DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE
 
@@ -57,17 +62,36 @@ class _Input:
 @dataclass
 class _Model:
     label: str
-    path: Path
+    onnx: Path | None
+    torch: Path | None
     inputs: list[_Input]
+
+    @property
+    def path(self) -> Path:
+        return self.onnx or self.torch  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------- checks
 
 
-def _inspect(label: str, path: str | os.PathLike[str]) -> _Model:
+def _files(path: str | os.PathLike[str]) -> tuple[Path | None, Path | None]:
+    """(ONNX file, pruned-model file) a model argument stands for: a file, its same-stem sibling, a run dir."""
+    p = Path(path)
+    if p.is_dir():
+        onnx, pt = p / "pruned.onnx", p / "pruned.pt"
+        if not (onnx.is_file() or pt.is_file()):
+            raise BadInput(f"{p} is a directory without pruned.onnx or pruned.pt (not a run directory)")
+        return (onnx if onnx.is_file() else None), (pt if pt.is_file() else None)
+    if p.suffix == ".pt":
+        sibling = p.with_suffix(".onnx")
+        return (sibling if sibling.is_file() else None), p
+    sibling = p.with_suffix(".pt")
+    return p, (sibling if p.suffix == ".onnx" and sibling.is_file() else None)
+
+
+def _onnx_inputs(p: Path) -> list[_Input]:
     from exporters.onnx import load_model
 
-    p = Path(path)
     proto = load_model(p)
     initializers = {init.name for init in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
@@ -84,24 +108,61 @@ def _inspect(label: str, path: str | os.PathLike[str]) -> _Model:
         if any(d is None for d in dims[1:]):
             raise BadInput(f"{p}: input {inp.name!r} has dynamic non-batch dims {dims}; only batch may vary")
         inputs.append(_Input(inp.name, _DTYPES[ttype.elem_type], dims))
-    return _Model(label, p, inputs)
+    return inputs
 
 
-def _provider_keys(providers: Sequence[str] | str) -> list[str]:
+def _torch_inputs(p: Path) -> list[_Input]:
+    from compressor.graph import PRUNED_FORMAT
+    from compressor.models import read_checkpoint
+
+    payload = read_checkpoint(p, "pruned model")
+    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
+        raise BadInput(f"{p} is not a compress pruned-model file (format {PRUNED_FORMAT})")
+    return [_Input("input", np.float32, [None, *(int(d) for d in payload["input_shape"])])]
+
+
+def _inspect(label: str, path: str | os.PathLike[str], backends: Sequence[str] = ("cpu",)) -> _Model:
+    onnx, pt = _files(path)
+    need_onnx = any(not is_torch(b) for b in backends)
+    need_torch = any(is_torch(b) for b in backends)
+    if need_onnx and onnx is None:
+        raise BadInput(f"{path}: ONNX Runtime backends need an ONNX file (export it, or keep NAME.onnx next to it)")
+    if need_torch and pt is None:
+        raise BadInput(
+            f"{path}: PyTorch backends need the pruned-model file (.pt) -- pass it, a run directory, or keep "
+            f"NAME.pt next to NAME.onnx"
+        )
+    inputs = _onnx_inputs(onnx) if need_onnx and onnx else _torch_inputs(pt)  # type: ignore[arg-type]
+    if need_onnx and need_torch and pt is not None:
+        shape = _torch_inputs(pt)[0].dims[1:]
+        if len(inputs) != 1 or inputs[0].dims[1:] != shape:
+            raise BadInput(f"{onnx} and {pt} take different inputs ({[i.dims for i in inputs]} vs {shape})")
+    return _Model(label, onnx if need_onnx else None, pt if need_torch else None, inputs)
+
+
+def _backend_keys(providers: Sequence[str] | str) -> list[str]:
     if isinstance(providers, str):
-        providers = [s for s in providers.split(",")]
-    by_full = {v.lower(): k for k, v in PROVIDERS.items()}
+        providers = providers.split(",")
+    by_full = {v.lower(): k for k, v in ORT_PROVIDERS.items()}
     keys: list[str] = []
     for raw in providers:
         name = str(raw).strip().lower()
-        key = name if name in PROVIDERS else by_full.get(name)
+        key = name if name in BACKENDS else by_full.get(name)
         if key is None:
-            raise BadInput(f"unknown provider {raw!r}; choose from {', '.join(PROVIDERS)}")
+            raise BadInput(f"unknown provider {raw!r}; choose from {', '.join(BACKENDS)}")
         if key not in keys:
             keys.append(key)
     if not keys:
         raise BadInput("no provider given")
     return keys
+
+
+def _io_modes(io: Sequence[str] | str) -> list[str]:
+    modes = [m.strip().lower() for m in (io.split(",") if isinstance(io, str) else io) if str(m).strip()]
+    bad = [m for m in modes if m not in IO_MODES]
+    if bad or not modes:
+        raise BadInput(f"--io takes {', '.join(IO_MODES)} (comma list), got {io!r}")
+    return list(dict.fromkeys(modes))
 
 
 def _feeds(model: _Model, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -118,142 +179,30 @@ def _feeds(model: _Model, batch: int, seed: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-# --------------------------------------------------------------------------------------------- sessions
-
-
-def _session_options(threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    if threads:
-        opts.intra_op_num_threads = threads
-    for key, value in SESSION_CONFIG.items():
-        opts.add_session_config_entry(key, value)
-    return opts
-
-
-def _session(model: _Model, key: str, threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    wanted = PROVIDERS[key]
-    try:
-        # ORT prints its own "EP Error ... falling back" banner on stdout; keep stdout clean for --json,
-        # and disable the silent retry on CPU so a failing GPU provider raises here.
-        with contextlib.redirect_stdout(sys.stderr):
-            sess = ort.InferenceSession(
-                os.fspath(model.path),
-                _session_options(threads),
-                providers=PROVIDER_CHAIN[key],
-                enable_fallback=0,
-            )
-    except Exception as exc:
-        if key in GPU_PROVIDERS:
-            raise GateFailed(f"provider {key} unavailable: {one_line(exc)}") from exc
-        raise BadInput(f"{model.path}: onnxruntime cannot load it ({one_line(exc)})") from exc
-    got = sess.get_providers()
-    if not got or got[0] != wanted:
-        raise GateFailed(
-            f"provider {key} unavailable: the {model.label} session fell back to "
-            f"{', '.join(got) or 'nothing'} (no usable GPU or CUDA/TensorRT libraries; see onnxruntime's log)"
-        )
-    return sess
-
-
-def _runner(sess: Any, feeds: dict[str, np.ndarray], key: str) -> Callable[[], None]:
-    """A zero-argument callable doing one inference; device-resident IO on GPU providers."""
-    if key not in GPU_PROVIDERS:
-
-        def run_cpu() -> None:
-            sess.run(None, feeds)
-
-        return run_cpu
-
-    import onnxruntime as ort
-
-    binding = sess.io_binding()
-    device_inputs = [ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0) for arr in feeds.values()]
-    for name, value in zip(feeds, device_inputs, strict=True):
-        binding.bind_ortvalue_input(name, value)
-    names = [o.name for o in sess.get_outputs()]
-    for name in names:
-        binding.bind_output(name, "cuda", 0)
-    state = {"outputs_pinned": False}
-
-    def run_gpu() -> None:
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        if not state["outputs_pinned"]:  # reuse the first run's device buffers: no per-run allocation
-            for name, value in zip(names, binding.get_outputs(), strict=True):
-                binding.bind_ortvalue_output(name, value)
-            state["outputs_pinned"] = True
-
-    run_gpu.device_inputs = device_inputs  # type: ignore[attr-defined]  # keep device inputs alive
-    return run_gpu
-
-
-# --------------------------------------------------------------------------------------------- stats
-
-
-def _stats(samples_ns: Sequence[int], batch: int) -> dict[str, float | int]:
-    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    mean = float(ms.mean())
-    std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
-    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    return {
-        "n": int(ms.size),
-        "mean_ms": mean,
-        "std_ms": std,
-        "p50_ms": p50,
-        "p90_ms": p90,
-        "p99_ms": p99,
-        "min_ms": float(ms.min()),
-        "max_ms": float(ms.max()),
-        "throughput": batch * 1000.0 / mean if mean > 0 else float("inf"),
-        "cov": std / mean if mean > 0 else 0.0,
-    }
-
-
-def _cpu_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "processor": platform.processor() or platform.machine(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["usable_cpus"] = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["model_name"] = line.split(":", 1)[1].strip()
-                break
-    return info
-
-
-# --------------------------------------------------------------------------------------------- bench
-
-
 def check_options(providers: Sequence[str] | str, batches: Sequence[Any], threads: int | None = None,
-                  warmup: int = 10, iters: int | None = 100, duration: float | None = None) -> None:  # fmt: skip
+                  warmup: int = 10, iters: int | None = 100, duration: float | None = None,
+                  min_iters: int = MIN_ITERS, io: Sequence[str] | str = IO_MODES,
+                  inter_threads: int | None = None) -> None:  # fmt: skip
     """Validate bench options without loading anything (so a recipe can fail before it starts work)."""
-    _provider_keys(providers)
-    _validate_numbers(batches, threads, warmup, iters, duration)
+    _backend_keys(providers)
+    _io_modes(io)
+    _validate_numbers(batches, threads, warmup, iters, duration, min_iters, inter_threads)
 
 
-def _validate_numbers(batches, threads, warmup, iters, duration) -> list[int]:
+def _validate_numbers(batches, threads, warmup, iters, duration, min_iters=1, inter_threads=None) -> list[int]:
     try:
         batch_list = [int(b) for b in batches]
     except (TypeError, ValueError):
         raise BadInput(f"batch sizes must be integers, got {batches!r}") from None
     if not batch_list or any(b < 1 for b in batch_list):
         raise BadInput(f"batch sizes must be >= 1, got {batch_list}")
-    if threads is not None and int(threads) < 1:
-        raise BadInput(f"threads must be >= 1, got {threads}")
+    for name, value in (("threads", threads), ("inter-threads", inter_threads)):
+        if value is not None and int(value) < 1:
+            raise BadInput(f"{name} must be >= 1, got {value}")
     if int(warmup) < 0:
         raise BadInput(f"warmup must be >= 0, got {warmup}")
+    if int(min_iters) < 1:
+        raise BadInput(f"min-iters must be >= 1, got {min_iters}")
     if duration is not None:
         if not float(duration) > 0:
             raise BadInput(f"duration must be > 0 seconds, got {duration}")
@@ -262,8 +211,32 @@ def _validate_numbers(batches, threads, warmup, iters, duration) -> list[int]:
     return list(dict.fromkeys(batch_list))
 
 
+# --------------------------------------------------------------------------------------------- stats
+
+
+def _stats(samples_ns: Sequence[int], batch: int) -> dict[str, Any]:
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+    return {
+        "n": int(ms.size),
+        "mean_ms": mean,
+        "std_ms": std,
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "throughput": batch * 1000.0 / mean if mean > 0 else float("inf"),
+        "cov": std / mean if mean > 0 else 0.0,
+        "samples_ms": [round(float(v), 5) for v in ms],
+    }
+
+
 def _measure(
-    runners: dict[str, Callable[[], None]], iters: int | None, duration: float | None
+    runners: dict[str, Callable[[], None]], iters: int | None, duration: float | None, min_iters: int = 1
 ) -> tuple[dict[str, list[int]], int, float]:
     labels = list(runners)
     samples: dict[str, list[int]] = {label: [] for label in labels}
@@ -279,11 +252,115 @@ def _measure(
             samples[label].append(clock() - t0)
         rounds += 1
         if deadline is not None:
-            if clock() >= deadline:
+            if clock() >= deadline and rounds >= min_iters:
                 break
         elif rounds >= iters:  # type: ignore[operator]
             break
     return samples, rounds, (clock() - start) / 1e9
+
+
+# --------------------------------------------------------------------------------------------- environment
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "processor": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["usable_cpus"] = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["model_name"] = line.split(":", 1)[1].strip()
+                break
+    return info
+
+
+def _gpu_info() -> dict[str, Any] | None:
+    """The first GPU's name, driver and CUDA runtime (nvidia-smi, else torch), or None without one."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20, check=True).stdout  # fmt: skip
+            name, driver, memory = (s.strip() for s in out.splitlines()[0].split(","))
+            return {"name": name, "driver": driver, "memory": memory, "cuda": _torch_cuda()}
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            return {"name": torch.cuda.get_device_name(0), "driver": None, "cuda": torch.version.cuda}
+    return None
+
+
+def _torch_cuda() -> str | None:
+    with contextlib.suppress(Exception):
+        import torch
+
+        return torch.version.cuda
+    return None
+
+
+def environment(need_gpu: bool) -> dict[str, Any]:
+    """Versions, CPU model and threads, the GPU (when a GPU backend ran) and ORT's available providers."""
+    import onnxruntime as ort
+
+    return {
+        "python": platform.python_version(),
+        "compress": tool_version(),
+        "onnxruntime": ort.__version__,
+        "torch": _version("torch"),
+        "onnx": _version("onnx"),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_info(),
+        "gpu": _gpu_info() if need_gpu else None,
+        "providers_available": list(ort.get_available_providers()),
+    }
+
+
+# --------------------------------------------------------------------------------------------- bench
+
+
+def _setup(infos: list[_Model], key: str, opts: Options) -> tuple[dict[str, Any], dict[str, float]]:
+    """Sessions (ORT) or loaded models (PyTorch) per label, and how long each took."""
+    made, seconds = {}, {}
+    for info in infos:
+        if is_torch(key):
+            made[info.label], seconds[info.label] = timed(lambda i=info: torch_model(i.torch, key, opts))
+        else:
+            made[info.label], seconds[info.label] = timed(lambda i=info: ort_session(i.onnx, i.label, key, opts))
+    return made, seconds
+
+
+def _runner(made: Any, feeds: dict[str, np.ndarray], key: str, io: str) -> Runner:
+    if is_torch(key):
+        model, used = made
+        runner = torch_runner(model, feeds, key, io)
+        runner.used = used
+        return runner
+    return ort_runner(made, feeds, key, io)
+
+
+def _warm(runner: Runner, n: int, info: _Model, key: str, batch: int) -> dict[str, Any]:
+    """``n`` untimed runs (at least one); the first run's time (engine build, compile) reported apart."""
+    times = []
+    try:
+        for _ in range(max(n, 1)):
+            _, s = timed(runner.run)
+            times.append(s * 1e3)
+    except Exception as exc:
+        raise BadInput(f"{info.path}: inference failed on {key} at batch {batch}: {one_line(exc)}") from exc
+    return {"n": len(times), "first_ms": times[0], "mean_ms": float(np.mean(times[1:] or times))}
 
 
 def bench(
@@ -293,127 +370,101 @@ def bench(
     providers: Sequence[str] = ("cpu",),
     batches: Sequence[int] = (1,),
     threads: int | None = None,
+    inter_threads: int | None = None,
     warmup: int = 10,
     iters: int | None = 100,
+    min_iters: int = MIN_ITERS,
     duration: float | None = None,
     seed: int = 0,
+    io: Sequence[str] | str = IO_MODES,
+    trt_fp16: bool = False,
+    trt_cache: str | None = None,
+    trust_code: bool = False,
 ) -> dict:
-    """Time ``models`` (label -> ONNX path) on each provider and batch size; see the module docstring.
+    """Time ``models`` (label -> file) on each backend, IO mode and batch size; see the module docstring.
 
-    Raises ``BadInput`` for unusable files/arguments and ``GateFailed`` when a requested provider
-    cannot actually run (not built in, or the session fell back to another provider).
+    Raises ``BadInput`` for unusable files/arguments and ``GateFailed`` when a requested provider cannot
+    actually run (not built in, no device, or the session fell back to another provider).
     """
-    import onnxruntime as ort
-
     if not models:
         raise BadInput("no model to bench")
     if baseline is not None and baseline not in models:
         raise BadInput(f"baseline {baseline!r} is not one of the models ({', '.join(models)})")
-    batch_list = _validate_numbers(batches, threads, warmup, iters, duration)
-    keys = _provider_keys(providers)
-    infos = [_inspect(str(label), path) for label, path in models.items()]
+    batch_list = _validate_numbers(batches, threads, warmup, iters, duration, min_iters, inter_threads)
+    keys, io_modes = _backend_keys(providers), _io_modes(io)
+    infos = [_inspect(str(label), path, keys) for label, path in models.items()]
     for info in infos:  # static-batch mismatches are bad input, found before any timing
         for batch in batch_list:
             _feeds(info, batch, seed)
+    opts = Options(threads, inter_threads, trt_fp16, trt_cache, trust_code)
+    # Everything set up first, so that an unusable provider fails before minutes of timing.
+    setups = {key: _setup(infos, key, opts) for key in keys}
 
-    available = list(ort.get_available_providers())
+    results, warnings = [], []
     for key in keys:
-        if PROVIDERS[key] not in available:
-            raise GateFailed(
-                f"provider {key} unavailable: {PROVIDERS[key]} is not in this onnxruntime build "
-                f"(available: {', '.join(available)})"
-            )
-    # All sessions first, so that an unusable provider fails before minutes of CPU timing.
-    sessions = {key: {info.label: _session(info, key, threads) for info in infos} for key in keys}
-
-    warm = max(int(warmup), 1)  # at least one untimed run: checks the model runs, sets up IO binding
-    results = []
-    for key in keys:
-        for batch in batch_list:
-            runners = {}
-            for info in infos:
-                runner = _runner(sessions[key][info.label], _feeds(info, batch, seed), key)
-                try:
-                    for _ in range(warm):
-                        runner()
-                except Exception as exc:
-                    raise BadInput(f"{info.path}: inference failed on {key} at batch {batch}: {one_line(exc)}") from exc
-                runners[info.label] = runner
-            samples, rounds, wall = _measure(runners, iters, duration)
-            stats = {label: _stats(s, batch) for label, s in samples.items()}
-            speedup = {}
-            if baseline is not None:
-                base = stats[baseline]
-                for label, st in stats.items():
-                    if label != baseline:
-                        speedup[label] = {
-                            "p50": base["p50_ms"] / st["p50_ms"],
-                            "mean": base["mean_ms"] / st["mean_ms"],
-                        }
-            results.append(
-                {
-                    "provider": key,
-                    "batch": batch,
-                    "rounds": rounds,
-                    "wall_s": wall,
-                    "models": stats,
-                    "speedup": speedup,
-                }
-            )
-
+        made, setup_s = setups[key]
+        for mode in io_modes if is_gpu(key) else ["host"]:
+            for batch in batch_list:
+                row = _bench_setting(infos, made, setup_s, key, mode, batch, seed, warmup, iters, min_iters, duration)
+                results.append(_with_speedup(row, baseline))
+                warnings += _noisy(row)
     return {
         "schema": SCHEMA,
-        "onnxruntime": ort.__version__,
-        "providers_available": available,
-        "models": {info.label: str(info.path) for info in infos},
+        "kind": "compress.bench",
+        "env": environment(any(is_gpu(k) for k in keys)),
+        "settings": {
+            "providers": keys,
+            "batches": batch_list,
+            "threads": threads,
+            "inter_threads": inter_threads,
+            "warmup": max(int(warmup), 1),
+            "iters": None if duration is not None else int(iters),
+            "min_iters": int(min_iters),
+            "duration": duration,
+            "seed": seed,
+            "io": io_modes,
+            "trt_fp16": bool(trt_fp16),
+            "trt_cache": trt_cache,
+            "cov_warn": COV_WARN,
+            "session_config": dict(SESSION_CONFIG),
+        },  # fmt: skip
+        "models": {i.label: {"onnx": i.onnx and str(i.onnx), "torch": i.torch and str(i.torch)} for i in infos},
         "baseline": baseline,
-        "threads": threads,
-        "warmup": warm,
-        "iters": None if duration is not None else int(iters),  # type: ignore[arg-type]
-        "duration": duration,
-        "seed": seed,
-        "session_config": dict(SESSION_CONFIG),
-        "cpu": _cpu_info(),
         "results": results,
+        "warnings": warnings,
     }
 
 
-# --------------------------------------------------------------------------------------------- report
+def _bench_setting(infos: list[_Model], made: dict[str, Any], setup_s: dict[str, float], key: str, io: str,
+                   batch: int, seed: int, warmup: int, iters: int | None, min_iters: int,
+                   duration: float | None) -> dict[str, Any]:  # fmt: skip
+    runners, warm = {}, {}
+    for info in infos:
+        runner = _runner(made[info.label], _feeds(info, batch, seed), key, io)
+        warm[info.label] = _warm(runner, int(warmup), info, key, batch)
+        runners[info.label] = runner
+    samples, rounds, wall = _measure({k: r.run for k, r in runners.items()}, iters, duration, int(min_iters))
+    stats = {}
+    for label, s in samples.items():
+        stats[label] = {**_stats(s, batch), "warmup": warm[label], "setup_s": setup_s[label]}
+    return {"provider": key, "io": io, "batch": batch, "rounds": rounds, "wall_s": wall,
+            "providers_used": {k: r.used for k, r in runners.items()}, "models": stats}  # fmt: skip
 
 
-def render_markdown(result: dict) -> str:
-    """A Markdown table of a :func:`bench` result, one row per (provider, batch, model)."""
-    baseline = result.get("baseline")
-    cpu = result.get("cpu", {})
-    stop = f"{result['duration']} s per setting" if result.get("duration") else f"{result.get('iters')} rounds"
-    lines = [
-        f"ONNX Runtime {result.get('onnxruntime')} on {cpu.get('model_name') or cpu.get('processor')} "
-        f"({cpu.get('usable_cpus', cpu.get('cpu_count'))} CPUs), "
-        f"threads={result.get('threads') or 'default'}, "
-        f"warm-up {result.get('warmup')}, {stop}, interleaved.",
-        "",
-        "| provider | batch | model | p50 ms | p90 ms | p99 ms | mean ± std ms | img/s | speedup |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    unstable = []
-    for row in result.get("results", []):
-        for label, st in row["models"].items():
-            if label == baseline:
-                speed = "1.00× (baseline)"
-            elif label in row.get("speedup", {}):
-                sp = row["speedup"][label]
-                speed = f"{sp['p50']:.2f}× (mean {sp['mean']:.2f}×)"
-            else:
-                speed = "–"
-            lines.append(
-                f"| {row['provider']} | {row['batch']} | {label} | {st['p50_ms']:.3f} | {st['p90_ms']:.3f} | "
-                f"{st['p99_ms']:.3f} | {st['mean_ms']:.3f} ± {st['std_ms']:.3f} | {st['throughput']:.1f} | "
-                f"{speed} |"
-            )
-            if st["cov"] > UNSTABLE_COV:
-                unstable.append(f"{label} ({row['provider']}, batch {row['batch']}): CoV {st['cov']:.0%}")
+def _with_speedup(row: dict[str, Any], baseline: str | None) -> dict[str, Any]:
+    speedup = {}
     if baseline is not None:
-        lines += ["", "Speedup = baseline p50 / model p50 (mean ratio in brackets)."]
-    if unstable:
-        lines += ["", "Unstable timings (CoV > 10%): " + "; ".join(unstable) + "."]
-    return "\n".join(lines) + "\n"
+        base = row["models"][baseline]
+        for label, st in row["models"].items():
+            if label != baseline:
+                speedup[label] = {"p50": base["p50_ms"] / st["p50_ms"], "mean": base["mean_ms"] / st["mean_ms"]}
+    return {**row, "speedup": speedup}
+
+
+def _noisy(row: dict[str, Any]) -> list[str]:
+    return [
+        f"{label} ({row['provider']}, io {row['io']}, batch {row['batch']}): CoV {st['cov']:.1%} is above "
+        f"{COV_WARN:.0%}; timings are noisy (close other work, pin --threads, or measure longer with --duration)"
+        for label, st in row["models"].items()
+        if st["cov"] > COV_WARN
+    ]

@@ -180,6 +180,45 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--target-flops", type=float, default=None, help="FLOPs (MACs) drop to reach, e.g. 0.5."),
         click.option("--target-params", type=float, default=None, help="Parameter drop to reach."),
         click.option(
+            "--target-latency",
+            default=None,
+            metavar="TIME",
+            help="ONNX Runtime p50 latency to reach, e.g. 4ms, 0.004s, 500us (a bare number: ms). Finds "
+            'the FLOPs drop by timing real exported models (see README "Latency-targeted pruning").',
+        ),
+        click.option(
+            "--latency-provider",
+            default="cpu",
+            show_default=True,
+            help="--target-latency: ONNX Runtime provider to time on (cpu, cuda, tensorrt).",
+        ),
+        click.option("--latency-batch", type=int, default=1, show_default=True, help="--target-latency: batch size."),
+        click.option(
+            "--latency-threads", type=int, default=None, help="--target-latency: ORT intra-op threads (default: ORT's)."
+        ),
+        click.option(
+            "--latency-tolerance",
+            type=float,
+            default=0.1,
+            show_default=True,
+            help="--target-latency: met when at most target x (1 + tolerance).",
+        ),
+        click.option(
+            "--latency-duration",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="--target-latency: seconds of timing per candidate model (at least 20 runs).",
+        ),
+        click.option(
+            "--allocation",
+            type=click.Choice(["uniform", "latency"]),
+            default="uniform",
+            show_default=True,
+            help="Baselines: the same pruned ratio in every group, or ratios weighted by the measured ms saved per "
+            "MAC removed in each group (times one-group probes on --latency-provider/--latency-batch).",
+        ),
+        click.option(
             "--epochs",
             type=int,
             default=0,
@@ -257,7 +296,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @prune_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def prune(as_json: bool, **options: Any) -> None:
-    """Prune a model to a FLOPs/params target and write runs/NAME/{pruned.pt, report.json, ...}."""
+    """Prune a model to a FLOPs, params or measured-latency target; write runs/NAME/{pruned.pt, report.json, ...}."""
     from compressor.pipeline import PruneConfig
     from compressor.pipeline import prune as run_prune
 
@@ -268,8 +307,11 @@ def prune(as_json: bool, **options: Any) -> None:
         click.echo(
             f"pruned {report['model']['spec']} with {report['method']['name']}: FLOPs drop "
             f"{report['flops_drop']:.4f}, params drop {report['params_drop']:.4f}, acc "
-            f"{report['dense']['acc']:.4f} -> {report['pruned']['acc']:.4f}; wrote {options['out']}"
-        )
+            f"{report['dense']['acc']:.4f} -> {report['pruned']['acc']:.4f}"
+            + (f", latency {lat['dense_ms']:.3f} -> {lat['final_ms']:.3f} ms (target {lat['target_ms']:.3f})"
+               if (lat := report.get("latency")) else "")
+            + f"; wrote {options['out']}"
+        )  # fmt: skip
 
 
 def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -333,45 +375,81 @@ def _diff_text(v: dict[str, Any]) -> str:
 
 def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
-        click.option("--provider", default="cpu", show_default=True, help="cpu,cuda,tensorrt (comma list)."),
-        click.option("--batch", default="1", show_default=True, help="Batch sizes, comma list."),
-        click.option("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)."),
-        click.option("--warmup", type=int, default=10, show_default=True),
+        click.option("--provider", default="cpu", show_default=True,
+                     help="Backends, comma list: cpu, cuda, tensorrt (ONNX Runtime); torch, torch-compile, "
+                     "torch-cuda, torch-compile-cuda (PyTorch, needs the .pt)."),
+        click.option("--batch", default="1", show_default=True, help="Batch sizes, comma list (a sweep)."),
+        click.option("--threads", type=int, default=None, help="Intra-op threads (default: the runtime's)."),
+        click.option("--inter-threads", type=int, default=None,
+                     help="Inter-op threads (ORT then runs its graph in parallel mode)."),
+        click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs, reported apart."),
         click.option("--iters", type=int, default=100, show_default=True, help="Measured rounds."),
-        click.option("--duration", type=float, default=None, help="Measure for SECONDS instead of --iters."),
+        click.option("--duration", type=float, default=None, help="Measure for SECONDS instead of --iters..."),
+        click.option("--min-iters", type=int, default=10, show_default=True, help="...and at least this many rounds."),
+        click.option("--io", default="device,host", show_default=True,
+                     help="GPU backends: inputs/outputs resident on the device, and/or host copies included "
+                     "(each reported as its own row)."),
+        click.option("--trt-fp16", is_flag=True, help="TensorRT: build fp16 engines."),
+        click.option("--trt-cache", default="auto", show_default=True,
+                     help="TensorRT engine cache directory ('auto': ~/.cache/compress/tensorrt, 'off': none)."),
         click.option("--fail-below-speedup", type=float, default=None,
-                     help="Exit 1 when p50 speedup over --baseline is below X."),
+                     help="Gate: exit 1 when the p50 speedup over --baseline is below X (any setting)."),
+        click.option("--fail-above-p50", type=float, default=None, metavar="MS",
+                     help="Gate: exit 1 when the model's p50 exceeds MS milliseconds (any setting)."),
+        click.option("--compare", default=None, metavar="PREVIOUS.json",
+                     help="Gate: compare with a previous --json result (same provider, io, batch, model)."),
+        click.option("--max-regression", type=float, default=10.0, show_default=True, metavar="PCT",
+                     help="With --compare: exit 1 when a p50 is more than PCT percent slower."),
     ]):  # fmt: skip
         f = opt(f)
     return f
 
 
-@main.command()
+@main.command(epilog="Exit codes: 0 ok; 1 a gate failed or a requested provider is not the one running; "
+              "2 bad input.")  # fmt: skip
 @config_option
 @click.argument("model")
-@click.option("--baseline", default=None, help="Dense ONNX to compare against, measured in the same run.")
+@click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
 @bench_options
-@click.option("--json", "json_out", default=None, help="Also write the result JSON here ('-' = stdout only).")
-def bench(model: str, baseline: str | None, json_out: str | None, **options: Any) -> None:
-    """Measure ONNX Runtime latency of MODEL (and --baseline, interleaved) and the speedup."""
-    from compressor.pipeline import bench_models, speedup_gate
+@click.option("--trust-code", is_flag=True, help="Allow rebuilding a .pt model defined by a user file.")
+@click.option("--json", "json_out", default=None, help="Write the result JSON here ('-': stdout, no table).")
+@click.option("--csv", "csv_out", default=None, help="Write one CSV row per setting and model here.")
+@click.option("--md", "md_out", default=None, help="Write the Markdown table here.")
+@click.option("--plot", "plot_out", default=None, help="Write a PNG of the latency distributions here.")
+def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str | None, md_out: str | None,
+          plot_out: str | None, **options: Any) -> None:  # fmt: skip
+    """Measure the latency of MODEL (and --baseline, interleaved) and the speedup.
+
+    MODEL is an ONNX file, a pruned-model .pt (PyTorch backends) or a run directory.
+    """
+    from compressor.pipeline import bench_gate, bench_models
 
     result = bench_models({"model": model, **({"baseline": baseline} if baseline else {})},
-                        "baseline" if baseline else None, **options)  # fmt: skip
-    _emit_bench(result, json_out)
-    speedup_gate(result, options.get("fail_below_speedup"), "model")
+                          "baseline" if baseline else None, label="model", **options)  # fmt: skip
+    _emit_bench(result, json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
+    bench_gate(result)
 
 
-def _emit_bench(result: dict[str, Any], json_out: str | None) -> None:
-    from benchmarks.latency import render_markdown
-    from compressor.atomic import write_json
+def _emit_bench(result: dict[str, Any], json_out: str | None, *, csv_out: str | None = None,
+                md_out: str | None = None, plot_out: str | None = None) -> None:  # fmt: skip
+    from benchmarks.bench_output import plot_distributions, render_csv, render_markdown
+    from compressor.atomic import write_json, write_text
 
+    table = render_markdown(result)
     if json_out == "-":
         click.echo(json.dumps(result, default=str))
-        return
-    click.echo(render_markdown(result))
-    if json_out:
+    else:
+        click.echo(table)
+    for line in (result.get("warnings", []) if json_out == "-" else []) + result.get("gates", {}).get("notes", []):
+        click.echo(f"note: {line}", err=True)  # warnings are in the table already; --compare notes are not
+    if json_out and json_out != "-":
         write_json(json_out, result)
+    if csv_out:
+        write_text(csv_out, render_csv(result))
+    if md_out:
+        write_text(md_out, table)
+    if plot_out:
+        plot_distributions(result, plot_out)
 
 
 @main.command()

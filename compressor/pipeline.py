@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, fields
@@ -18,6 +19,8 @@ from compressor.budget import Budget, solve_counts
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, one_line
 from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
+from compressor.latency_alloc import ALLOCATION_FILE, allocation_for_run, check_allocation
+from compressor.latency_target import LatencySpec, final_record, load_search, save_search, search_for_run
 from compressor.methods import Context, Method, build_method, method_parameters
 from compressor.models import build_model, init_bn_gamma, load_weights, read_checkpoint
 from compressor.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
@@ -57,6 +60,13 @@ class PruneConfig:
     from_scratch: bool = False
     target_flops: float | None = None
     target_params: float | None = None
+    target_latency: str | None = None
+    latency_provider: str = "cpu"
+    latency_batch: int = 1
+    latency_threads: int | None = None
+    latency_tolerance: float = 0.1
+    latency_duration: float = 1.0
+    allocation: str = "uniform"
     epochs: int = 0
     pretrain_epochs: int = 0
     steps: int = 1
@@ -129,16 +139,21 @@ class PruneConfig:
                 raise BadInput(f"{f.name.replace('_', '-')}: expected {kind}, got {value!r}") from None
 
     def target(self) -> tuple[str, float]:
-        given = [(m, v) for m, v in (("flops", self.target_flops), ("params", self.target_params)) if v is not None]
+        """(metric, value): a FLOPs/params drop fraction, or ("latency", milliseconds) for --target-latency."""
+        given = [(m, v) for m, v in (("flops", self.target_flops), ("params", self.target_params),
+                                     ("latency", self.target_latency)) if v is not None]  # fmt: skip
         if len(given) != 1:
-            raise BadInput("give exactly one of --target-flops and --target-params")
+            raise BadInput("give exactly one of --target-flops, --target-params and --target-latency")
         metric, value = given[0]
+        if metric == "latency":
+            return metric, LatencySpec.of(self).target_ms
         if not 0.0 < float(value) < 1.0:
             raise BadInput(f"--target-{metric} must be a drop fraction strictly between 0 and 1, got {value}")
         return metric, float(value)
 
     def check(self) -> None:
         """Options that contradict each other are BadInput before any work."""
+        check_allocation(self.allocation, self.method)
         if self.from_scratch and self.weights:
             raise BadInput("--from-scratch starts from random weights: drop --weights")
         if self.from_scratch and self.pretrain_epochs:
@@ -242,8 +257,9 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
 
 
 # Options that change what a checkpoint means; the rest (device, quiet, ...) may differ on --resume.
-RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_flops", "target_params", "epochs",
-                "pretrain_epochs", "finetune_epochs", "finetune_lr", "steps", "prune_every", "prune_schedule",
+RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_flops", "target_params", "allocation",
+                "target_latency", "latency_provider", "latency_batch", "latency_threads", "latency_tolerance",
+                "epochs", "pretrain_epochs", "finetune_epochs", "finetune_lr", "steps", "prune_every", "prune_schedule",
                 "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
                 "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
                 "in_channels", "seed", "psap_beta", "psap_sparsity", "psap_beta_filter", "psap_pulse_iters",
@@ -293,7 +309,14 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     example = torch.zeros(1, *input_shape)
     graph = PruningGraph(model, example, **graph_options(cfg))
     budget = Budget(graph)
-    solve_counts(graph, budget, target, metric=metric, max_ratio=cfg.max_layer_ratio)  # reachable? (GateFailed)
+    alloc = allocation_for_run(cfg, out, graph, budget, model, input_shape, progress.log)  # measured weights
+    weights = alloc["weights"] if alloc else None
+    search = None
+    if metric == "latency":  # measure real exported models to find the FLOPs drop (BadInput/GateFailed first)
+        method.check(graph, budget, 0.01, "flops", cfg.max_layer_ratio)  # fail fast, before minutes of timing
+        search = search_for_run(cfg, out, graph, budget, model, input_shape, progress.log, weights=weights)
+        metric, target = "flops", float(search["chosen_drop"])
+    solve_counts(graph, budget, target, metric=metric, max_ratio=cfg.max_layer_ratio, weights=weights)  # reachable?
     method.check(graph, budget, target, metric, cfg.max_layer_ratio)  # can this method prune it? (BadInput)
     device = pick_device(cfg.device)
 
@@ -304,6 +327,10 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     resume_state = read_checkpoint(out / "checkpoint.pt", "checkpoint") if cfg.resume else None
     history_rows = _rewind_history(out / "history.jsonl", resume_state) if resume_state else []
     write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+    if search is not None:
+        save_search(out, search)
+    if alloc is not None:
+        write_json(out / ALLOCATION_FILE, alloc)
     t_start = time.perf_counter()
 
     phase = resume_state["phase"] if resume_state else "pretrain"
@@ -334,7 +361,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=cfg.epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train,
                   loss_fn=torch.nn.CrossEntropyLoss(), device=device, max_ratio=cfg.max_layer_ratio,
-                  lr=cfg.lr, log=progress.log)  # fmt: skip
+                  lr=cfg.lr, log=progress.log, weights=weights)  # fmt: skip
     method.setup(graph, ctx)
     trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
                       device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
@@ -442,6 +469,9 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
     flops, params = count_ops_and_params(slim, input_shape)
     pruned_eval = evaluate(slim, data.test, run.device)
     achieved = 1 - (flops if metric == "flops" else params) / (dense_flops if metric == "flops" else dense_params)
+    latency = None
+    if cfg.target_latency is not None:  # the final model, exported and timed as the search timed its candidates
+        latency = final_record(cfg, load_search(out), slim, input_shape, run.progress.log)
     report = build_report(
         tool={"name": "compress", "version": tool_version()},
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -460,6 +490,8 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
             "achieved": achieved,
             "met": achieved >= target - TARGET_TOL,
         },  # fmt: skip
+        **({"latency": latency} if latency is not None else {}),
+        **({"allocation": _allocation_record(out)} if cfg.allocation != "uniform" else {}),
         dense={
             "flops": dense_flops,
             "params": dense_params,
@@ -486,6 +518,11 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
     (out / "checkpoint.pt").unlink(missing_ok=True)
     if not report["target"]["met"]:
         raise GateFailed(f"target {metric} drop {target} not met: achieved {achieved:.4f}")
+    if latency is not None and not latency["met"]:
+        lat = latency
+        raise GateFailed(f"target latency {lat['target_ms']:.3f} ms not met: the pruned model runs in "
+                         f"{lat['final_ms']:.3f} ms on {lat['provider']} at batch {lat['batch']} "
+                         f"(tolerance {lat['tolerance']:.0%}; searched {lat['searched_ms']:.3f} ms)")  # fmt: skip
     return report
 
 
@@ -503,6 +540,12 @@ PHASES = ("pretrain", "prune", "finetune")
 
 
 PLOTS = {"psap": (plot_kept_ratios, "psap_kept.png"), "aster": (plot_threshold, "aster_tau.png")}
+
+
+def _allocation_record(out: Path) -> dict[str, Any]:
+    """The report's ``allocation`` section: the measured per-group weights (see ``latency_alloc``)."""
+    saved = json.loads((out / ALLOCATION_FILE).read_text())
+    return {k: saved[k] for k in ("provider", "batch", "threads", "probe", "dense_ms", "table")}
 
 
 def _method_report_options(cfg: PruneConfig) -> dict[str, Any]:
@@ -593,22 +636,74 @@ def _csv(value: Any) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def bench_models(models: dict[str, str], baseline: str | None, *, provider: Any = "cpu", batch: Any = 1,
-                 threads: int | None = None, warmup: int = 10, iters: int = 100, duration: float | None = None,
-                 fail_below_speedup: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Benchmark ONNX files with options as the CLI/recipes give them (comma lists or YAML lists)."""
+#: Every ``compress bench`` option (CLI and recipe ``bench:`` section) and its default.
+BENCH_DEFAULTS: dict[str, Any] = {
+    "provider": "cpu", "batch": "1", "threads": None, "inter_threads": None, "warmup": 10, "iters": 100,
+    "min_iters": 10, "duration": None, "io": "device,host", "trt_fp16": False, "trt_cache": "auto",
+    "fail_below_speedup": None, "fail_above_p50": None, "compare": None, "max_regression": 10.0,
+}  # fmt: skip
+
+
+def bench_models(models: dict[str, str], baseline: str | None, *, label: str | None = None,
+                 trust_code: bool = False, **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Benchmark model files with options as the CLI/recipes give them (comma lists or YAML lists).
+
+    ``label`` is the model the gates judge (default: the first non-baseline one). The gate outcome is in
+    ``result["gates"]``; :func:`bench_gate` raises on it once the outputs are written.
+    """
+    from benchmarks.bench_output import load_previous
     from benchmarks.latency import bench
 
-    if fail_below_speedup is not None and baseline is None:
+    unknown = sorted(set(options) - set(BENCH_DEFAULTS))
+    if unknown:
+        raise BadInput(f"unknown bench option(s): {', '.join(unknown)}")
+    o = {**BENCH_DEFAULTS, **{k: v for k, v in options.items() if v is not None or k == "compare"}}
+    if o["fail_below_speedup"] is not None and baseline is None:
         raise BadInput("--fail-below-speedup needs --baseline")
-    return bench(models, baseline=baseline, providers=_csv(provider), batches=_csv(batch), threads=threads,
-                 warmup=warmup, iters=None if duration else iters, duration=duration)  # fmt: skip
+    if o["max_regression"] is None or float(o["max_regression"]) < 0:
+        raise BadInput(f"--max-regression must be a percentage >= 0, got {o['max_regression']}")
+    previous = load_previous(o["compare"]) if o["compare"] else None  # bad file: exit 2 before any timing
+    result = bench(models, baseline=baseline, providers=_csv(o["provider"]), batches=_csv(o["batch"]),
+                   threads=o["threads"], inter_threads=o["inter_threads"], warmup=o["warmup"],
+                   iters=None if o["duration"] else o["iters"], min_iters=o["min_iters"], duration=o["duration"],
+                   io=_csv(o["io"]), trt_fp16=o["trt_fp16"], trt_cache=_trt_cache(o["trt_cache"]),
+                   trust_code=trust_code)  # fmt: skip
+    label = label or next((k for k in models if k != baseline), baseline)
+    result["gates"] = _gates(result, label, previous, o)
+    return result
 
 
-def speedup_gate(result: dict[str, Any], threshold: float | None, label: str) -> None:
-    """GateFailed when the worst p50 speedup of ``label`` over the baseline is below ``threshold``."""
-    if threshold is None:
-        return
-    worst = min(row["speedup"][label]["p50"] for row in result["results"])
-    if worst < float(threshold):
-        raise GateFailed(f"speedup {worst:.2f}x is below --fail-below-speedup {threshold}")
+def _trt_cache(value: Any) -> str | None:
+    """``auto``: the user cache directory; ``off``/``none``: no engine cache; else a directory."""
+    text = str(value).strip()
+    if text.lower() in ("off", "none", "false", ""):
+        return None
+    if text.lower() == "auto":
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return str(base / "compress" / "tensorrt")
+    return text
+
+
+def _gates(result: dict[str, Any], label: str, previous: dict[str, Any] | None, o: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.bench_output import p50_failures, regression_failures, speedup_failures
+
+    failures, notes = [], []
+    if o["fail_below_speedup"] is not None:
+        failures += speedup_failures(result, float(o["fail_below_speedup"]), label)
+    if o["fail_above_p50"] is not None:
+        failures += p50_failures(result, float(o["fail_above_p50"]), label)
+    if previous is not None:
+        regressions, compare_notes = regression_failures(result, previous, float(o["max_regression"]))
+        failures += regressions
+        notes += compare_notes
+    return {"label": label, "passed": not failures, "failures": failures, "notes": notes,
+            "fail_below_speedup": o["fail_below_speedup"], "fail_above_p50": o["fail_above_p50"],
+            "compare": o["compare"] and str(o["compare"]), "max_regression": float(o["max_regression"])}  # fmt: skip
+
+
+def bench_gate(result: dict[str, Any]) -> None:
+    """GateFailed (exit 1) naming the first failed bench gate (and how many failed)."""
+    failures = result.get("gates", {}).get("failures") or []
+    if failures:
+        more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise GateFailed(failures[0] + more)

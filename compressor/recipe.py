@@ -10,14 +10,14 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.bench_output import load_previous, render_markdown
 from compressor.atomic import write_json, write_text
 from compressor.errors import BadInput, GateFailed
-from compressor.pipeline import PruneConfig, bench_models, export, prune, speedup_gate
+from compressor.pipeline import BENCH_DEFAULTS, PruneConfig, bench_gate, bench_models, export, prune
 
 SECTIONS = ("prune", "export", "bench")
 EXPORT_KEYS = ("opset", "exporter", "dynamic_batch", "simplify", "fp16", "rtol", "atol", "external_data")
 OPSETS = range(7, 26)
-BENCH_KEYS = ("provider", "batch", "threads", "warmup", "iters", "duration", "fail_below_speedup")
 
 
 def _section(recipe: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
@@ -44,10 +44,9 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         if key not in p:
             raise BadInput(f"recipe section 'prune' needs {key!r}")
     e = _section(recipe, "export", set(EXPORT_KEYS))
-    b = _section(recipe, "bench", set(BENCH_KEYS))
+    b = _section(recipe, "bench", set(BENCH_DEFAULTS))
     config = PruneConfig(**p)  # type-checks the prune section
-    bench_opts = {"provider": "cpu", "batch": "1", "threads": None, "warmup": 10, "iters": 100, "duration": None,
-                  **b}  # fmt: skip
+    bench_opts = {**BENCH_DEFAULTS, **b}
     _check_export_bench(e, bench_opts)  # fail before any work, not after minutes of training
 
     report = prune(config)
@@ -56,8 +55,10 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
                                                          "bench": bench_opts}, sort_keys=False))  # fmt: skip
     pruned = export(run_dir, trust_code=config.trust_code, **e)
     dense = export(run_dir, dense=True, trust_code=config.trust_code, **e)
-    result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", **bench_opts)
+    result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", label="pruned",
+                          trust_code=config.trust_code, **bench_opts)  # fmt: skip
     write_json(run_dir / "bench.json", result)
+    write_text(run_dir / "bench.md", render_markdown(result))
     row = result["results"][0]
     summary = {
         "run": str(run_dir),
@@ -76,13 +77,14 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         "pruned_p50_ms": row["models"]["pruned"]["p50_ms"],
         "speedup": row["speedup"]["pruned"]["p50"],
         "onnx": {"pruned": pruned["path"], "dense": dense["path"]},
+        "bench_gates": result["gates"],
     }
     write_json(run_dir / "summary.json", summary)
     if not quiet_json:
         print_summary(summary)
     if not summary["export_verified"]:
         raise GateFailed(f"ONNX export differs from PyTorch (max abs diff {summary['export_max_abs_diff']:.2e})")
-    speedup_gate(result, bench_opts.get("fail_below_speedup"), "pruned")
+    bench_gate(result)
     return summary
 
 
@@ -114,7 +116,19 @@ def _check_export_bench(e: dict[str, Any], b: dict[str, Any]) -> None:
         batches = [int(v) for v in (b["batch"] if isinstance(b["batch"], list) else str(b["batch"]).split(","))]
     except ValueError:
         raise BadInput(f"bench batch must be integers, got {b['batch']!r}") from None
-    check_options(b["provider"], batches, b["threads"], b["warmup"], b["iters"], b["duration"])
+    check_options(
+        b["provider"],
+        batches,
+        b["threads"],
+        b["warmup"],
+        b["iters"],
+        b["duration"],
+        b["min_iters"],
+        b["io"],
+        b["inter_threads"],
+    )
+    if b.get("compare"):
+        load_previous(b["compare"])
 
 
 def _plain_config(config: PruneConfig) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Target: {report['target']['metric']} drop {report['target']['value']} "
         f"({'met' if report['target']['met'] else 'NOT met'}).",
+        *_latency_lines(report.get("latency")),
         "",
         "| group | root layer | channels | kept |",
         "|---|---|---|---|",
@@ -56,6 +57,30 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("skipped"):
         lines += ["", "Left alone:", ""] + [f"- `{name}`: {why}" for name, why in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _latency_lines(lat: dict[str, Any] | None) -> list[str]:
+    """The "Latency target" section: the measured search curve and the final model's latency."""
+    if not lat:
+        return []
+    threads = lat.get("threads") or "default"
+    lines = [
+        "",
+        "## Latency target",
+        "",
+        f"Target {lat['target_ms']:.3f} ms ± {lat['tolerance']:.0%} (ONNX Runtime {lat['provider']}, batch "
+        f"{lat['batch']}, threads {threads}, p50): the pruned model runs in {lat['final_ms']:.3f} ms "
+        f"({'met' if lat['met'] else 'NOT met'}); dense {lat['dense_ms']:.3f} ms. Searched FLOPs drop "
+        f"{lat['chosen_drop']:.4f} ({lat['searched_ms']:.3f} ms when searched"
+        + ("; the searched structure is an L2 proxy of this method's)." if lat.get("proxy") else ")."),
+        "",
+        "| FLOPs drop | MACs | p50 ms |",
+        "|---:|---:|---:|",
+    ]
+    for pt in lat["curve"]:
+        macs = _num(pt["macs"]) if pt.get("macs") is not None else "dense"
+        lines.append(f"| {pt['flops_drop']:.4f} | {macs} | {pt['latency_ms']:.3f} |")
+    return lines
 
 
 def _figure() -> tuple[Any, Any]:

@@ -11,10 +11,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks import latency
-from benchmarks.latency import PROVIDERS, bench, render_markdown
+from benchmarks.backends import Runner
+from benchmarks.bench_output import render_markdown
+from benchmarks.latency import PROVIDERS, bench
 from compressor.errors import BadInput, GateFailed
 
-STAT_KEYS = {"n", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "throughput", "cov"}
+STAT_KEYS = {"n", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "throughput", "cov",
+             "samples_ms", "warmup", "setup_s"}  # fmt: skip
 
 
 def _conv_model(path, channels: int, batch: int | str = "batch", size: int = 16) -> str:
@@ -49,15 +52,19 @@ def models(tmp_path_factory):
 def test_interleaved_results_have_all_stats_and_speedups(models, capsys):
     res = bench(models, baseline="dense", batches=(1, 2), threads=1, warmup=2, iters=15)
     assert capsys.readouterr().out == ""
-    assert res["schema"] == 1 and res["onnxruntime"] and "CPUExecutionProvider" in res["providers_available"]
-    assert res["threads"] == 1 and res["warmup"] == 2 and res["iters"] == 15 and res["duration"] is None
-    assert res["cpu"]["cpu_count"] >= 1 and "processor" in res["cpu"]
-    assert [(r["provider"], r["batch"]) for r in res["results"]] == [("cpu", 1), ("cpu", 2)]
+    env, settings = res["env"], res["settings"]
+    assert res["schema"] == 2 and env["onnxruntime"] and "CPUExecutionProvider" in env["providers_available"]
+    assert env["torch"] and env["numpy"] and env["python"] and env["gpu"] is None  # no GPU backend asked
+    assert settings["threads"] == 1 and settings["warmup"] == 2 and settings["iters"] == 15
+    assert settings["duration"] is None and env["cpu"]["cpu_count"] >= 1 and "processor" in env["cpu"]
+    assert [(r["provider"], r["io"], r["batch"]) for r in res["results"]] == [("cpu", "host", 1), ("cpu", "host", 2)]
     for row in res["results"]:
         assert set(row["models"]) == {"pruned", "dense"} and row["rounds"] == 15
+        assert row["providers_used"] == {"pruned": ["CPUExecutionProvider"], "dense": ["CPUExecutionProvider"]}
         for st in row["models"].values():
-            assert STAT_KEYS <= set(st) and st["n"] == 15
-            assert 0 < st["min_ms"] <= st["p50_ms"] <= st["p90_ms"] <= st["p99_ms"]
+            assert STAT_KEYS <= set(st) and st["n"] == 15 and len(st["samples_ms"]) == 15
+            assert 0 < st["min_ms"] <= st["p50_ms"] <= st["p90_ms"] <= st["p95_ms"] <= st["p99_ms"] <= st["max_ms"]
+            assert st["warmup"]["n"] == 2 and st["warmup"]["first_ms"] > 0 and st["setup_s"] > 0
             assert st["throughput"] == pytest.approx(row["batch"] * 1000 / st["mean_ms"])
             assert st["cov"] == pytest.approx(st["std_ms"] / st["mean_ms"])
         assert set(row["speedup"]) == {"pruned"}
@@ -68,22 +75,22 @@ def test_interleaved_results_have_all_stats_and_speedups(models, capsys):
 
     table = render_markdown(res)
     assert table.count("| cpu |") == 4 and "baseline" in table and "p50" in table
-    assert "| cpu | 2 | pruned |" in table
+    assert "| cpu | host | 2 | pruned |" in table
 
 
 def test_measurement_is_round_robin(models, monkeypatch):
     calls: list[str] = []
     real_runner = latency._runner
 
-    def recording_runner(sess, feeds, key):
-        run = real_runner(sess, feeds, key)
+    def recording_runner(sess, feeds, key, io):
+        runner = real_runner(sess, feeds, key, io)
         label = "dense" if sess.get_outputs()[0].shape[1] == 32 else "pruned"
 
         def wrapped():
             calls.append(label)
-            run()
+            runner.run()
 
-        return wrapped
+        return Runner(wrapped, runner.used)
 
     monkeypatch.setattr(latency, "_runner", recording_runner)
     bench(models, warmup=3, iters=10)
@@ -95,13 +102,14 @@ def test_measurement_is_round_robin(models, monkeypatch):
 def test_duration_wins_over_iters(models):
     res = bench(models, baseline="dense", iters=10_000, duration=0.05, warmup=1)
     row = res["results"][0]
-    assert res["duration"] == 0.05 and res["iters"] is None
-    assert 1 <= row["rounds"] < 10_000 and row["models"]["pruned"]["n"] == row["models"]["dense"]["n"]
+    assert res["settings"]["duration"] == 0.05 and res["settings"]["iters"] is None
+    assert 10 <= row["rounds"] < 10_000  # at least --min-iters (10) rounds
+    assert row["models"]["pruned"]["n"] == row["models"]["dense"]["n"]
 
 
 def test_no_baseline_no_speedup(models):
     res = bench({"only": models["pruned"]}, iters=3, warmup=0)
-    assert res["results"][0]["speedup"] == {} and res["warmup"] == 1
+    assert res["results"][0]["speedup"] == {} and res["settings"]["warmup"] == 1
     assert "–" in render_markdown(res)
 
 

@@ -32,6 +32,7 @@ class Context:
     optimizer: torch.optim.Optimizer | None = None
     log: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: dict[int, float] | None = None  # per-group allocation weights (--allocation latency); None: uniform
 
 
 class Method:

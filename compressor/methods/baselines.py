@@ -80,7 +80,16 @@ class ImportanceBaseline(Method):
             s[~self._masks[gid]] = -float("inf")
         caps = {gid: int(m.sum()) for gid, m in self._masks.items()}
         self._masks = ctx.graph.legalize(
-            solve_masks(ctx.graph, ctx.budget, scores, target, metric=ctx.metric, max_ratio=ctx.max_ratio, caps=caps)
+            solve_masks(
+                ctx.graph,
+                ctx.budget,
+                scores,
+                target,
+                metric=ctx.metric,
+                max_ratio=ctx.max_ratio,
+                caps=caps,
+                weights=ctx.weights,
+            )
         )
         ctx.graph.apply_masks(self._masks)
         drop = ctx.budget.drop(self._masks, ctx.metric)

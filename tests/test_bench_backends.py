@@ -1,0 +1,168 @@
+"""benchmarks.latency on real pruned runs: PyTorch backends, model files, IO modes, warnings, GPU paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import latency
+from benchmarks.backends import Runner
+from benchmarks.latency import bench
+from compressor.errors import BadInput, GateFailed
+from compressor.pipeline import PruneConfig, export, prune
+
+HAS_CUDA = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny one-shot l2 run of cifar:resnet20 with both ONNX files exported next to the .pt files."""
+    out = tmp_path_factory.mktemp("bench_run") / "run"
+    prune(PruneConfig(model="cifar:resnet20", data="synthetic:3x32x32:10:64:32", out=str(out), method="l2",
+                      target_flops=0.5, epochs=0, batch_size=32, quiet=True))  # fmt: skip
+    export(out)
+    export(out, dense=True)
+    return out
+
+
+def test_onnx_and_torch_backends_share_one_interleaved_result(run_dir):
+    res = bench({"pruned": run_dir, "dense": run_dir / "dense.onnx"}, baseline="dense", providers="cpu,torch",
+                batches=(1, 4), threads=1, warmup=2, iters=6)  # fmt: skip
+    assert [(r["provider"], r["io"], r["batch"]) for r in res["results"]] == [
+        ("cpu", "host", 1), ("cpu", "host", 4), ("torch", "host", 1), ("torch", "host", 4)]  # fmt: skip
+    assert res["models"]["pruned"] == {"onnx": str(run_dir / "pruned.onnx"), "torch": str(run_dir / "pruned.pt")}
+    assert res["models"]["dense"]["torch"] == str(run_dir / "dense.pt")  # the .pt next to the .onnx
+    torch_row = res["results"][2]
+    assert torch_row["providers_used"]["pruned"][0].startswith(f"torch {torch.__version__} eager on cpu")
+    for row in res["results"]:
+        assert row["rounds"] == 6 and row["speedup"]["pruned"]["p50"] > 0
+        for st in row["models"].values():
+            assert st["n"] == 6 and st["setup_s"] > 0 and st["warmup"]["n"] == 2
+
+
+def test_torch_compile_backend(run_dir):
+    res = bench({"pruned": run_dir / "pruned.pt"}, providers="torch-compile", threads=1, warmup=1, iters=3)
+    (row,) = res["results"]
+    st = row["models"]["pruned"]
+    assert "compiled on cpu" in row["providers_used"]["pruned"][0] and st["n"] == 3
+    assert st["warmup"]["first_ms"] > 10 * st["p50_ms"]  # the first run compiles: reported apart, not timed
+
+
+def test_file_resolution_errors(run_dir, tmp_path):
+    lone_pt = tmp_path / "lone.pt"
+    lone_pt.write_bytes((run_dir / "pruned.pt").read_bytes())
+    with pytest.raises(BadInput, match="ONNX Runtime backends need an ONNX file"):
+        bench({"m": lone_pt}, iters=1)
+    lone_onnx = tmp_path / "solo.onnx"
+    lone_onnx.write_bytes((run_dir / "pruned.onnx").read_bytes())
+    with pytest.raises(BadInput, match="PyTorch backends need the pruned-model file"):
+        bench({"m": lone_onnx}, providers="torch", iters=1)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(BadInput, match="not a run directory"):
+        bench({"m": tmp_path / "empty_dir"}, iters=1)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"w": torch.zeros(2)}, foreign)
+    with pytest.raises(BadInput, match="not a compress pruned-model file"):
+        bench({"m": foreign}, providers="torch", iters=1)
+
+
+@pytest.mark.parametrize("io", ["disk", "", "device,gpu"])
+def test_bad_io_mode(run_dir, io):
+    with pytest.raises(BadInput, match="--io takes device, host"):
+        bench({"m": run_dir}, io=io, iters=1)
+
+
+def test_duration_keeps_a_minimum_count(run_dir):
+    res = bench({"m": run_dir}, duration=1e-6, min_iters=7, warmup=0)
+    assert res["results"][0]["rounds"] == 7 and res["settings"]["min_iters"] == 7
+
+
+def test_noisy_timings_are_warned(run_dir, monkeypatch):
+    delays = iter([0.001, 0.004] * 50)
+
+    def jittery(made, feeds, key, io):
+        return Runner(lambda: time.sleep(next(delays)), ["fake"])
+
+    monkeypatch.setattr(latency, "_runner", jittery)
+    res = bench({"m": run_dir}, iters=20, warmup=0)
+    st = res["results"][0]["models"]["m"]
+    assert st["cov"] > 0.03 and len(res["warnings"]) == 1 and f"CoV {st['cov']:.1%}" in res["warnings"][0]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU")
+def test_torch_cuda_without_gpu_is_a_failed_gate(run_dir):
+    with pytest.raises(GateFailed, match="provider torch-cuda unavailable: torch sees no CUDA device"):
+        bench({"m": run_dir}, providers="cpu,torch-cuda", iters=1)
+
+
+def test_cli_outputs_and_gates(run_dir, tmp_path):
+    """One CLI run writes JSON, CSV, Markdown and PNG; --fail-above-p50 and --compare gate it (exit 1)."""
+    base = [sys.executable, "-m", "compressor.cli", "bench", str(run_dir), "--baseline", str(run_dir / "dense.onnx"),
+            "--iters", "5", "--warmup", "1", "--threads", "1"]  # fmt: skip
+    outs = {k: tmp_path / f"b.{k}" for k in ("json", "csv", "md", "png")}
+    proc = subprocess.run([*base, "--json", outs["json"], "--csv", outs["csv"], "--md", outs["md"],
+                           "--plot", outs["png"]], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(outs["json"].read_text())
+    assert result["schema"] == 2 and result["gates"]["passed"] and "| cpu | host | 1 | model |" in proc.stdout
+    assert outs["csv"].read_text().count("\n") == 3 and outs["md"].read_text().startswith("ONNX Runtime")
+    assert outs["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    slow = subprocess.run([*base, "--fail-above-p50", "0.000001"], capture_output=True, text=True, timeout=120)
+    assert slow.returncode == 1 and slow.stderr.count("\n") == 1, slow.stderr
+    assert slow.stderr.startswith("error: cpu/host/batch 1: model p50") and "above 1e-06 ms" in slow.stderr
+
+    faster = json.loads(outs["json"].read_text())  # a "previous" run 100x faster than anything measurable
+    for row in faster["results"]:
+        for st in row["models"].values():
+            st["p50_ms"] /= 100
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps(faster))
+    regress = subprocess.run([*base, "--compare", prev, "--max-regression", "50"], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert regress.returncode == 1 and "model" in regress.stderr.splitlines()[-1], regress.stderr
+
+    bad = subprocess.run([*base, "--compare", tmp_path / "missing.json"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.json" in bad.stderr
+
+
+# --------------------------------------------------------------------------------------------- GPU only
+
+
+@needs_gpu
+@pytest.mark.parametrize("provider", ["cuda", "torch-cuda"])
+def test_gpu_device_and_host_io_rows(run_dir, provider):
+    res = bench({"pruned": run_dir, "dense": run_dir / "dense.onnx"}, baseline="dense", providers=provider,
+                batches=(1, 8), warmup=3, iters=20)  # fmt: skip
+    rows = {(r["io"], r["batch"]): r for r in res["results"]}
+    assert set(rows) == {("device", 1), ("device", 8), ("host", 1), ("host", 8)}
+    assert res["env"]["gpu"] and res["env"]["gpu"]["name"]
+    for row in rows.values():
+        used = row["providers_used"]["pruned"][0]
+        expected = "CUDAExecutionProvider" if provider == "cuda" else f"eager on {torch.cuda.get_device_name(0)}"
+        assert used.endswith(expected), used
+    # host IO adds the copies: never faster than device-resident IO at the larger batch (p50, generous margin)
+    assert rows[("host", 8)]["models"]["dense"]["p50_ms"] >= 0.9 * rows[("device", 8)]["models"]["dense"]["p50_ms"]
+
+
+@needs_gpu
+def test_tensorrt_engine_cache_makes_the_second_build_cheap(run_dir, tmp_path):
+    cache = tmp_path / "trt"
+    try:
+        first = bench({"m": run_dir}, providers="tensorrt", io="device", warmup=2, iters=5, trt_cache=str(cache))
+    except GateFailed as exc:
+        pytest.skip(f"TensorRT not usable here: {exc}")
+    second = bench({"m": run_dir}, providers="tensorrt", io="device", warmup=2, iters=5, trt_cache=str(cache))
+    assert any(cache.iterdir())  # engines were cached
+    build1 = first["results"][0]["models"]["m"]["warmup"]["first_ms"]
+    build2 = second["results"][0]["models"]["m"]["warmup"]["first_ms"]
+    assert build2 < build1
+    fp16 = bench({"m": run_dir}, providers="tensorrt", io="device", warmup=2, iters=5, trt_fp16=True)
+    assert fp16["settings"]["trt_fp16"] and fp16["results"][0]["providers_used"]["m"][0] == "TensorrtExecutionProvider"
