@@ -219,6 +219,13 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "MAC removed in each group (times one-group probes on --latency-provider/--latency-batch).",
         ),
         click.option(
+            "--allocation-power",
+            type=float,
+            default=2.0,
+            show_default=True,
+            help="--allocation latency: weights are (ms saved per MAC, relative) ** POWER.",
+        ),
+        click.option(
             "--epochs",
             type=int,
             default=0,

@@ -8,8 +8,9 @@ timed against the dense model in ONE interleaved ONNX Runtime run, and
 
     w_g = (dense p50 - variant_g p50) / (dense MACs - variant_g MACs)      (ms saved per MAC removed)
 
-normalised to mean 1 becomes the group's weight in the budget solver (``ratio_g = c * w_g``, see
-``budget.solve_counts``). A group whose pruning saved no measurable time gets the floor weight.
+normalised to mean 1 and raised to ``power`` (default 2) becomes the group's weight in the budget solver
+(``ratio_g = c * w_g``, see ``budget.solve_counts``). A group whose pruning saved no measurable time
+gets the floor weight.
 Cost: one export per group plus one bench run (seconds for a ResNet-18, minutes for a ResNet-50).
 """
 
@@ -55,9 +56,12 @@ def probe_masks(graph: PruningGraph, model: nn.Module, gid: int, probe: float, m
 
 def latency_weights(graph: PruningGraph, budget: Budget, model: nn.Module, input_shape: tuple[int, ...], *,
                     provider: str = "cpu", batch: int = 1, threads: int | None = None, probe: float = 0.5,
-                    max_ratio: float = 0.8, iters: int = 40,
+                    max_ratio: float = 0.8, iters: int = 40, power: float = 2.0,
                     log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
-    """Per-group weights from measured latency savings (see the module docstring) and the table behind them."""
+    """Per-group weights from measured latency savings (see the module docstring) and the table behind them.
+
+    ``power`` sharpens them (weight ** power, renormalised): 1 is proportional to the ms saved per MAC.
+    """
     from benchmarks.latency import bench
 
     dense_macs = budget.count(graph.full_masks())
@@ -80,12 +84,14 @@ def latency_weights(graph: PruningGraph, budget: Budget, model: nn.Module, input
     mean = sum(per_mac.values()) / len(per_mac) if per_mac else 0.0
     weights = {g.id: 1.0 for g in graph.groups}
     if mean > 0:
-        weights.update({gid: max(v / mean, MIN_WEIGHT) for gid, v in per_mac.items()})
+        sharp = {gid: max(v / mean, MIN_WEIGHT) ** power for gid, v in per_mac.items()}
+        norm = sum(sharp.values()) / len(sharp)
+        weights.update({gid: v / norm for gid, v in sharp.items()})
     table = [{"group": gid, "root": next(g.root_name for g in graph.groups if g.id == gid),
               "saved_macs": saved_macs[gid], "saved_ms": dense_ms - stats[f"g{gid}"]["p50_ms"],
               "weight": weights[gid]} for gid in saved_macs]  # fmt: skip
-    return {"weights": weights, "dense_ms": dense_ms, "probe": probe, "provider": provider, "batch": batch,
-            "threads": threads, "table": table}  # fmt: skip
+    return {"weights": weights, "dense_ms": dense_ms, "probe": probe, "power": power, "provider": provider,
+            "batch": batch, "threads": threads, "table": table}  # fmt: skip
 
 
 ALLOCATION_FILE = "allocation.json"
@@ -115,7 +121,7 @@ def allocation_for_run(cfg: Any, out: Path, graph: PruningGraph, budget: Budget,
         return saved
     found = latency_weights(graph, budget, model, input_shape, provider=cfg.latency_provider,
                             batch=cfg.latency_batch, threads=cfg.latency_threads,
-                            max_ratio=cfg.max_layer_ratio, log=log)  # fmt: skip
+                            max_ratio=cfg.max_layer_ratio, power=cfg.allocation_power, log=log)  # fmt: skip
     top = sorted(found["table"], key=lambda r: -r["weight"])[:3]
     log("[allocation] heaviest weights: " + ", ".join(f"{r['root']} {r['weight']:.2f}" for r in top))
     return found

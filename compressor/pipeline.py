@@ -67,6 +67,7 @@ class PruneConfig:
     latency_tolerance: float = 0.1
     latency_duration: float = 1.0
     allocation: str = "uniform"
+    allocation_power: float = 2.0
     epochs: int = 0
     pretrain_epochs: int = 0
     steps: int = 1
@@ -258,6 +259,7 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
 
 # Options that change what a checkpoint means; the rest (device, quiet, ...) may differ on --resume.
 RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_flops", "target_params", "allocation",
+                "allocation_power",
                 "target_latency", "latency_provider", "latency_batch", "latency_threads", "latency_tolerance",
                 "epochs", "pretrain_epochs", "finetune_epochs", "finetune_lr", "steps", "prune_every", "prune_schedule",
                 "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
@@ -545,7 +547,7 @@ PLOTS = {"psap": (plot_kept_ratios, "psap_kept.png"), "aster": (plot_threshold, 
 def _allocation_record(out: Path) -> dict[str, Any]:
     """The report's ``allocation`` section: the measured per-group weights (see ``latency_alloc``)."""
     saved = json.loads((out / ALLOCATION_FILE).read_text())
-    return {k: saved[k] for k in ("provider", "batch", "threads", "probe", "dense_ms", "table")}
+    return {k: saved.get(k) for k in ("provider", "batch", "threads", "probe", "power", "dense_ms", "table")}
 
 
 def _method_report_options(cfg: PruneConfig) -> dict[str, Any]:
