@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,18 @@ def _torch_threads(opts: Options) -> None:
     if opts.inter_threads:
         with contextlib.suppress(RuntimeError):  # settable once, before any inter-op work in the process
             torch.set_num_interop_threads(opts.inter_threads)
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restore torch's intra-op thread count afterwards: ``--threads`` must not leak into the caller."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _torch_device_name(device: str) -> str:

@@ -40,6 +40,7 @@ from benchmarks.backends import (
     timed,
     torch_model,
     torch_runner,
+    torch_threads_kept,
 )
 from compressor import tool_version
 from compressor.errors import BadInput, one_line
@@ -397,17 +398,9 @@ def bench(
         for batch in batch_list:
             _feeds(info, batch, seed)
     opts = Options(threads, inter_threads, trt_fp16, trt_cache, trust_code)
-    # Everything set up first, so that an unusable provider fails before minutes of timing.
-    setups = {key: _setup(infos, key, opts) for key in keys}
-
-    results, warnings = [], []
-    for key in keys:
-        made, setup_s = setups[key]
-        for mode in io_modes if is_gpu(key) else ["host"]:
-            for batch in batch_list:
-                row = _bench_setting(infos, made, setup_s, key, mode, batch, seed, warmup, iters, min_iters, duration)
-                results.append(_with_speedup(row, baseline))
-                warnings += _noisy(row)
+    with torch_threads_kept():
+        results, warnings = _bench_all(infos, keys, io_modes, batch_list, opts, baseline, seed, warmup, iters,
+                                       min_iters, duration)  # fmt: skip
     return {
         "schema": SCHEMA,
         "kind": "compress.bench",
@@ -433,6 +426,22 @@ def bench(
         "results": results,
         "warnings": warnings,
     }
+
+
+def _bench_all(infos: list[_Model], keys: list[str], io_modes: list[str], batch_list: list[int], opts: Options,
+               baseline: str | None, seed: int, warmup: int, iters: int | None, min_iters: int,
+               duration: float | None) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
+    """Every (backend, IO mode, batch) row; all backends are set up first, so an unusable one fails early."""
+    setups = {key: _setup(infos, key, opts) for key in keys}
+    results, warnings = [], []
+    for key in keys:
+        made, setup_s = setups[key]
+        for mode in io_modes if is_gpu(key) else ["host"]:
+            for batch in batch_list:
+                row = _bench_setting(infos, made, setup_s, key, mode, batch, seed, warmup, iters, min_iters, duration)
+                results.append(_with_speedup(row, baseline))
+                warnings += _noisy(row)
+    return results, warnings
 
 
 def _bench_setting(infos: list[_Model], made: dict[str, Any], setup_s: dict[str, float], key: str, io: str,
