@@ -41,7 +41,7 @@ def _export(model: nn.Module, input_shape: tuple[int, ...], path: Path, batch: i
     return str(path)
 
 
-def probe_masks(graph: PruningGraph, model: nn.Module, gid: int, probe: float, max_ratio: float) -> dict | None:
+def probe_masks(graph: PruningGraph, gid: int, probe: float, max_ratio: float) -> dict | None:
     """Masks pruning only group ``gid`` by about ``probe`` (its lowest-L2 channels); None if it cannot move."""
     g = next(g for g in graph.groups if g.id == gid)
     allowed = [k for k in graph.allowed_keep(gid, max_ratio) if k < g.size]
@@ -69,7 +69,7 @@ def latency_weights(graph: PruningGraph, budget: Budget, model: nn.Module, input
         files = {"dense": _export(model, input_shape, Path(tmp) / "dense.onnx", batch)}
         saved_macs = {}
         for g in graph.groups:
-            masks = probe_masks(graph, model, g.id, probe, max_ratio)
+            masks = probe_masks(graph, g.id, probe, max_ratio)
             if masks is None:
                 continue
             slim, _ = graph.materialize(masks, model)
