@@ -17,14 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.backends import is_gpu
+from benchmarks.latency import COV_WARN
 from compressor.errors import BadInput, GateFailed, one_line
 
 SCHEMAS = (1, 2)
 KIND = "compress.bench"
 #: Providers whose rows default to device-resident IO in schema-1 results (which have no "io" key).
-GPU_PROVIDERS = ("cuda", "tensorrt", "torch-cuda", "torch-compile-cuda")
-#: Used when a result has no ``settings.cov_warn``.
-DEFAULT_COV_WARN = 0.03
 #: Relative slack on gate thresholds, so a value equal to the threshold passes despite float rounding.
 REL_TOL = 1e-9
 
@@ -57,7 +56,7 @@ def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def row_io(row: dict[str, Any]) -> str:
     """The row's IO mode; schema-1 rows have none: "host" on CPU backends, "device" on GPU providers."""
-    return str(row.get("io") or ("device" if row.get("provider") in GPU_PROVIDERS else "host"))
+    return str(row.get("io") or ("device" if is_gpu(str(row.get("provider"))) else "host"))
 
 
 def _where(row: dict[str, Any]) -> str:
@@ -98,7 +97,7 @@ def _settings(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cov_warn(result: dict[str, Any]) -> float:
-    return _num(_settings(result).get("cov_warn")) or DEFAULT_COV_WARN
+    return _num(_settings(result).get("cov_warn")) or COV_WARN  # results without settings.cov_warn
 
 
 def _speedup_text(label: str, row: dict[str, Any], baseline: str | None) -> str:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.latency import bench, environment
+from benchmarks.latency import bench
 from compressor.atomic import write_json, write_text
 from compressor.errors import GateFailed
 from compressor.pipeline import PruneConfig, export, prune
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         doc["models"][name] = {"variants": variants, "warnings": result["warnings"], "results": result["results"]}
         doc["rows"] += _table(name, variants, result)
         doc["settings"] = result["settings"]
-        doc["env"] = environment(any(p in ("cuda", "tensorrt", "torch-cuda") for p in providers))
+        doc["env"] = result["env"]
         RESULTS.mkdir(parents=True, exist_ok=True)  # written after every model: a late failure keeps the rest
         write_json(RESULTS / f"{args.out}.json", doc)
         write_text(RESULTS / f"{args.out}.md", _markdown(doc))

@@ -705,7 +705,6 @@ def _gates(result: dict[str, Any], label: str, previous: dict[str, Any] | None, 
 
 def bench_gate(result: dict[str, Any]) -> None:
     """GateFailed (exit 1) naming the first failed bench gate (and how many failed)."""
-    failures = result.get("gates", {}).get("failures") or []
-    if failures:
-        more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise GateFailed(failures[0] + more)
+    from benchmarks.bench_output import raise_on_failures
+
+    raise_on_failures(result.get("gates", {}).get("failures") or [])
