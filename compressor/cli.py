@@ -6,7 +6,9 @@ Exit codes: 0 ok; 1 a gate failed (verification, target, speedup, provider); 2 b
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,30 +16,56 @@ from typing import Any
 import click
 import yaml
 
-from compressor.errors import BadInput, GateFailed, one_line
+from compressor import distributed
+from compressor.errors import BadInput, GateFailed, Interrupted, one_line
 
 
-def _fail(exc: Exception) -> None:
-    code = 1 if isinstance(exc, GateFailed) else 2
-    click.echo(f"error: {one_line(exc, 500)}", err=True)
+def _fail(message: str, code: int) -> None:
+    """One line on stderr (rank 0 only under torchrun: every rank meets the same bad input) and exit."""
+    if distributed.rank() == 0:
+        click.echo(f"error: {one_line(message, 500)}", err=True)
     sys.exit(code)
 
 
 class _Group(click.Group):
-    """Map our errors and click's usage errors to one line and the documented exit codes."""
+    """Map our errors and click's usage errors to one line and the documented exit codes.
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
+    ``--debug`` (anywhere on the command line) or ``COMPRESS_DEBUG=1`` prints the traceback as well.
+    """
+
+    def main(self, args: list[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
         try:
-            rv = super().main(*args, **kwargs)
-        except (BadInput, GateFailed) as exc:
-            _fail(exc)
-        except click.ClickException as exc:  # usage errors, bad option values, --config problems
-            click.echo(f"error: {one_line(exc.format_message(), 500)}", err=True)
-            sys.exit(exc.exit_code)
-        except (click.Abort, KeyboardInterrupt):
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            self._main(args, *rest, **kwargs)
+        except SystemExit as done:
+            from compressor.launch import record_exit
+
+            record_exit(done.code if isinstance(done.code, int) else 1)  # for prune --nproc, under torchrun
+            raise
+
+    def _main(self, args: list[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args or os.environ.get("COMPRESS_DEBUG", "") not in ("", "0")
+        args = [a for a in args if a != "--debug"]
+        kwargs["standalone_mode"] = False
+        kwargs.setdefault("obj", {"argv": args})  # the raw arguments, for prune --nproc to pass on
+        try:
+            rv = super().main(args, *rest, **kwargs)
+        except (BadInput, GateFailed, Interrupted, click.ClickException, click.Abort, KeyboardInterrupt) as exc:
+            if debug:
+                traceback.print_exc()
+            if isinstance(exc, Interrupted):
+                _fail(str(exc), 128 + exc.signum)
+            if isinstance(exc, (click.Abort, KeyboardInterrupt)):
+                _fail("interrupted", 130)
+            if isinstance(exc, click.ClickException):  # usage errors, bad option values, --config problems
+                _fail(exc.format_message(), exc.exit_code)
+            _fail(str(exc), 1 if isinstance(exc, GateFailed) else 2)
+        except Exception as exc:  # a bug or an environment failure: one line unless --debug
+            if debug:
+                raise
+            _fail(f"internal error: {one_line(exc, 400, typed=True)} (rerun with --debug for the traceback)", 3)
+        finally:
+            distributed.teardown()
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -283,11 +311,35 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--image-size", type=int, default=None, help="Resize inputs to SIZE x SIZE."),
         click.option("--num-classes", type=int, default=None, help="Default: the dataset's."),
         click.option("--in-channels", type=int, default=None, help="Default: the dataset's."),
-        click.option("--trust-code", is_flag=True, help="Allow running a user model file (path.py:factory)."),
+        click.option(
+            "--trust-code",
+            is_flag=True,
+            help="Allow a user model file (path.py:factory) or a pickled whole module: loading either runs "
+            "arbitrary Python code, so it is off unless you trust the file. Our own files never need it.",
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
         click.option("--out", required=True, help="Run directory to write."),
-        click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint."),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue a killed or interrupted run from its newest sound checkpoint (the previous one if "
+            "the newest is corrupt); a finished run is left as it is.",
+        ),
+        click.option(
+            "--checkpoint-every",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Also checkpoint every N training steps (0: at epoch ends only; SIGINT/SIGTERM always save one).",
+        ),
+        click.option(
+            "--nproc",
+            type=int,
+            default=None,
+            help="Train with N processes: launches torchrun --standalone --nproc-per-node N (DDP; NCCL on "
+            "CUDA, gloo on the CPU). --batch-size stays the global batch.",
+        ),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory."),
         click.option("--quiet", is_flag=True, help="No progress output."),
         *psap_options,
@@ -302,12 +354,26 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @config_option
 @prune_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def prune(as_json: bool, **options: Any) -> None:
-    """Prune a model to a FLOPs, params or measured-latency target; write runs/NAME/{pruned.pt, report.json, ...}."""
+def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
+    """Prune a model to a FLOPs, params or measured-latency target; write runs/NAME/{pruned.pt, report.json, ...}.
+
+    \b
+    Exit codes: 0 ok; 1 a gate failed (target, latency); 2 bad input; 130/143 stopped by SIGINT/SIGTERM
+    after saving a checkpoint (continue with --resume).
+    """
     from compressor.pipeline import PruneConfig
     from compressor.pipeline import prune as run_prune
 
-    report = run_prune(PruneConfig(**options))
+    if nproc is not None:
+        from compressor.launch import launch_torchrun
+
+        sys.exit(launch_torchrun(nproc, click.get_current_context().obj["argv"]))
+    from compressor.train import STOP
+
+    with STOP.installed():  # SIGINT/SIGTERM: save a checkpoint, exit 130/143 (resume with --resume)
+        report = run_prune(PruneConfig(**options))
+    if not report:  # a torchrun rank other than 0
+        return
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:

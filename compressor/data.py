@@ -99,6 +99,21 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def shard_positions(n: int, rank: int, world_size: int, pad: bool) -> Tensor:
+    """Positions of an epoch's order that rank ``rank`` takes (``DistributedSampler``'s algorithm)."""
+    pos = torch.arange(n)
+    if world_size == 1:
+        return pos
+    total = math.ceil(n / world_size) * world_size
+    if pad and total > n:
+        pos = torch.cat([pos, pos[: total - n]])
+    return pos[rank::world_size]
+
+
+def shard_size(n: int, rank: int, world_size: int, pad: bool) -> int:
+    return len(range(rank, math.ceil(n / world_size) * world_size if pad else n, world_size))
+
+
 class TensorLoader:
     """Batches from in-memory tensors, normalised to float, with batched augmentation.
 
@@ -109,9 +124,13 @@ class TensorLoader:
     don't, and every new iteration advances an internal epoch counter. Either way the stream is a
     pure function of seed and epoch. Augmentation: random crop of the zero-padded image (``pad``
     pixels; default 2 below 32 px, 4 from 32 px) and horizontal flip with p=0.5. ``image_size``
-    resizes every batch (bilinear, antialiased) after augmentation. :meth:`set_distributed` makes the
-    loader yield one rank's share of each epoch (the permutation is padded to a multiple of
-    ``world_size`` so every rank sees the same number of batches).
+    resizes every batch (bilinear, antialiased) after augmentation. The crop offsets and flips are drawn
+    per position of the epoch's order, so a batch's augmentation does not depend on how the epoch is
+    split. :meth:`set_distributed` makes the loader yield one rank's share of each epoch with
+    ``DistributedSampler``'s algorithm (the order padded by wrapping to a multiple of ``world_size``, then
+    every ``world_size``-th position from ``rank``): with a per-rank batch of ``B / world_size`` the ranks'
+    k-th batches together are exactly the one-process k-th batch of size ``B``. :meth:`iter_from` starts
+    an epoch at a later batch (mid-epoch resume).
     """
 
     def __init__(
@@ -155,14 +174,13 @@ class TensorLoader:
             raise ValueError("mean/std must have 1 or C entries")
         self.epoch: int | None = None
         self._iterations = 0
-        self.rank, self.world_size = 0, 1
+        self.rank, self.world_size, self.pad_shards = 0, 1, True
 
     # -- sizes -------------------------------------------------------------------------------
     @property
     def num_samples(self) -> int:
         """Samples this loader yields per epoch (this rank's share under :meth:`set_distributed`)."""
-        n = int(self.images.shape[0])
-        return math.ceil(n / self.world_size) if self.world_size > 1 else n
+        return shard_size(int(self.images.shape[0]), self.rank, self.world_size, self.pad_shards)
 
     @property
     def dataset_size(self) -> int:
@@ -183,44 +201,45 @@ class TensorLoader:
         """Fix the epoch the next iteration uses (shuffle order and augmentation)."""
         self.epoch = int(epoch)
 
-    def set_distributed(self, rank: int, world_size: int) -> None:
+    def set_distributed(self, rank: int, world_size: int, pad: bool = True) -> None:
+        """Yield rank ``rank``'s share; ``pad=False`` (evaluation) drops the wrap-around padding."""
         if not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world size {world_size}")
-        self.rank, self.world_size = int(rank), int(world_size)
+        self.rank, self.world_size, self.pad_shards = int(rank), int(world_size), bool(pad)
 
     # -- iteration ---------------------------------------------------------------------------
-    def _order(self, gen: torch.Generator) -> Tensor:
+    def _plan(self, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """This rank's sample order for the epoch and, when augmenting, each position's (dy, dx, flip)."""
         n = self.dataset_size
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:
-            total = math.ceil(n / self.world_size) * self.world_size
-            if total > n:
-                order = torch.cat([order, order[: total - n]])
-            order = order[self.rank :: self.world_size]
-        return order
+        aug = None
+        if self.augment:
+            span = 2 * self.pad + 1
+            aug = torch.stack([torch.randint(0, span, (n,), generator=gen), torch.randint(0, span, (n,), generator=gen),
+                               (torch.rand(n, generator=gen) < 0.5).long()], 1)  # fmt: skip
+        pos = shard_positions(n, self.rank, self.world_size, self.pad_shards)
+        return order[pos], None if aug is None else aug[pos]
 
-    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _augment(self, x: Tensor, aug: Tensor) -> Tensor:
         b, c, h, w = x.shape
         p = self.pad
         if p > 0:
             xp = F.pad(x, (p, p, p, p))
-            oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-            ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+            oy, ox = aug[:, 0], aug[:, 1]
             rows = (oy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
             cols = (ox[:, None] + torch.arange(w)[None, :])[:, None, None, :]
             bidx = torch.arange(b)[:, None, None, None]
             cidx = torch.arange(c)[None, :, None, None]
             x = xp[bidx, cidx, rows, cols]
         if self.flip:
-            do = torch.rand(b, generator=gen) < 0.5
-            x = torch.where(do[:, None, None, None], x.flip(3), x)
+            x = torch.where(aug[:, 2].bool()[:, None, None, None], x.flip(3), x)
         return x
 
-    def _prepare(self, idx: Tensor, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def _prepare(self, idx: Tensor, aug: Tensor | None) -> tuple[Tensor, Tensor]:
         x = self.images.index_select(0, idx)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if gen is not None:
-            x = self._augment(x, gen)
+        if aug is not None:
+            x = self._augment(x, aug)
         if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(
                 x,
@@ -233,13 +252,17 @@ class TensorLoader:
         return x.contiguous(), self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches from batch number ``batch`` on (0: the whole epoch)."""
         epoch = self.epoch if self.epoch is not None else self._iterations
         self._iterations += 1
         gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        order = self._order(gen)
-        aug_gen = gen if self.augment else None
-        for start in range(0, len(order), self.batch_size):
-            yield self._prepare(order[start : start + self.batch_size], aug_gen)
+        order, aug = self._plan(gen)
+        for start in range(batch * self.batch_size, len(order), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield self._prepare(order[sl], None if aug is None else aug[sl])
 
     def __repr__(self) -> str:
         return (
@@ -284,12 +307,15 @@ class ImageLoader:
         self.epoch: int | None = None
         self._iterations = 0
         self.indices: Tensor | None = None  # positions in the source folder's sample list
+        self.rank, self.world_size, self.pad_shards = 0, 1, True
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
 
     @property
     def num_samples(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    dataset_size = num_samples
+        return shard_size(self.dataset_size, self.rank, self.world_size, self.pad_shards)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
@@ -297,16 +323,33 @@ class ImageLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def set_distributed(self, rank: int, world_size: int, pad: bool = True) -> None:
+        """Yield rank ``rank``'s share through ``DistributedSampler``; ``pad=False`` for evaluation."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"bad rank {rank} for world size {world_size}")
+        self.rank, self.world_size, self.pad_shards = int(rank), int(world_size), bool(pad)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches from batch number ``batch`` on (0: the whole epoch)."""
         epoch = self.epoch if self.epoch is not None else self._iterations
         self._iterations += 1
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        if self.pad_shards:
+            sampler = torch.utils.data.DistributedSampler(
+                self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=self.shuffle, seed=self.seed
+            )
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+        else:  # evaluation: every sample exactly once over the ranks
+            order = shard_positions(self.dataset_size, self.rank, self.world_size, False).tolist()
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            shuffle=self.shuffle,
+            sampler=order[batch * self.batch_size :],
             num_workers=self.num_workers,
-            generator=gen,
+            generator=torch.Generator().manual_seed(_epoch_seed(self.seed, epoch)),
             drop_last=False,
         )
         yield from loader

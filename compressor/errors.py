@@ -17,3 +17,14 @@ def one_line(text: object, limit: int = 300, *, typed: bool = False) -> str:
     if isinstance(text, BaseException) and (typed or not flat):
         flat = f"{type(text).__name__}: {flat}" if flat else type(text).__name__
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved (exit code 128 + signal)."""
+
+    def __init__(self, signum: int, checkpoint: object = None) -> None:
+        import signal
+
+        self.signum, self.checkpoint = int(signum), checkpoint
+        where = f": resumable checkpoint at {checkpoint}, continue" if checkpoint else ": continue"
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}{where} with --resume")

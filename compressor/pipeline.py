@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from compressor import tool_version
+from compressor import checkpoint, distributed, tool_version
 from compressor.atomic import atomic_path, write_json, write_text
 from compressor.budget import Budget, solve_counts
 from compressor.data import load_data
@@ -95,6 +95,7 @@ class PruneConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    checkpoint_every: int = 0
     overwrite: bool = False
     quiet: bool = False
     psap_beta: float = 0.05
@@ -161,7 +162,7 @@ class PruneConfig:
             raise BadInput("--from-scratch prunes during training from random init: drop --pretrain-epochs")
         if self.from_scratch and self.epochs < 1:
             raise BadInput("--from-scratch needs --epochs >= 1")
-        for name in ("epochs", "pretrain_epochs", "finetune_epochs", "psap_pulse_iters"):
+        for name in ("epochs", "pretrain_epochs", "finetune_epochs", "psap_pulse_iters", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= 0")
         if self.prune_every < 1 or self.steps < 1:
@@ -247,14 +248,32 @@ def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn
 
 
 def _prepare_out(out: Path, cfg: PruneConfig) -> None:
+    """Refuse an output directory the run cannot use. ``--resume`` accepts a run killed at any point: one
+    with a checkpoint, one started but not yet checkpointed (it starts over), a finished one (nothing to
+    do), and a missing or empty directory (a run killed before it wrote anything)."""
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
+    started = out.is_dir() and any(out.iterdir())
+    if started and not (cfg.resume or cfg.overwrite):
         raise BadInput(f"--out {out} is not empty: pass --resume to continue it or --overwrite to replace it")
-    if cfg.resume and not (out / "checkpoint.pt").is_file():
-        raise BadInput(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
-    if cfg.resume:
+    if cfg.resume and started:
+        ckpt = out / CHECKPOINT
+        if not (ckpt.is_file() or checkpoint.previous(ckpt).is_file() or (out / "config.yaml").is_file()):
+            raise BadInput(f"--resume: {out} holds no compress run (no {CHECKPOINT} or config.yaml)")
         _check_resume_config(out, cfg)
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """BadInput now, not after an hour of training, when the output directory cannot be created or written."""
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise BadInput(f"--out {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {out}: {probe} is not writable")
+
+
+CHECKPOINT = "checkpoint.pt"
 
 
 # Options that change what a checkpoint means; the rest (device, quiet, ...) may differ on --resume.
@@ -288,17 +307,32 @@ def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
 
 
 def prune(cfg: PruneConfig) -> dict[str, Any]:
-    """Train (optionally), prune to the target, materialize, evaluate and write the run directory."""
+    """Train (optionally), prune to the target, materialize, evaluate and write the run directory.
+
+    Under ``torchrun`` every rank runs this (see ``compressor.distributed``); only rank 0 writes.
+    """
     metric, target = cfg.target()
     cfg.check()
     method = build_method(cfg.method, **cfg.method_options())  # an unknown name or option value is BadInput
     out = Path(cfg.out)
     _prepare_out(out, cfg)
-    progress = Progress(enabled=not cfg.quiet)
+    main = distributed.is_main()
+    progress = Progress(enabled=not cfg.quiet and main)
+    if cfg.resume and (finished := _finished_report(out)) is not None:
+        progress.log(f"{out}: the run is complete; nothing to resume")
+        return finished
+    ranks = int(os.environ.get("WORLD_SIZE", 1)) if distributed.launched() else 1
+    if cfg.batch_size % ranks:
+        raise BadInput(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the {ranks} processes")
+    device = distributed.setup(pick_device(cfg.device))  # joins the torchrun process group, if any
     seed_everything(cfg.seed)
-    data = load_data(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size, train_subset=cfg.train_subset,
-                     val_subset=cfg.val_subset, test_subset=cfg.test_subset, seed=cfg.seed,
-                     download=cfg.download, image_size=cfg.image_size)  # fmt: skip
+    data = load_data(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size // ranks,
+                     train_subset=cfg.train_subset, val_subset=cfg.val_subset, test_subset=cfg.test_subset,
+                     seed=cfg.seed, download=cfg.download, image_size=cfg.image_size)  # fmt: skip
+    if ranks > 1:
+        for loader in (data.train, data.val, data.test):
+            if loader is not None:
+                loader.set_distributed(distributed.rank(), ranks, pad=loader is data.train)
     num_classes = cfg.num_classes or data.num_classes
     in_channels = cfg.in_channels or data.input_shape[0]
     spec = model_spec(cfg, num_classes, in_channels)
@@ -311,36 +345,43 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     example = torch.zeros(1, *input_shape)
     graph = PruningGraph(model, example, **graph_options(cfg))
     budget = Budget(graph)
-    alloc = allocation_for_run(cfg, out, graph, budget, model, input_shape, progress.log)  # measured weights
+    alloc = distributed.on_main(lambda: allocation_for_run(cfg, out, graph, budget, model, input_shape, progress.log))
     weights = alloc["weights"] if alloc else None
     search = None
     if metric == "latency":  # measure real exported models to find the FLOPs drop (BadInput/GateFailed first)
         method.check(graph, budget, 0.01, "flops", cfg.max_layer_ratio)  # fail fast, before minutes of timing
-        search = search_for_run(cfg, out, graph, budget, model, input_shape, progress.log, weights=weights)
+        search = distributed.on_main(lambda: search_for_run(cfg, out, graph, budget, model, input_shape,
+                                                            progress.log, weights=weights))  # fmt: skip
         metric, target = "flops", float(search["chosen_drop"])
     solve_counts(graph, budget, target, metric=metric, max_ratio=cfg.max_layer_ratio, weights=weights)  # reachable?
     method.check(graph, budget, target, metric, cfg.max_layer_ratio)  # can this method prune it? (BadInput)
-    device = pick_device(cfg.device)
 
-    # Inputs are valid: from here on we write into the run directory.
-    if cfg.overwrite and out.exists() and not cfg.resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    resume_state = read_checkpoint(out / "checkpoint.pt", "checkpoint") if cfg.resume else None
-    history_rows = _rewind_history(out / "history.jsonl", resume_state) if resume_state else []
-    write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
-    if search is not None:
-        save_search(out, search)
-    if alloc is not None:
-        write_json(out / ALLOCATION_FILE, alloc)
+    # Inputs are valid: from here on rank 0 writes into the run directory.
+    distributed.barrier()  # every rank has checked the directory before it changes
+    if main:
+        if cfg.overwrite and out.exists() and not cfg.resume:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # a temp file left by a killed write
+            stale.unlink(missing_ok=True)
+    resume_state = checkpoint.load(out / CHECKPOINT, progress.log) if cfg.resume else None
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 writes a new one
+    history_rows = _rewind_history(out / "history.jsonl", resume_state, write=main) if resume_state else []
+    if main:
+        write_text(out / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+        if search is not None:
+            save_search(out, search)
+        if alloc is not None:
+            write_json(out / ALLOCATION_FILE, alloc)
     t_start = time.perf_counter()
 
     phase = resume_state["phase"] if resume_state else "pretrain"
+    trainer_io = {"device": device, "checkpoint": out / CHECKPOINT, "history": out / "history.jsonl",
+                  "progress": progress, "checkpoint_every": cfg.checkpoint_every}  # fmt: skip
     # 1. dense training (from scratch) when asked
     if cfg.pretrain_epochs > 0 and phase == "pretrain":
         trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.pretrain_epochs, cfg.pretrain_lr),
-                          device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
-                          progress=progress, phase="pretrain")  # fmt: skip
+                          phase="pretrain", **trainer_io)  # fmt: skip
         if resume_state and resume_state["phase"] == "pretrain":
             trainer.resume(resume_state)
         trainer.fit()
@@ -349,14 +390,14 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         model.load_state_dict(read_checkpoint(out / "dense.pt", "dense model")["state_dict"])
     dense_eval = evaluate(model, data.test, device)
     dense_flops, dense_params = count_ops_and_params(model.cpu(), input_shape)
-    if not (out / "dense.pt").is_file():
+    if main and not (out / "dense.pt").is_file():
         with atomic_path(out / "dense.pt") as tmp:
             torch.save(pruned_payload(spec, input_shape, [], model), tmp)
     progress.log(f"dense: acc={dense_eval['acc']:.4f} MACs={dense_flops / 1e6:.2f}M params={dense_params / 1e6:.3f}M")
 
     # 2. prune with the method (and fine-tune for cfg.epochs)
     run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape, dense_eval,
-               (dense_flops, dense_params), t_start)  # fmt: skip
+               (dense_flops, dense_params), t_start, trainer_io)  # fmt: skip
     if phase == "finetune":
         return _finetune(run, resume_state, history_rows)
     model.to(device)
@@ -366,23 +407,40 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                   lr=cfg.lr, log=progress.log, weights=weights)  # fmt: skip
     method.setup(graph, ctx)
     trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
-                      device=device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
-                      progress=progress, phase="prune")  # fmt: skip
+                      phase="prune", **trainer_io)  # fmt: skip
     ctx.optimizer = trainer.optimizer
     if phase == "prune":
         trainer.resume(resume_state)  # the checkpoint holds the (soft-masked) model exactly
     trainer.fit()
     masks = method.masks()
+    distributed.check_agree(distributed.digest(masks), "the final masks")
 
     # 3. materialize (then fine-tune the slim model when asked)
     slim, history = graph.materialize(masks, model.cpu())
     history_rows += trainer.history
     holder = Finished.of(method, cfg.steps)
     if cfg.finetune_epochs > 0:
-        with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the fine-tuning
-            torch.save(pruned_payload(spec, input_shape, history, slim), tmp)
+        if main:
+            with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the fine-tuning
+                torch.save(pruned_payload(spec, input_shape, history, slim), tmp)
+        distributed.barrier()
         return _finetune(run, {"holder": holder, "slim": slim, "history": history}, history_rows)
     return _finish(run, slim, history, holder, history_rows)
+
+
+def _finished_report(out: Path) -> dict[str, Any] | None:
+    """A finished run's report (written last): ``--resume`` on it has nothing to do; its gates still count."""
+    path = out / "report.json"
+    if not path.is_file() or not (out / "pruned.pt").is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # a report cannot be half-written (atomic), so this is foreign: redo the finish
+    if distributed.is_main():
+        checkpoint.remove(out / CHECKPOINT)
+    _gate(report)
+    return report
 
 
 @dataclass
@@ -403,6 +461,7 @@ class _Run:
     dense_eval: dict[str, Any]
     dense_counts: tuple[float, float]
     t_start: float
+    trainer_io: dict[str, Any]
 
 
 class Finished(Method):
@@ -439,8 +498,7 @@ def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any
         holder, slim, history = state["holder"], state["slim"], state["history"]
     lr = cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr
     trainer = Trainer(slim, run.data.train, run.data.val, _train_cfg(cfg, cfg.finetune_epochs, lr), method=holder,
-                      device=run.device, checkpoint=out / "checkpoint.pt", history=out / "history.jsonl",
-                      progress=run.progress, phase="finetune")  # fmt: skip
+                      phase="finetune", **run.trainer_io)  # fmt: skip
     if resuming:
         trainer.resume(state)
     trainer.fit()
@@ -470,6 +528,8 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
     num_classes, in_channels = spec["num_classes"], spec["in_channels"]
     flops, params = count_ops_and_params(slim, input_shape)
     pruned_eval = evaluate(slim, data.test, run.device)
+    if not distributed.is_main():
+        return {}  # rank 0 measures, reports and writes
     achieved = 1 - (flops if metric == "flops" else params) / (dense_flops if metric == "flops" else dense_params)
     latency = None
     if cfg.target_latency is not None:  # the final model, exported and timed as the search timed its candidates
@@ -494,6 +554,7 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
         },  # fmt: skip
         **({"latency": latency} if latency is not None else {}),
         **({"allocation": _allocation_record(out)} if cfg.allocation != "uniform" else {}),
+        **({"distributed": _distributed_record()} if distributed.active() else {}),
         dense={
             "flops": dense_flops,
             "params": dense_params,
@@ -517,24 +578,32 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
     if cfg.method in PLOTS and method.log:
         plot, name = PLOTS[cfg.method]
         plot(method.log, out / name, title=f"{cfg.model} · {cfg.method} · {cfg.data}")
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    checkpoint.remove(out / CHECKPOINT)
+    _gate(report)
+    return report
+
+
+def _gate(report: dict[str, Any]) -> None:
+    """GateFailed when the run missed its FLOPs/params target or its latency target."""
+    metric, target, achieved = (report["target"][k] for k in ("metric", "value", "achieved"))
     if not report["target"]["met"]:
         raise GateFailed(f"target {metric} drop {target} not met: achieved {achieved:.4f}")
+    latency = report.get("latency")
     if latency is not None and not latency["met"]:
         lat = latency
         raise GateFailed(f"target latency {lat['target_ms']:.3f} ms not met: the pruned model runs in "
                          f"{lat['final_ms']:.3f} ms on {lat['provider']} at batch {lat['batch']} "
                          f"(tolerance {lat['tolerance']:.0%}; searched {lat['searched_ms']:.3f} ms)")  # fmt: skip
-    return report
 
 
-def _rewind_history(path: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+def _rewind_history(path: Path, state: dict[str, Any], write: bool = True) -> list[dict[str, Any]]:
     """Make history.jsonl match the checkpoint (a kill between the row and the checkpoint leaves one extra row);
     return the rows of the phases before the checkpoint's (pretraining, when resuming the prune phase)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     before = PHASES[: PHASES.index(state["phase"])]
     earlier = [r for r in rows if r.get("phase") in before]
-    write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in earlier + list(state["history"])))
+    if write:
+        write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in earlier + list(state["history"])))
     return earlier
 
 
@@ -542,6 +611,15 @@ PHASES = ("pretrain", "prune", "finetune")
 
 
 PLOTS = {"psap": (plot_kept_ratios, "psap_kept.png"), "aster": (plot_threshold, "aster_tau.png")}
+
+
+def _distributed_record() -> dict[str, Any]:
+    """How the run trained under torchrun: world size, backend and the per-rank batch."""
+    import torch.distributed as dist
+
+    return {"world_size": distributed.world_size(), "backend": dist.get_backend(),
+            "mask_decisions": "every rank, from all-reduced statistics; method state compared by digest each epoch",
+            }  # fmt: skip
 
 
 def _allocation_record(out: Path) -> dict[str, Any]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.atomic import atomic_path
-from compressor.errors import BadInput
+from compressor import checkpoint as checkpoints
+from compressor import distributed
+from compressor.errors import BadInput, Interrupted
 from compressor.methods.base import Method
 
 
@@ -77,7 +81,7 @@ class Progress:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> dict:
-    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
+    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader`` (all ranks' shares when sharded)."""
     was_training = model.training
     model.eval().to(device)
     loss_sum, correct, n = 0.0, 0, 0
@@ -88,20 +92,32 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         correct += int((out.argmax(1) == y).sum())
         n += len(y)
     model.train(was_training)
+    if getattr(loader, "world_size", 1) > 1:  # each rank evaluated its share
+        loss_sum, correct, n = distributed.all_sum([loss_sum, correct, n])
+        correct, n = int(correct), int(n)
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "n": n}
 
 
 class Trainer:
-    """SGD + cosine/step LR; calls the method's hooks; checkpoints every epoch to ``checkpoint``."""
+    """SGD + cosine/step LR; calls the method's hooks; checkpoints to ``checkpoint`` (crash-safe, see
+    ``compressor.checkpoint``) at every epoch end, every ``checkpoint_every`` steps and on SIGINT/SIGTERM.
+
+    Under ``torchrun`` the model trains wrapped in DistributedDataParallel: each step's loss, batch size and
+    accuracy are summed over the ranks before the method sees them, BN running statistics are averaged at
+    each epoch end, the ranks' method states (masks, thresholds) are compared, and only rank 0 writes the
+    checkpoint and history.
+    """
 
     def __init__(self, model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, *,
                  method: Method | None = None, device: torch.device | None = None,
                  checkpoint: Path | None = None, history: Path | None = None,
-                 progress: Progress | None = None, phase: str = "train") -> None:  # fmt: skip
+                 progress: Progress | None = None, phase: str = "train",
+                 checkpoint_every: int = 0) -> None:  # fmt: skip
         self.model, self.train_loader, self.val_loader, self.cfg = model, train_loader, val_loader, cfg
         self.method = method or Method()
         self.device = device or pick_device()
         self.checkpoint, self.history_path, self.phase = checkpoint, history, phase
+        self.checkpoint_every = checkpoint_every
         self.progress = progress or Progress()
         self.model.to(self.device)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -110,7 +126,8 @@ class Trainer:
         )
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.start_epoch = 0
+        self.start_epoch, self.start_step = 0, 0
+        self.running = [0.0, 0.0, 0.0]  # loss sum, correct, seen: the current epoch so far (all ranks)
         self.history: list[dict[str, Any]] = []
 
     def lr_at(self, epoch: float) -> float:
@@ -119,60 +136,95 @@ class Trainer:
             return self.cfg.lr * 0.1 ** sum(epoch >= m * total for m in self.cfg.step_milestones)
         return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * epoch / total))
 
+    def _network(self) -> nn.Module:
+        if not distributed.active():
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
     def fit(self) -> list[dict[str, Any]]:
         steps = len(self.train_loader)
-        for epoch in range(self.start_epoch, self.cfg.epochs):
-            self.model.train()
-            if hasattr(self.train_loader, "set_epoch"):
-                self.train_loader.set_epoch(epoch)
-            t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-            batches = self.progress.iterate(self.train_loader, steps, f"{self.phase} epoch {epoch + 1}")
-            for i, (x, y) in enumerate(batches):
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(epoch + i / steps)
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    out = self.model(x)
-                    loss = self.loss_fn(out, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                self.method.on_after_backward(epoch * steps + i, loss.detach(), len(y))
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.method.on_after_step(epoch * steps + i)
-                loss_sum += loss.item() * len(y)
-                correct += int((out.argmax(1) == y).sum())
-                seen += len(y)
-            row = {"phase": self.phase, "epoch": epoch + 1, "lr": self.lr_at(epoch),
-                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}  # fmt: skip
-            row.update(self.method.on_epoch_end(epoch))
-            row["seconds"] = round(time.perf_counter() - t0, 3)  # training + the method's epoch-end work
-            if self.val_loader is not None:
-                val = evaluate(self.model, self.val_loader, self.device)
-                row.update(val_loss=val["loss"], val_acc=val["acc"])
-            self.history.append(row)
-            self.progress.log(
-                f"{self.phase} epoch {epoch + 1}/{self.cfg.epochs}: "
-                + " ".join(
-                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in row.items()
-                    if k not in ("phase", "epoch") and not isinstance(v, (dict, list))
-                )  # fmt: skip
-            )
-            self._append_history(row)
-            self.save(epoch + 1)
+        net = self._network()
+        with STOP.armed() as stop:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self.model.train()
+                if hasattr(self.train_loader, "set_epoch"):
+                    self.train_loader.set_epoch(epoch)
+                first = self.start_step if epoch == self.start_epoch else 0
+                if not first:
+                    self.running = [0.0, 0.0, 0.0]
+                t0 = time.perf_counter()
+                batches = self.train_loader.iter_from(first) if first else self.train_loader
+                for i, (x, y) in enumerate(self.progress.iterate(batches, steps - first, f"{self.phase} epoch "
+                                                                 f"{epoch + 1}"), start=first):  # fmt: skip
+                    self._step(net, epoch * steps + i, epoch + i / steps, x, y, stop)
+                    if stop.signum or (self.checkpoint_every and (epoch * steps + i + 1) % self.checkpoint_every == 0):
+                        self.save(epoch, step=i + 1)
+                    if stop.signum:
+                        raise Interrupted(stop.signum, self.checkpoint)
+                self._end_epoch(epoch, t0)
         return self.history
 
+    def _step(self, net: nn.Module, step: int, at: float, x: torch.Tensor, y: torch.Tensor, stop: SignalStop) -> None:
+        """One optimizer step; the method sees the loss and batch size of the global batch."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(at)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            out = net(x)
+            loss = self.loss_fn(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        local = [loss.item() * len(y), float((out.argmax(1) == y).sum()), float(len(y)), float(bool(stop.signum))]
+        loss_sum, correct, seen, stopping = distributed.all_sum(local) if distributed.active() else local
+        if stopping and not stop.signum:  # another rank was signalled: stop at the same step
+            stop.signum = signal.SIGTERM
+        self.method.on_after_backward(step, torch.tensor(loss_sum / seen), int(seen))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.on_after_step(step)
+        self.running = [self.running[0] + loss_sum, self.running[1] + correct, self.running[2] + seen]
+
+    def _end_epoch(self, epoch: int, t0: float) -> None:
+        loss_sum, correct, seen = self.running
+        row = {"phase": self.phase, "epoch": epoch + 1, "lr": self.lr_at(epoch),
+               "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}  # fmt: skip
+        row.update(self.method.on_epoch_end(epoch))
+        if distributed.active():
+            distributed.average_bn_stats(self.model)
+            what = f"the method state after {self.phase} epoch {epoch + 1}"
+            row["rank_state"] = distributed.check_agree(distributed.digest(self.method.state_dict()), what)
+        row["seconds"] = round(time.perf_counter() - t0, 3)  # training + the method's epoch-end work
+        if self.val_loader is not None:
+            val = evaluate(self.model, self.val_loader, self.device)
+            row.update(val_loss=val["loss"], val_acc=val["acc"])
+        self.history.append(row)
+        self.progress.log(
+            f"{self.phase} epoch {epoch + 1}/{self.cfg.epochs}: "
+            + " ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in row.items()
+                if k not in ("phase", "epoch") and not isinstance(v, (dict, list))
+            )  # fmt: skip
+        )
+        self._append_history(row)
+        self.running = [0.0, 0.0, 0.0]
+        self.save(epoch + 1)
+
     def _append_history(self, row: dict[str, Any]) -> None:
-        if self.history_path is not None:
+        if self.history_path is not None and distributed.is_main():
             with open(self.history_path, "a") as fh:
                 fh.write(json.dumps(row, default=float) + "\n")
 
-    def state(self, epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int, step: int = 0) -> dict[str, Any]:
         return {
             "phase": self.phase,
-            "epoch": epoch,
+            "epoch": epoch,  # completed epochs
+            "step": step,  # batches done in the next epoch (a mid-epoch checkpoint)
+            "running": list(self.running),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -181,18 +233,59 @@ class Trainer:
             "rng": torch.get_rng_state(),  # data order and augmentation use their own per-epoch generators
         }
 
-    def save(self, epoch: int) -> None:
-        if self.checkpoint is None:
-            return
-        with atomic_path(self.checkpoint) as tmp:
-            torch.save(self.state(epoch), tmp)
+    def save(self, epoch: int, step: int = 0) -> None:
+        if self.checkpoint is not None and distributed.is_main():
+            checkpoints.save(self.checkpoint, self.state(epoch, step))
 
     def resume(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`save` (loaded with ``weights_only=True``)."""
+        """Continue from a checkpoint written by :meth:`save`, at an epoch end or mid-epoch."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])
         self.history = list(state["history"])
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch, self.start_step = int(state["epoch"]), int(state.get("step", 0))
+        self.running = [float(v) for v in state.get("running", [0.0, 0.0, 0.0])]
         torch.set_rng_state(state["rng"])
+
+
+class SignalStop:
+    """SIGINT/SIGTERM during a job: inside a training loop (:meth:`armed`) the step finishes, a checkpoint is
+    saved and :class:`Interrupted` is raised; anywhere else :class:`Interrupted` is raised at once (outputs are
+    atomic, so nothing is half-written). A second signal while a checkpoint is pending aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._armed = 0
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self._armed and not self.signum:
+            self.signum = signum
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SignalStop]:
+        """Handle the signals for the duration of a job (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self.signum, saved = 0, {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            self.signum = 0
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[SignalStop]:
+        self._armed += 1
+        try:
+            yield self
+        finally:
+            self._armed -= 1
+
+
+STOP = SignalStop()

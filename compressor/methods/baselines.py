@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from compressor import distributed
 from compressor.budget import solve_masks
 from compressor.graph import PruningGraph, tp_importances
 from compressor.methods.base import Context, Method
@@ -56,6 +57,7 @@ class ImportanceBaseline(Method):
         scores = {g.id: ctx.graph.tp_importance(self.importance, g.id) for g in ctx.graph.groups}
         if self.name == "taylor":
             ctx.model.zero_grad(set_to_none=True)
+            distributed.all_mean_(scores[gid] for gid in sorted(scores))  # each rank saw its own batches
         return scores
 
     def _accumulate_grads(self) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from compressor import distributed
 from compressor.budget import masks_from_counts, solve_counts
 from compressor.errors import GateFailed
 from compressor.graph import Masks, PruningGraph
@@ -239,6 +240,7 @@ class PSAP(Method):
         ctx = self.ctx
         assert ctx is not None
         graph, prev = ctx.graph, self._masks
+        distributed.all_mean_(self.pulse[gid] for gid in sorted(self.pulse))  # BN input std differs per rank
         norms = {g.id: ch.sq_norms(self.filters[g.id], g.size).sqrt() for g in graph.groups}
         s = {g.id: self._sparsity(g.id, norms[g.id]) for g in graph.groups}
         target = ctx.target if final or ctx.epochs == 0 else self.step_target(epoch)
