@@ -1,0 +1,198 @@
+"""DDP under torchrun with the gloo backend on the CPU: ranks agree exactly, and 2 processes match 1.
+
+``compress prune --nproc 2`` (our launcher) and plain ``torchrun -m compressor prune`` both run here as real
+subprocesses; the collectives' unit tests run in a real 2-process gloo group (``torch.multiprocessing``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from compressor import distributed
+from compressor.data import load_data
+from compressor.errors import BadInput
+from compressor.train import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+       "OMP_NUM_THREADS": "1"}  # fmt: skip
+DATA = ["--data", "synthetic:1x28x28:10:256:64", "--batch-size", "32", "--device", "cpu", "--quiet", "--seed", "0"]
+NO_BN = """from torch import nn
+def make(num_classes=10, in_channels=1):
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, num_classes))
+"""
+# DDP vs one process on the same global batch (no BatchNorm, see the test): the tolerance we state
+WEIGHT_ATOL = 1e-5
+LOSS_RTOL = 1e-5
+
+
+def _compress(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compressor", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "compressor"]
+    return subprocess.run([*cmd, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _report(out: Path) -> dict[str, Any]:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+    """PSAP on a BatchNorm-free net: the 2-rank run equals the 1-process run up to float summation order.
+
+    Each rank takes every other sample of the epoch's order with a batch of 16, so rank 0's and rank 1's
+    k-th batches together are the 1-process k-th batch of 32, with the same augmentation; DDP averages the
+    gradients. (With BatchNorm each rank normalises by its own half batch, as in any DDP run without
+    SyncBatchNorm, which PyTorch runs on GPUs only: such runs differ by more than float noise.)
+    """
+    (tmp_path / "nobn.py").write_text(NO_BN)
+    args = ["prune", "--model", "nobn.py:make", "--trust-code", "--method", "psap", "--epochs", "3",
+            "--target-flops", "0.4", "--round-to", "1", *DATA]  # fmt: skip
+    one = _compress(*args, "--out", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = _compress(*args, "--nproc", "2", "--out", "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    a, b = _report(tmp_path / "one"), _report(tmp_path / "two")
+    assert b["distributed"]["world_size"] == 2 and b["distributed"]["backend"] == "gloo"
+    assert "distributed" not in a
+    assert [g["kept"] for g in a["groups"]] == [g["kept"] for g in b["groups"]]  # the same masks
+    assert [r["train_loss"] for r in b["history"]] == pytest.approx([r["train_loss"] for r in a["history"]],
+                                                                    rel=LOSS_RTOL)  # fmt: skip
+    assert b["pruned"]["acc"] == a["pruned"]["acc"]
+    wa, wb = (torch.load(tmp_path / d / "pruned.pt", weights_only=True)["state_dict"] for d in ("one", "two"))
+    for key, value in wa.items():
+        torch.testing.assert_close(wb[key], value, rtol=0, atol=WEIGHT_ATOL, msg=key)
+    rows = (tmp_path / "two" / "history.jsonl").read_text().splitlines()
+    assert len(rows) == 3, "only rank 0 writes the history"
+
+
+@pytest.mark.parametrize("method", ["psap", "aster"])
+def test_ranks_agree_exactly_under_torchrun(tmp_path: Path, method: str) -> None:
+    """With BatchNorm (per-rank statistics, per-rank PSAP pulses) every rank still reaches the same state."""
+    out = tmp_path / "run"
+    proc = _torchrun("prune", "--model", "cifar:resnet20", "--method", method, "--epochs", "3", "--target-flops",
+                     "0.4", *DATA, "--out", str(out), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = _report(out)
+    assert report["distributed"]["world_size"] == 2
+    digests = [row["rank_state"] for row in report["history"]]
+    assert len(digests) == 3 and all(len(d) == 2 and d[0] == d[1] for d in digests), digests
+    assert len({d[0] for d in digests}) > 1, "the method state never changed: the digest checks nothing"
+    assert report["target"]["met"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == [
+        "config.yaml", "dense.pt", "history.jsonl", "pruned.pt", "report.json", "report.md"]  # fmt: skip
+
+
+def test_bad_input_under_nproc_is_one_line_exit_2(tmp_path: Path) -> None:
+    proc = _compress("prune", "--model", "cifar:resnet20", "--target-flops", "0.4", *DATA, "--batch-size", "33",
+                     "--nproc", "2", "--out", "run", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--batch-size 33" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the collectives, in a real 2-process gloo group
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, results: Any) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    try:
+        distributed.setup(torch.device("cpu"))
+        out["world"] = (distributed.rank(), distributed.world_size(), dist.get_backend())
+        out["sum"] = distributed.all_sum([rank + 1.0, 10.0])
+        t = torch.tensor([float(rank)])
+        distributed.all_mean_([t])
+        out["mean"] = float(t)
+        out["on_main"] = distributed.on_main(lambda: f"from rank {distributed.rank()}")
+        try:
+            distributed.on_main(lambda: (_ for _ in ()).throw(BadInput("rank 0 says no")))
+        except BadInput as exc:
+            out["on_main_error"] = str(exc)
+        try:
+            distributed.check_agree(f"value {rank}", "a test value")
+        except RuntimeError as exc:
+            out["disagree"] = str(exc)
+        out["agree"] = distributed.check_agree("same", "a test value")
+        data = load_data("synthetic:1x8x8:3:40:37", batch_size=4, eval_batch_size=5, seed=0)
+        data.test.set_distributed(rank, 2, pad=False)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        torch.manual_seed(0)
+        model[1].reset_parameters()
+        out["eval"] = evaluate(model, data.test, torch.device("cpu"))
+        out["share"] = len(data.test.iter_from(0).__next__()[1])
+    except Exception as exc:  # reported to the test instead of hanging it
+        out["error"] = repr(exc)
+    finally:
+        distributed.teardown()
+        results[rank] = out
+
+
+def test_collectives_in_a_two_process_gloo_group() -> None:
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_worker, args=(_free_port(), results), nprocs=2, join=True, start_method="spawn")
+        r0, r1 = dict(results[0]), dict(results[1])
+    assert "error" not in r0 and "error" not in r1, (r0, r1)
+    assert r0["world"] == (0, 2, "gloo") and r1["world"] == (1, 2, "gloo")
+    assert r0["sum"] == r1["sum"] == [3.0, 20.0]
+    assert r0["mean"] == r1["mean"] == 0.5
+    assert r0["on_main"] == r1["on_main"] == "from rank 0"
+    assert r0["on_main_error"] == r1["on_main_error"] == "rank 0 says no"
+    assert "ranks disagree on a test value" in r0["disagree"] and "value 1" in r1["disagree"]
+    assert r0["agree"] == ["same", "same"]
+    # sharded evaluation (19 + 18 of 37 images, no padding) equals one process over all of them
+    data = load_data("synthetic:1x8x8:3:40:37", batch_size=4, eval_batch_size=5, seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    torch.manual_seed(0)
+    model[1].reset_parameters()
+    full = evaluate(model, data.test, torch.device("cpu"))
+    assert r0["eval"]["n"] == r1["eval"]["n"] == full["n"] == 37
+    assert r0["eval"]["acc"] == r1["eval"]["acc"] == full["acc"]
+    assert r0["eval"]["loss"] == pytest.approx(full["loss"], rel=1e-6)
+
+
+def test_rank_shards_make_up_the_one_process_batches() -> None:
+    """Rank r's k-th batch of B/2 and rank 1-r's together are the one-process k-th batch of B (augmented)."""
+    one = load_data("synthetic:1x12x12:4:64:8", batch_size=8, seed=3).train
+    halves = [load_data("synthetic:1x12x12:4:64:8", batch_size=4, seed=3).train for _ in range(2)]
+    for r, loader in enumerate(halves):
+        loader.set_distributed(r, 2)
+    for loader in (one, *halves):
+        loader.set_epoch(1)
+    for (x, y), (x0, y0), (x1, y1) in zip(one, *halves, strict=True):
+        xs, ys = torch.empty_like(x), torch.empty_like(y)
+        xs[0::2], xs[1::2], ys[0::2], ys[1::2] = x0, x1, y0, y1
+        assert torch.equal(xs, x) and torch.equal(ys, y)
+    # a mid-epoch start yields the remaining batches of the same epoch
+    tail = list(one.iter_from(5))
+    one.set_epoch(1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(tail, list(one)[5:], strict=True))
