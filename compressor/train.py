@@ -159,16 +159,25 @@ class Trainer:
                 batches = self.train_loader.iter_from(first) if first else self.train_loader
                 for i, (x, y) in enumerate(self.progress.iterate(batches, steps - first, f"{self.phase} epoch "
                                                                  f"{epoch + 1}"), start=first):  # fmt: skip
-                    self._step(net, epoch * steps + i, epoch + i / steps, x, y, stop)
-                    if stop.signum or (self.checkpoint_every and (epoch * steps + i + 1) % self.checkpoint_every == 0):
+                    halt = self._step(net, epoch * steps + i, epoch + i / steps, x, y, stop)
+                    if halt or (self.checkpoint_every and (epoch * steps + i + 1) % self.checkpoint_every == 0):
                         self.save(epoch, step=i + 1)
-                    if stop.signum:
-                        raise Interrupted(stop.signum, self.checkpoint)
-                self._end_epoch(epoch, t0)
+                    if halt:
+                        raise Interrupted(stop.signum or signal.SIGTERM, self.checkpoint)
+                self._end_epoch(epoch, t0)  # saves the epoch's checkpoint
+                if self._halt(stop):
+                    raise Interrupted(stop.signum or signal.SIGTERM, self.checkpoint)
         return self.history
 
-    def _step(self, net: nn.Module, step: int, at: float, x: torch.Tensor, y: torch.Tensor, stop: SignalStop) -> None:
-        """One optimizer step; the method sees the loss and batch size of the global batch."""
+    @staticmethod
+    def _halt(stop: SignalStop) -> bool:
+        """Whether any rank was signalled (every rank gets the same answer, so they stop at the same step)."""
+        flag = float(bool(stop.signum))
+        return (distributed.all_sum([flag])[0] if distributed.active() else flag) > 0
+
+    def _step(self, net: nn.Module, step: int, at: float, x: torch.Tensor, y: torch.Tensor, stop: SignalStop) -> bool:
+        """One optimizer step; the method sees the loss and batch size of the global batch. True: stop after it
+        (a rank was signalled before the step's all-reduce; a later signal is seen at the next step)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(at)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -180,13 +189,12 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         local = [loss.item() * len(y), float((out.argmax(1) == y).sum()), float(len(y)), float(bool(stop.signum))]
         loss_sum, correct, seen, stopping = distributed.all_sum(local) if distributed.active() else local
-        if stopping and not stop.signum:  # another rank was signalled: stop at the same step
-            stop.signum = signal.SIGTERM
         self.method.on_after_backward(step, torch.tensor(loss_sum / seen), int(seen))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.on_after_step(step)
         self.running = [self.running[0] + loss_sum, self.running[1] + correct, self.running[2] + seen]
+        return stopping > 0
 
     def _end_epoch(self, epoch: int, t0: float) -> None:
         loss_sum, correct, seen = self.running
