@@ -42,8 +42,11 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
 
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0",
                                          "-m", "compressor", *strip_nproc(argv)])  # fmt: skip
-    for name in ("torch.distributed.elastic", "torch.distributed.run"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # the workers print their own one-line errors
+    import torch.distributed.elastic.agent.server.api  # noqa: F401  (its logger, to quiet it)
+
+    for name in list(logging.root.manager.loggerDict):  # the workers print their own one-line errors
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="compress-ranks-") as tmp:
         os.environ[EXIT_FILE_ENV] = tmp
         try:

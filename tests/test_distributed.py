@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,27 @@ def test_rank_shards_make_up_the_one_process_batches() -> None:
     tail = list(one.iter_from(5))
     one.set_epoch(1)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(tail, list(one)[5:], strict=True))
+
+
+def test_sigint_under_nproc_saves_once_and_resumes_bit_identically(tmp_path: Path) -> None:
+    """Ctrl-C on ``--nproc 2``: every rank stops at the same step, rank 0 saves, --resume equals a clean run."""
+    args = ["prune", "--model", "cifar:resnet20", "--method", "psap", "--epochs", "3", "--target-flops", "0.4",
+            *DATA, "--data", "synthetic:1x28x28:10:768:64", "--nproc", "2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "compressor", *args, "--out", "run"], cwd=tmp_path, env=ENV,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next epoch
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [f"error: interrupted by SIGINT: resumable checkpoint at "
+                                           f"{Path('run') / 'checkpoint.pt'}, continue with --resume"]  # fmt: skip
+    resumed = _compress(*args, "--out", "run", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = _compress(*args, "--out", "clean", cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    got, want = (torch.load(tmp_path / d / "pruned.pt", weights_only=True)["state_dict"] for d in ("run", "clean"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert _report(tmp_path / "run")["groups"] == _report(tmp_path / "clean")["groups"]
