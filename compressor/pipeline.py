@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -364,7 +365,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):  # a temp file left by a killed write
             stale.unlink(missing_ok=True)
-    resume_state = checkpoint.load(out / CHECKPOINT, progress.log) if cfg.resume else None
+    resume_state = checkpoint.load(out / CHECKPOINT, _warn) if cfg.resume else None
     distributed.barrier()  # every rank has read the checkpoint before rank 0 writes a new one
     history_rows = _rewind_history(out / "history.jsonl", resume_state, write=main) if resume_state else []
     if main:
@@ -426,6 +427,12 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         distributed.barrier()
         return _finetune(run, {"holder": holder, "slim": slim, "history": history}, history_rows)
     return _finish(run, slim, history, holder, history_rows)
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr, even with --quiet (rank 0 only)."""
+    if distributed.is_main():
+        print(message, file=sys.stderr, flush=True)
 
 
 def _finished_report(out: Path) -> dict[str, Any] | None:

@@ -220,3 +220,23 @@ def test_signal_stops_cleanly_and_resumes(tmp_path: Path, reference: Path, sig: 
     resumed = _run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_run(out, reference)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt(tmp_path: Path,
+                                                                                 reference: Path) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(out), env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline and proc.poll() is None and not checkpoint.previous(out / "checkpoint.pt").exists()
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it had two checkpoints"
+    _flip_byte(out / "checkpoint.pt")
+    resumed = _run(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    warning = resumed.stderr.strip().splitlines()
+    assert len(warning) == 1 and "checksum mismatch" in warning[0] and "resuming from checkpoint.prev.pt" in warning[0]
+    _assert_same_run(out, reference)
