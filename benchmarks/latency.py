@@ -118,7 +118,11 @@ def _torch_inputs(p: Path) -> list[_Input]:
 
     payload = read_checkpoint(p, "pruned model")
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
-        raise BadInput(f"{p} is not a compress pruned-model file (format {PRUNED_FORMAT})")
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise BadInput(
+            f"{p} is not a compress pruned-model file ({PRUNED_FORMAT})"
+            + (f": its format is {found!r} (written by another compress version?)" if found else "")
+        )
     return [_Input("input", np.float32, [None, *(int(d) for d in payload["input_shape"])])]
 
 

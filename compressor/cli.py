@@ -188,7 +188,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--model",
             required=True,
             help="torchvision:NAME, cifar:resnet20|32|56|110, cifar:vgg16, "
-            "timm:NAME, or path/file.py:factory (needs --trust-code).",
+            "timm:NAME, path/file.py:factory or a pickled whole module FILE.pt (both need --trust-code).",
         ),
         click.option("--weights", default=None, help="state_dict checkpoint to start from (weights_only load)."),
         click.option(
@@ -372,7 +372,7 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
 
     with STOP.installed():  # SIGINT/SIGTERM: save a checkpoint, exit 130/143 (resume with --resume)
         report = run_prune(PruneConfig(**options))
-    if not report:  # a torchrun rank other than 0
+    if distributed.rank() != 0:  # under torchrun rank 0 speaks for all
         return
     if as_json:
         click.echo(json.dumps(report, default=str))
@@ -385,6 +385,14 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
                if (lat := report.get("latency")) else "")
             + f"; wrote {options['out']}"
         )  # fmt: skip
+
+
+#: --trust-code of export, bench and info (prune's says the same for its --model).
+TRUST_HELP = (
+    "Allow a model built from a user file (path.py:factory) or a pickled whole module (model.pt): "
+    "loading either runs arbitrary Python code, so it is off unless you trust the file. Our own files "
+    "(pruned.pt, weights) never need it."
+)
 
 
 def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -413,13 +421,17 @@ def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("run_dir")
 @click.option("--out", default=None, help="ONNX file to write (default RUN_DIR/pruned.onnx).")
 @click.option("--dense", is_flag=True, help="Export the run's dense model instead (RUN_DIR/dense.onnx).")
-@click.option("--trust-code", is_flag=True, help="Allow rebuilding a model defined by a user file.")
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @export_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export(run_dir: str, as_json: bool, **options: Any) -> None:
     """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs)."""
     from compressor.pipeline import export as run_export
+    from exporters.onnx import check_output_file
 
+    if Path(run_dir).is_dir():  # a missing run directory is reported as such by run_export
+        default = Path(run_dir) / ("dense.onnx" if options["dense"] else "pruned.onnx")
+        check_output_file(options["out"] or default, "--out" if options["out"] else "output")
     result = run_export(run_dir, **options)
     _print_export(result, as_json)
     if not result["verification"]["passed"]:
@@ -484,7 +496,7 @@ def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("model")
 @click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
 @bench_options
-@click.option("--trust-code", is_flag=True, help="Allow rebuilding a .pt model defined by a user file.")
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "json_out", default=None, help="Write the result JSON here ('-': stdout, no table).")
 @click.option("--csv", "csv_out", default=None, help="Write one CSV row per setting and model here.")
 @click.option("--md", "md_out", default=None, help="Write the Markdown table here.")
@@ -496,7 +508,11 @@ def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str |
     MODEL is an ONNX file, a pruned-model .pt (PyTorch backends) or a run directory.
     """
     from compressor.pipeline import bench_gate, bench_models
+    from exporters.onnx import check_output_file
 
+    for option, path in (("--json", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
+        if path and not (option == "--json" and path == "-"):
+            check_output_file(path, option)
     result = bench_models({"model": model, **({"baseline": baseline} if baseline else {})},
                           "baseline" if baseline else None, label="model", **options)  # fmt: skip
     _emit_bench(result, json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
@@ -559,10 +575,22 @@ def _graph_rules(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--data", default="fashion-mnist", show_default=True, help="Sets input shape and classes.")
 @click.option("--input-shape", default=None, help="CxHxW instead of --data, e.g. 3x224x224.")
 @click.option("--num-classes", type=int, default=10, show_default=True, help="With --input-shape.")
-@click.option("--round-to", type=int, default=8, show_default=True)
-@click.option("--max-layer-ratio", type=float, default=0.8, show_default=True)
+@click.option(
+    "--round-to",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Kept channel counts are multiples of this (1: no rounding).",
+)
+@click.option(
+    "--max-layer-ratio",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Never remove more than this fraction of any group (strictly between 0 and 1).",
+)
 @click.option("--target-flops", type=float, default=None, help="Dry run: can this FLOPs drop be reached?")
-@click.option("--trust-code", is_flag=True)
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @_graph_rules
 def info(model: str | None, list_models: bool, data: str, input_shape: str | None, num_classes: int,

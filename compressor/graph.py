@@ -26,7 +26,7 @@ from torch_pruning import ops as tp_ops
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from compressor.bounded import LimitExceeded, available_bytes, bounded
-from compressor.errors import BadInput
+from compressor.errors import BadInput, one_line
 
 Masks = dict[int, torch.Tensor]
 
@@ -106,8 +106,30 @@ class Dim:
     links: list[tuple[int, list[int]]] = field(default_factory=list)  # (group id, root idx per coupled channel)
 
 
-def _classifiers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The layers producing the model output: the last conv/linear run whose width equals the output's."""
+def check_logits(out: Any, label: str) -> torch.Tensor:
+    """``out`` if it is what a classification model returns: one (N, classes) logits tensor; else BadInput."""
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.is_floating_point():
+        return out
+    if isinstance(out, torch.Tensor):
+        got = f"a {str(out.dtype).removeprefix('torch.')} tensor of shape {tuple(out.shape)}"
+    elif isinstance(out, dict):
+        got = f"a dict (keys {', '.join(map(repr, list(out)[:4]))})"
+    elif isinstance(out, (tuple, list)):
+        got = f"a {type(out).__name__} of {len(out)}"
+    else:
+        got = f"a {type(out).__name__}"
+    raise BadInput(
+        f"model {label!r}: forward returns {got}; a classification model must return one float logits "
+        "tensor of shape (N, classes) (wrap it to return only the logits)"
+    )
+
+
+def _classifiers(model: nn.Module, example: torch.Tensor, label: str = "") -> list[nn.Module]:
+    """The layers producing the model output: the last conv/linear run whose width equals the output's.
+
+    This is the first time the model runs: a forward that raises, or returns anything but one (N, classes)
+    logits tensor (a dict, a tuple), is BadInput naming the model.
+    """
     order: list[nn.Module] = []
     hooks = [
         m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
@@ -115,15 +137,20 @@ def _classifiers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
     was_training = model.training
+    label = label or type(model).__name__
     try:
         with torch.no_grad():
             out = model.eval()(example)  # eval: a probe must not move BN running statistics
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise BadInput(f"model {label!r}: forward fails on an input of shape {tuple(example.shape)}: "
+                       f"{one_line(exc, 200, typed=True)}") from None  # fmt: skip
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    width = out.shape[1] if out.dim() > 1 else out.shape[0]
+    width = check_logits(out, label).shape[1]
     for m in reversed(order):
         if (m.out_features if isinstance(m, nn.Linear) else m.out_channels) == width:
             return [m]
@@ -168,7 +195,7 @@ class PruningGraph:
         self.example = example
         self.round_to = max(1, int(round_to))
         self.names = {m: n for n, m in model.named_modules()}
-        self.classifiers = _classifiers(model, example)
+        self.classifiers = _classifiers(model, example, arch or type(model).__name__)
         self.ignored: dict[nn.Module, str] = {m: "ignored by the caller" for m in ignored_layers or []}
         self.ignored.update(resolve_ignore(model, ignore))
         self.ignored.update({m: "classifier (output layer)" for m in self.classifiers})

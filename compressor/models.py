@@ -8,6 +8,9 @@ One registry of factories (timm-style). A spec is one of:
 * ``cifar:vgg16`` -- the CIFAR VGG-16 with BatchNorm of the pruning literature;
 * ``timm:NAME`` -- any timm model, if timm is installed;
 * ``path/to/file.py:factory`` -- user code, only with ``trust_code=True`` (it runs arbitrary code).
+* ``path/to/model.pt`` (or ``.pth``) -- a whole module saved with ``torch.save(model)``, only with
+  ``trust_code=True``: unpickling it runs arbitrary code (``torch.load(weights_only=False)``). The classes it
+  was saved with must be importable. Its input channels are adapted like a user factory's.
 
 A bare name (``resnet20``, ``mobilenet_v2``) is accepted when exactly one registry entry has it.
 
@@ -28,8 +31,12 @@ import hashlib
 import importlib.util
 import inspect
 import math
+import pickle
+import pickletools
+import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -385,6 +392,121 @@ def _build_user(spec: str, num_classes: int, in_channels: int, trust_code: bool)
     return model
 
 
+PICKLED_SUFFIXES = (".pt", ".pth")
+UNPICKLE_WHY = "loading it unpickles arbitrary Python code (torch.load with weights_only=False)"
+
+
+def _build_pickled(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
+    """A whole module saved with ``torch.save(model)``; unpickled only with ``trust_code``."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        raise BadInput(f"model file {path} is a directory, not a torch.save file")
+    if not path.is_file():
+        raise BadInput(f"model file not found: {path} (a .pt/.pth model spec is a pickled torch.save(model) file)")
+    try:  # safe: weights_only reads tensors and plain containers only
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if not _needs_unpickling(path, exc):
+            raise BadInput(load_problem(path, exc, "model file")) from None
+    else:
+        raise BadInput(_not_a_module(path, obj))
+    if not trust_code:
+        raise BadInput(f"model file {path} is a pickled whole module: {UNPICKLE_WHY}; pass --trust-code if you "
+                       "trust the file")  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.load(path, map_location="cpu", weights_only=False)
+    except (AttributeError, ImportError) as exc:
+        own = [n for n in _pickle_globals(path) if not n.startswith(("torch.", "collections.", "builtins."))]
+        names = f"it names {', '.join(own[:3])}: " if own else ""
+        raise BadInput(f"cannot unpickle model file {path}: {one_line(exc, 200, typed=True)} ({names}the classes "
+                       "it was saved with must be importable here)") from None  # fmt: skip
+    except Exception as exc:
+        raise BadInput(f"cannot unpickle model file {path}: {one_line(exc, 200, typed=True)}") from None
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"model file {path} holds a {type(model).__name__}, not a pickled torch.nn.Module")
+    first = _first_conv(model)
+    if first is not None and first[1].in_channels != in_channels:
+        adapt_stem(model, in_channels)
+    return model
+
+
+def _not_a_module(path: Path, obj: Any) -> str:
+    """Why a file that loads with ``weights_only=True`` is no pickled module, and what to do with it."""
+    if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("compress.pruned/"):
+        return (f"model file {path} is a compress pruned-model file, not a pickled module: export or bench it "
+                "(compress export/bench), or give its spec as --model")  # fmt: skip
+    if isinstance(obj, Mapping):
+        return (f"model file {path} holds a state_dict (weights only), not a pickled module: pass the "
+                f"architecture as --model SPEC and the file as --weights {path}")  # fmt: skip
+    return f"model file {path} holds a {type(obj).__name__}, not a pickled torch.nn.Module"
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The classes and functions the pickle of a ``torch.save`` archive names, read without unpickling it."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+            data = zf.read(name) if name else b""
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif "UNICODE" in op.name and isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a damaged pickle: what was read so far
+        pass
+    return list(dict.fromkeys(found))
+
+
+def _is_pickled_module(names: list[str]) -> bool:
+    return any(n.startswith("torch.nn.modules.") or n in ("torch._utils._rebuild_parameter",
+                                                            "torch.nn.parameter.Parameter") for n in names)  # fmt: skip
+
+
+def _needs_unpickling(path: Path, exc: Exception) -> bool:
+    """True when a weights-only load refused a sound archive for the Python objects it holds."""
+    return isinstance(exc, pickle.UnpicklingError) and zipfile.is_zipfile(path) and bool(_pickle_globals(path))
+
+
+def load_problem(path: Path, exc: Exception, what: str, module_hint: str = "") -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` failed: empty, truncated, not a PyTorch file,
+    a pickled whole module (``module_hint`` says what to do instead) or other pickled Python objects."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"cannot read {what} {path}: {one_line(e, 200, typed=True)}"
+    why = f"{one_line(exc, 200, typed=True)}"
+    if size == 0:
+        why = "the file is empty (0 bytes)"
+    elif not zipfile.is_zipfile(path):
+        if head.startswith(b"PK"):
+            why = f"truncated or corrupt ({size} bytes of an incomplete torch.save archive)"
+        elif head[:1] == b"\x80":  # a pickle: the legacy (pre-1.6) torch.save format, or plain pickle.dump
+            why = f"a legacy or plain pickle file: {one_line(exc, 150, typed=True)}"
+        else:
+            why = "not a PyTorch file (not a torch.save archive: garbage or another format)"
+    elif isinstance(exc, pickle.UnpicklingError):
+        names = _pickle_globals(path)
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        refused = m.group(1) if m else ", ".join(n for n in names if not n.startswith("torch."))[:120]
+        if _is_pickled_module(names):
+            hint = module_hint or "a weights-only load refuses it (unpickling runs arbitrary code)"
+            why = f"it holds a pickled whole module (torch.save(model)), not a state_dict or tensors: {hint}"
+        elif refused:
+            why = f"it holds pickled Python objects ({refused}) that a weights-only load refuses"
+    return f"cannot read {what} {path}: {why}"
+
+
 @torch.no_grad()
 def init_bn_gamma(model: nn.Module, value: float) -> None:
     """Set every BatchNorm scale (gamma) to ``value`` (the ASTER authors start from 0.5)."""
@@ -412,6 +534,8 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
         return _build_user(spec, num_classes, in_channels, trust_code)
     if spec.endswith(".py"):
         raise BadInput(f"model spec {spec!r}: name the factory function, e.g. {spec}:build")
+    if spec.lower().endswith(PICKLED_SUFFIXES):
+        return _build_pickled(spec, num_classes, in_channels, trust_code)
     if spec.startswith("timm:"):
         return _build_timm(spec[len("timm:") :], num_classes, in_channels)
 
@@ -458,15 +582,18 @@ def _preview(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU; a missing or unreadable file is :class:`BadInput`."""
+def read_checkpoint(path: str | Path, what: str = "checkpoint", module_hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a missing or unreadable file is :class:`BadInput` saying
+    why (empty, truncated, not a PyTorch file, a pickled whole module: then ``module_hint``, ...)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise BadInput(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise BadInput(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise BadInput(f"cannot read {what} {path}: {one_line(e, 200, typed=True)}") from None
+        raise BadInput(load_problem(path, e, what, module_hint)) from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -477,7 +604,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     prefixes. Missing/corrupt file, missing/unexpected keys or shape mismatches -> :class:`BadInput`.
     """
     path = Path(path).expanduser()
-    sd = _extract_state_dict(read_checkpoint(path), path)
+    hint = f"save model.state_dict() instead, or pass the file as --model {path} with --trust-code"
+    sd = _extract_state_dict(read_checkpoint(path, module_hint=hint), path)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -170,6 +171,24 @@ class PruneConfig:
             raise BadInput("--prune-every and --steps must be >= 1")
         if self.bn_init is not None and self.weights:
             raise BadInput("--bn-init initialises BN gamma of a randomly initialised model: drop --weights")
+        for name in ("lr", "pretrain_lr", "finetune_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise BadInput(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise BadInput(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise BadInput(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.round_to < 1:
+            raise BadInput(f"--round-to must be >= 1 (1: no rounding), got {self.round_to}")
+        if not 0 < self.max_layer_ratio < 1:
+            raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {self.max_layer_ratio}")
+        if not 0 <= self.seed < 2**32:
+            raise BadInput(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        for name in ("num_classes", "in_channels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
     def method_options(self) -> dict[str, Any]:
         """Every method option; each method's factory takes the ones it uses."""
@@ -237,7 +256,11 @@ def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn
     """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
     payload = read_checkpoint(path, "pruned model")
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
-        raise BadInput(f"{path} is not a compress pruned-model file (format {PRUNED_FORMAT})")
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise BadInput(
+            f"{path} is not a compress pruned-model file ({PRUNED_FORMAT})"
+            + (f": its format is {found!r} (written by another compress version?)" if found else "")
+        )
     if payload["spec"].get("trust_code") and not trust_code:
         raise BadInput(f"{path} was built from user code ({payload['spec']['model']}): pass --trust-code")
     try:
@@ -514,7 +537,18 @@ def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any
 
 def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
             history_rows: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
-    """Measure, evaluate and write the run directory (report, pruned.pt, plot); gate the target."""
+    """Evaluate (every rank, sharded), then rank 0 measures, reports and writes; every rank gates the target
+    (so under torchrun no rank leaves while rank 0 still works, and all exit with the same code)."""
+    slim = slim.cpu()
+    pruned_eval = evaluate(slim, run.data.test, run.device)
+    report = distributed.on_main(lambda: _write_run(run, slim, history, method, history_rows, pruned_eval))
+    _gate(report)
+    return report
+
+
+def _write_run(run: _Run, slim: torch.nn.Module, history: list, method: Finished, history_rows: list[dict[str, Any]],
+               pruned_eval: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Measure and write the run directory (report, pruned.pt, plot); the report is written last."""
     cfg, out, data, graph, budget, metric, target = (
         run.cfg,
         run.out,
@@ -531,12 +565,8 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
         run.dense_counts,
     )
     masks = method.masks()
-    slim = slim.cpu()
     num_classes, in_channels = spec["num_classes"], spec["in_channels"]
     flops, params = count_ops_and_params(slim, input_shape)
-    pruned_eval = evaluate(slim, data.test, run.device)
-    if not distributed.is_main():
-        return {}  # rank 0 measures, reports and writes
     achieved = 1 - (flops if metric == "flops" else params) / (dense_flops if metric == "flops" else dense_params)
     latency = None
     if cfg.target_latency is not None:  # the final model, exported and timed as the search timed its candidates
@@ -586,7 +616,6 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
         plot, name = PLOTS[cfg.method]
         plot(method.log, out / name, title=f"{cfg.model} · {cfg.method} · {cfg.data}")
     checkpoint.remove(out / CHECKPOINT)
-    _gate(report)
     return report
 
 

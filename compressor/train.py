@@ -41,7 +41,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(False)
+    if torch.are_deterministic_algorithms_enabled():  # the call imports torch's compiler stack (~1 s): only if needed
+        torch.use_deterministic_algorithms(False)
 
 
 def pick_device(name: str = "auto") -> torch.device:

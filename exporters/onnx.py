@@ -274,6 +274,20 @@ def data_path(out: str | os.PathLike[str]) -> Path:
     return out.with_name(out.name + DATA_SUFFIX)
 
 
+def check_output_file(path: str | os.PathLike[str], option: str = "output") -> Path:
+    """BadInput now (before any work) when ``path`` cannot be written: it is a directory, a parent is a regular
+    file, or the nearest existing parent directory is not writable. Missing parents are fine (they are made)."""
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{option} {p} is a directory; give a file path")
+    probe = next((q for q in p.parents if q.exists()), Path("."))
+    if not probe.is_dir():
+        raise BadInput(f"{option} {p}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"{option} {p}: directory {probe} is not writable")
+    return p
+
+
 def _copy_fields(dst: Any, src: Any, skip: str) -> None:
     """Copy every set field of protobuf message ``src`` into ``dst`` except the field named ``skip``."""
     for fd, value in src.ListFields():
@@ -773,9 +787,7 @@ def export_onnx(
     precision = "fp16" if fp16 else "fp32"
     rtol = float(DEFAULT_TOLERANCES[precision][0] if rtol is None else rtol)
     atol = float(DEFAULT_TOLERANCES[precision][1] if atol is None else atol)
-    out = Path(out)
-    if out.is_dir():
-        raise BadInput(f"output path {out} is a directory")
+    out = check_output_file(out, "output path")
     if external_data is not False and data_path(out).is_dir():
         raise BadInput(f"external data path {data_path(out)} is a directory")
 

@@ -135,3 +135,59 @@ def tiny_vit(num_classes: int = 10) -> nn.Module:
     return torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=num_classes
     )
+
+
+# Hostile models (tests/test_hostile.py): each must be refused with one clear line, never a crash.
+
+
+def _small(num_classes: int, in_channels: int) -> nn.Sequential:
+    return nn.Sequential(_cbr(in_channels, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+def factory_raises(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    raise RuntimeError("checkpoint server unreachable")
+
+
+def returns_int(num_classes: int = 10, in_channels: int = 3) -> int:
+    return 42
+
+
+class _ForwardRaises(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.features = _cbr(in_channels, 16)
+        self.fc = nn.Linear(17, num_classes)  # a hard-coded width that does not match the features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class _ForwardDict(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.net = _small(num_classes, in_channels)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x)}
+
+
+class _ForwardTuple(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.net = _small(num_classes, in_channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits, logits.softmax(1)
+
+
+def forward_raises(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _ForwardRaises(num_classes, in_channels)
+
+
+def forward_dict(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _ForwardDict(num_classes, in_channels)
+
+
+def forward_tuple(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return _ForwardTuple(num_classes, in_channels)

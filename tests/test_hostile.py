@@ -1,0 +1,644 @@
+"""The hostile-input corpus (issue 7): bad invocations and bad files for every command.
+
+Each case runs ``compress`` in its own process and directory. It must exit 2 (1 for a failed gate) with exactly
+one line on stderr naming the problem, no traceback, nothing on stdout (a failed gate has printed its table) and
+nothing written: the directory tree is the same after the run as before it. It must never exit 3 (an internal
+error is a bug for a hostile input). ``--debug`` shows the traceback and keeps the exit code.
+
+The inputs are tiny and made here, before any case starts. The cases run ``PARALLEL`` at a time as processes
+forked from one driver that imported ``compress`` once (a fresh interpreter per case would pay the torch import
+every time); ``test_debug_shows_the_traceback`` runs its cases as ``python -m compressor.cli`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+import torch
+import yaml
+from onnx import TensorProto, helper
+from torch import nn
+
+from compressor.graph import pruned_payload
+from compressor.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    "OMP_NUM_THREADS": "1",
+}
+ENV.pop("COMPRESS_DEBUG", None)
+USER = str(Path(__file__).with_name("user_models.py"))
+SYN_TINY = "synthetic:1x28x28:10:64:32"  # 64 train / 32 test images
+PARALLEL = 4
+CASE_TIMEOUT = 180  # seconds
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _assert_one_line(stderr: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), f"stderr is not one non-empty line:\n{stderr}"
+    assert "Traceback" not in stderr
+
+
+def _chmod_restricts() -> bool:
+    """False where a directory with mode 0o500 is still writable to us (root): its cases cannot fail there."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ro = Path(tmp) / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            return not os.access(ro, os.W_OK)
+        finally:
+            ro.chmod(0o700)
+
+
+CHMOD_RESTRICTS = _chmod_restricts()
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs the cases use
+# --------------------------------------------------------------------------------------------
+
+
+def _prune(*extra: str, model: str = "cifar:resnet20", data: str = SYN_TINY, target: str | None = "0.3",
+           out: str = "run") -> list[str]:  # fmt: skip
+    """``compress prune`` on tiny synthetic data, with ``extra`` options."""
+    args = ["prune", "--model", model, "--data", data, "--device", "cpu", "--quiet", "--out", out]
+    return [*args, *(["--target-flops", target] if target else []), *extra]
+
+
+def _tiny_net() -> nn.Module:
+    """A small conv net of standard layers only (a pickled one unpickles in any process)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+
+
+class LocalNet(nn.Module):
+    """Pickled from this test module: a process that unpickles it cannot import its class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _random_bytes(path: Path) -> Path:
+    path.write_bytes(random.Random(0).randbytes(4096))
+    return path
+
+
+def _state_dict_file(path: Path) -> Path:
+    """A real state_dict (cifar:resnet20, 1 input channel) saved with torch.save."""
+    torch.save(build_model("cifar:resnet20", num_classes=10, in_channels=1).state_dict(), path)
+    return path
+
+
+def _pickled_module(path: Path, module: nn.Module | None = None) -> Path:
+    torch.save(module if module is not None else _tiny_net(), path)
+    return path
+
+
+def _onnx_file(path: Path) -> Path:
+    """A tiny valid ONNX model: Relu over a (N, 1, 8, 8) float input, dynamic batch."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "tiny", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def _run_dir(d: Path, spec: dict[str, Any] | None = None, **payload: Any) -> Path:
+    """A run directory holding a valid (dense, unpruned) pruned.pt of cifar:resnet20 for 1x28x28 inputs."""
+    run = d / "run"
+    run.mkdir()
+    spec = spec or {"model": "cifar:resnet20", "num_classes": 10, "in_channels": 1, "trust_code": False}
+    model = build_model("cifar:resnet20", num_classes=10, in_channels=1)
+    torch.save({**pruned_payload(spec, (1, 28, 28), [], model), **payload}, run / "pruned.pt")
+    return run
+
+
+def _user_file(d: Path, name: str, body: str) -> str:
+    (d / f"{name}.py").write_text("import torch\nfrom torch import nn\n" + body)
+    return str(d / f"{name}.py")
+
+
+def _read_only_dir(d: Path, name: str = "ro") -> Path:
+    ro = d / name
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o500)
+    return ro
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _file(d: Path, name: str, text: str = "a file, not a directory\n") -> Path:
+    (d / name).write_text(text)
+    return d / name
+
+
+def _recipe(recipe: Any = None, text: str | None = None) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        _file(d, "recipe.yaml", text if text is not None else yaml.safe_dump(recipe))
+        return ["run", "recipe.yaml"]
+
+    return setup
+
+
+_RECIPE_PRUNE = {"model": "cifar:resnet20", "data": SYN_TINY, "target_flops": 0.4, "device": "cpu", "out": "run"}
+_FAST = ["--iters", "1", "--warmup", "1"]
+
+
+def _bench(*extra: str, baseline: Callable[[Path], Path] | None = None) -> Callable[[Path], list[str]]:
+    """``compress bench model.onnx`` (a valid tiny model) with ``extra`` options and maybe a --baseline file."""
+
+    def setup(d: Path) -> list[str]:
+        _onnx_file(d / "model.onnx")
+        base = ["--baseline", baseline(d).name] if baseline else []
+        return ["bench", "model.onnx", *_FAST, *base, *extra]
+
+    return setup
+
+
+def _user(factory: str, *extra: str, command: str = "prune") -> Callable[[Path], list[str]]:
+    """A factory of tests/user_models.py (the hostile ones raise or return the wrong output)."""
+    if command == "info":
+        return lambda d: ["info", f"{USER}:{factory}", "--input-shape", "1x28x28", *extra]
+    return lambda d: _prune(*extra, model=f"{USER}:{factory}")
+
+
+# --------------------------------------------------------------------------------------------
+# The cases: name -> setup(directory) -> arguments (run in that directory)
+# --------------------------------------------------------------------------------------------
+
+
+def _case_no_bn_model(d: Path) -> list[str]:
+    """A user model file (conv-relu only): nothing ASTER can score."""
+    path = _user_file(d, "nobn", (
+        "def make(num_classes=10, in_channels=1):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n"
+    ))  # fmt: skip
+    return _prune("--trust-code", "--method", "aster", model=f"{path}:make")
+
+
+def _case_user_import_raises(d: Path) -> list[str]:
+    path = _user_file(d, "broken", "raise ImportError('needs the lab cluster')\n")
+    return _prune("--trust-code", model=f"{path}:make")
+
+
+def _case_user_syntax_error(d: Path) -> list[str]:
+    path = _user_file(d, "typo", "def make(:\n    pass\n")
+    return ["info", f"{path}:make", "--trust-code"]
+
+
+def _case_config_unknown(d: Path) -> list[str]:
+    _file(d, "cfg.yaml", yaml.safe_dump({"model": "cifar:resnet20", "not_an_option": 3}))
+    return ["prune", "--config", "cfg.yaml", "--data", SYN_TINY, "--target-flops", "0.4", "--out", "run"]
+
+
+def _case_config_not_a_mapping(d: Path) -> list[str]:
+    _file(d, "cfg.yaml", "- 1\n- 2\n")
+    return _prune("--config", "cfg.yaml")
+
+
+def _case_recipe_out_under_file(d: Path) -> list[str]:
+    _file(d, "notes.txt")
+    return _recipe({"prune": {**_RECIPE_PRUNE, "out": "notes.txt/run"}})(d)
+
+
+def _case_out_not_empty(d: Path) -> list[str]:
+    _file(_dir(d / "run"), "notes.txt", "keep me\n")
+    return _prune()
+
+
+def _case_resume_changed_option(d: Path) -> list[str]:
+    run = _dir(d / "run")
+    _file(run, "config.yaml", yaml.safe_dump({"model": "cifar:resnet20", "target_flops": 0.3}))
+    _file(run, "checkpoint.pt", "not read: the options are checked first")
+    return _prune("--resume", target="0.4")
+
+
+def _case_resume_without_checkpoint(d: Path) -> list[str]:
+    _file(_dir(d / "run"), "notes.txt", "keep me\n")
+    return _prune("--resume")
+
+
+def _export(*extra: str, **payload: Any) -> Callable[[Path], list[str]]:
+    """``compress export run`` of a run directory with a valid pruned.pt (``payload`` overrides its entries)."""
+
+    def setup(d: Path) -> list[str]:
+        _run_dir(d, **payload)
+        return ["export", "run", *extra]
+
+    return setup
+
+
+def _export_bad_pt(damage: Callable[[Path], Any]) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        damage(_run_dir(d) / "pruned.pt")
+        return ["export", "run"]
+
+    return setup
+
+
+def _case_export_state_dict_as_pt(d: Path) -> list[str]:
+    _state_dict_file(_dir(d / "run") / "pruned.pt")  # a state_dict, not our format
+    return ["export", "run"]
+
+
+def _case_export_run_read_only(d: Path) -> list[str]:
+    _run_dir(d).chmod(0o500)
+    return ["export", "run"]
+
+
+def _case_export_out(out: str, prepare: Callable[[Path], Any]) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        _run_dir(d)
+        prepare(d)
+        return ["export", "run", "--out", out]
+
+    return setup
+
+
+def _with(prepare: Callable[[Path], Any], make: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+    def setup(d: Path) -> list[str]:
+        prepare(d)
+        return make(d)
+
+    return setup
+
+
+_USER_SPEC = {"model": f"{USER}:se_net", "num_classes": 10, "in_channels": 1, "trust_code": True}
+_R32_SPEC = {"model": "cifar:resnet32", "num_classes": 10, "in_channels": 1, "trust_code": False}
+
+# fmt: off
+#: name -> (setup, exit code, a substring of the one-line message)
+CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
+    # --- graph rules, unprunable models
+    "ignore-matches-nothing": (lambda d: _prune("--ignore", "layer9.*"), 2, "layer9.*"),
+    "group-max-ratio-no-equals": (lambda d: _prune("--group-max-ratio", "layer1.*"), 2, "PATTERN=RATIO"),
+    "group-max-ratio-out-of-range": (lambda d: _prune("--group-max-ratio", "layer1.*=1.5"), 2, "[0, 1)"),
+    "info-swin-refused": (lambda d: ["info", "torchvision:swin_t", "--input-shape", "3x224x224"], 2,
+                          "cannot be pruned"),
+    "aster-no-batchnorm": (_case_no_bn_model, 2, "BatchNorm"),
+    # --- unknown specs and names
+    "unknown-model": (lambda d: _prune(model="cifar:resnet99"), 2, "resnet99"),
+    "info-unknown-model": (lambda d: ["info", "torchvision:resnet1800"], 2, "resnet1800"),
+    "model-py-without-factory": (lambda d: _prune("--trust-code", model=USER), 2, "factory"),
+    "unknown-method": (lambda d: _prune("--method", "obd"), 2, "obd"),
+    "unknown-data": (lambda d: _prune(data="mnist-fashion"), 2, "mnist-fashion"),
+    "synthetic-malformed": (lambda d: _prune(data="synthetic:3x32:10"), 2, "synthetic:3x32:10"),
+    "info-synthetic-malformed": (lambda d: ["info", "cifar:resnet20", "--data", "synthetic:1x28x28"], 2,
+                                 "synthetic:1x28x28"),
+    "missing-data-dir": (lambda d: _prune("--data-dir", str(d / "nonexistent"), data="fashion-mnist"), 2,
+                         "nonexistent"),
+    "device-unknown": (lambda d: _prune("--device", "tpu7"), 2, "tpu7"),
+    "bench-provider-unknown": (_bench("--provider", "gpu9"), 2, "gpu9"),
+    "export-exporter-unknown": (_export("--exporter", "torchscript"), 2, "torchscript"),
+    # --- numbers out of range or of the wrong type
+    "target-flops-0": (lambda d: _prune(target="0"), 2, "--target-flops"),
+    "target-flops-1.5": (lambda d: _prune(target="1.5"), 2, "--target-flops"),
+    "target-flops-nan": (lambda d: _prune(target="nan"), 2, "--target-flops"),
+    "target-flops-not-a-number": (lambda d: _prune(target="half"), 2, "half"),
+    "two-targets": (lambda d: _prune("--target-params", "0.3"), 2, "exactly one"),
+    "target-latency-5parsecs": (lambda d: _prune("--target-latency", "5parsecs", target=None), 2, "5parsecs"),
+    "latency-tolerance-negative": (lambda d: _prune("--target-latency", "5ms", "--latency-tolerance", "-1",
+                                                    target=None), 2, "--latency-tolerance"),
+    "batch-size-0": (lambda d: _prune("--batch-size", "0"), 2, "batch"),
+    "batch-size-abc": (lambda d: _prune("--batch-size", "abc"), 2, "abc"),
+    "epochs-negative": (lambda d: _prune("--epochs", "-1"), 2, "--epochs"),
+    "lr-nan": (lambda d: _prune("--epochs", "1", "--lr", "nan"), 2, "--lr"),
+    "lr-negative": (lambda d: _prune("--epochs", "1", "--lr", "-0.1"), 2, "--lr"),
+    "weight-decay-negative": (lambda d: _prune("--epochs", "1", "--weight-decay", "-1"), 2, "--weight-decay"),
+    "seed-negative": (lambda d: _prune("--seed", "-1"), 2, "--seed"),
+    "round-to-0": (lambda d: _prune("--round-to", "0"), 2, "--round-to"),
+    "max-layer-ratio-1.5": (lambda d: _prune("--max-layer-ratio", "1.5"), 2, "--max-layer-ratio"),
+    "num-classes-0": (lambda d: _prune("--num-classes", "0"), 2, "num-classes"),
+    "prune-every-0": (lambda d: _prune("--prune-every", "0"), 2, "--prune-every"),
+    "aster-max-prune-0": (lambda d: _prune("--method", "aster", "--max-prune-fraction", "0"), 2,
+                          "max-prune-fraction"),
+    "psap-bad-pulse": (lambda d: _prune("--psap-pulse", "loud"), 2, "loud"),
+    "aster-bad-sensitivity": (lambda d: _prune("--method", "aster", "--aster-sensitivity", "newton"), 2, "newton"),
+    "info-round-to-0": (lambda d: ["info", "cifar:resnet20", "--round-to", "0"], 2, "--round-to"),
+    "info-max-layer-ratio-1.5": (lambda d: ["info", "cifar:resnet20", "--max-layer-ratio", "1.5"], 2,
+                                 "--max-layer-ratio"),
+    "info-input-shape-2d": (lambda d: ["info", "cifar:resnet20", "--input-shape", "3x32"], 2, "--input-shape"),
+    "info-num-classes-0": (lambda d: ["info", "cifar:resnet20", "--input-shape", "3x32x32", "--num-classes", "0"],
+                           2, "num_classes"),
+    "export-opset-3": (_export("--opset", "3"), 2, "opset"),
+    "export-rtol-negative": (_export("--rtol", "-1"), 2, "rtol"),
+    "bench-batch-0": (_bench("--batch", "0"), 2, "batch"),
+    "bench-batch-abc": (_bench("--batch", "abc"), 2, "abc"),
+    "bench-iters-0": (_bench("--iters", "0"), 2, "iters"),
+    "bench-threads-0": (_bench("--threads", "0"), 2, "threads"),
+    # --- options that contradict each other
+    "scratch-with-weights": (lambda d: _prune("--from-scratch", "--epochs", "1", "--weights", "w"), 2, "--weights"),
+    "scratch-no-epochs": (lambda d: _prune("--from-scratch"), 2, "--epochs"),
+    "bn-init-with-weights": (lambda d: _prune("--bn-init", "0.5", "--weights", "w.pt"), 2, "--bn-init"),
+    # --- unreadable, truncated, garbage checkpoints: --weights, --model FILE.pt, a run's pruned.pt
+    "corrupt-weights": (lambda d: _prune("--weights", _random_bytes(d / "weights.pt").name), 2, "weights.pt"),
+    "weights-truncated": (lambda d: _prune("--weights", _truncate(_state_dict_file(d / "half.pt")).name), 2,
+                          "half.pt: truncated"),
+    "weights-empty": (lambda d: _prune("--weights", _file(d, "empty.pt", "").name), 2, "empty.pt: the file is empty"),
+    "weights-directory": (lambda d: _prune("--weights", _dir(d / "ckpt").name), 2, "ckpt is a directory"),
+    "weights-missing": (lambda d: _prune("--weights", "nowhere.pt"), 2, "nowhere.pt"),
+    "weights-not-a-state-dict": (_with(lambda d: torch.save([1, 2], d / "list.pt"),
+                                       lambda d: _prune("--weights", "list.pt")), 2, "list.pt holds no state_dict"),
+    "weights-pickled-module": (lambda d: _prune("--weights", _pickled_module(d / "whole.pt").name), 2,
+                               "save model.state_dict()"),
+    "weights-wrong-architecture": (lambda d: _prune("--weights", _state_dict_file(d / "r20.pt").name,
+                                                    model="cifar:resnet32"), 2, "does not match"),
+    "model-pickled-untrusted": (lambda d: _prune(model=_pickled_module(d / "net.pt").name), 2, "--trust-code"),
+    "model-pt-holds-state-dict": (lambda d: _prune("--trust-code", model=_state_dict_file(d / "sd.pt").name), 2,
+                                  "--weights sd.pt"),
+    "model-pt-truncated": (lambda d: _prune("--trust-code", model=_truncate(_pickled_module(d / "net.pt")).name), 2,
+                           "net.pt: truncated"),
+    "model-pt-class-missing": (lambda d: _prune("--trust-code", model=_pickled_module(d / "l.pt", LocalNet()).name),
+                               2, "LocalNet"),
+    "export-missing-run": (lambda d: ["export", "no-such-run", "--out", "model.onnx"], 2, "no-such-run"),
+    "export-truncated-pt": (_export_bad_pt(_truncate), 2, "pruned.pt: truncated"),
+    "export-garbage-pt": (_export_bad_pt(_random_bytes), 2, "pruned.pt: not a PyTorch file"),
+    "export-empty-pt": (_export_bad_pt(lambda p: p.write_bytes(b"")), 2, "pruned.pt: the file is empty"),
+    "export-state-dict-as-pt": (_case_export_state_dict_as_pt, 2, "not a compress pruned-model file"),
+    "export-other-format": (_export(format="compress.pruned/9"), 2, "compress.pruned/9"),
+    "export-mismatched-pt": (_export(spec=_R32_SPEC), 2, "does not rebuild"),  # resnet20 weights, resnet32 spec
+    "export-user-code-untrusted": (_export(spec=_USER_SPEC), 2, "--trust-code"),
+    "export-no-dense": (_export("--dense"), 2, "dense.pt"),
+    # --- unreadable, truncated, garbage ONNX files
+    "bench-text-as-onnx": (lambda d: ["bench", _file(d, "model.onnx", "not ONNX\n").name, *_FAST, "--json", "o.json"],
+                           2, "model.onnx"),
+    "bench-pt-file": (_with(lambda d: torch.save({"w": torch.zeros(4)}, d / "model.pt"),
+                            lambda d: ["bench", "model.pt", *_FAST, "--json", "out.json"]), 2, "model.pt"),
+    "bench-truncated-onnx": (lambda d: ["bench", _truncate(_onnx_file(d / "half.onnx")).name, *_FAST, "--json",
+                                        "out.json"], 2, "half.onnx"),
+    "bench-empty-onnx": (lambda d: ["bench", _file(d, "empty.onnx", "").name, *_FAST], 2, "empty.onnx"),
+    "bench-garbage-baseline": (_bench("--json", "out.json", baseline=lambda d: _random_bytes(d / "dense.onnx")), 2,
+                               "dense.onnx"),
+    "bench-truncated-baseline": (_bench(baseline=lambda d: _truncate(_onnx_file(d / "dense.onnx"))), 2,
+                                 "dense.onnx"),
+    "bench-directory-as-model": (lambda d: ["bench", _dir(d / "model.onnx").name], 2, "model.onnx"),
+    "bench-missing-model": (lambda d: ["bench", "nowhere.onnx"], 2, "nowhere.onnx"),
+    "bench-compare-garbage": (_with(lambda d: _file(d, "previous.json", "{not json"),
+                                    _bench("--compare", "previous.json")), 2, "previous.json"),
+    # --- recipes and --config files
+    "run-missing-recipe": (lambda d: ["run", "missing.yaml"], 2, "missing.yaml"),
+    "recipe-unknown-section": (_recipe({"prune": _RECIPE_PRUNE, "tune": {"lr": 0.1}}), 2, "tune"),
+    "recipe-unknown-key": (_recipe({"prune": {**_RECIPE_PRUNE, "learning_rate": 0.1}}), 2, "learning_rate"),
+    "recipe-bench-unknown-key": (_recipe({"prune": _RECIPE_PRUNE, "bench": {"repeats": 5}}), 2, "repeats"),
+    "recipe-export-unknown-key": (_recipe({"prune": _RECIPE_PRUNE, "export": {"opset_version": 17}}), 2,
+                                  "opset_version"),
+    "recipe-bad-value": (_recipe({"prune": {**_RECIPE_PRUNE, "epochs": "many"}}), 2, "many"),
+    "recipe-bad-provider": (_recipe({"prune": _RECIPE_PRUNE, "bench": {"provider": "gpu9"}}), 2, "gpu9"),
+    "recipe-no-model": (_recipe({"prune": {"out": "run", "target_flops": 0.4}}), 2, "model"),
+    "recipe-is-a-list": (_recipe([_RECIPE_PRUNE]), 2, "mapping"),
+    "recipe-not-yaml": (_recipe(text="prune: {model: [cifar:resnet20\n"), 2, "not valid YAML"),
+    "recipe-section-is-a-list": (_recipe({"prune": [1, 2]}), 2, "'prune' must be a mapping"),
+    "config-unknown-option": (_case_config_unknown, 2, "not_an_option"),
+    "config-not-a-mapping": (_case_config_not_a_mapping, 2, "mapping"),
+    # --- output paths that cannot be written
+    "out-not-empty": (_case_out_not_empty, 2, "--resume"),
+    "resume-without-checkpoint": (_case_resume_without_checkpoint, 2, "checkpoint"),
+    "resume-changed-option": (_case_resume_changed_option, 2, "--target-flops was 0.3"),
+    "out-under-a-file": (_with(lambda d: _file(d, "notes.txt"), lambda d: _prune(out="notes.txt/run")), 2,
+                         "notes.txt is not a directory"),
+    "out-read-only": (_with(_read_only_dir, lambda d: _prune(out="ro/run")), 2, "not writable"),
+    "recipe-out-under-a-file": (_case_recipe_out_under_file, 2, "notes.txt"),
+    "export-out-read-only": (_case_export_out("ro/model.onnx", _read_only_dir), 2, "not writable"),
+    "export-out-under-a-file": (_case_export_out("notes.txt/m.onnx", lambda d: _file(d, "notes.txt")), 2,
+                                "notes.txt is not a directory"),
+    "export-out-is-a-directory": (_case_export_out("onnx", lambda d: _dir(d / "onnx")), 2,
+                                  "onnx is a directory"),
+    "export-run-read-only": (_case_export_run_read_only, 2, "not writable"),
+    "bench-json-under-a-file": (_with(lambda d: _file(d, "notes.txt"), _bench("--json", "notes.txt/out.json")), 2,
+                                "notes.txt is not a directory"),
+    "bench-json-read-only": (_with(_read_only_dir, _bench("--json", "ro/out.json")), 2, "not writable"),
+    "bench-csv-is-a-directory": (_with(lambda d: _dir(d / "t.csv"), _bench("--csv", "t.csv")), 2,
+                                 "t.csv is a directory"),
+    # --- user model files and pickled modules
+    "user-model-untrusted": (_user("se_net"), 2, "--trust-code"),
+    "user-import-raises": (_case_user_import_raises, 2, "needs the lab cluster"),
+    "user-syntax-error": (_case_user_syntax_error, 2, "SyntaxError"),
+    "user-factory-raises": (_user("factory_raises", "--trust-code"), 2, "factory raised"),
+    "user-factory-returns-int": (_user("returns_int", "--trust-code"), 2, "expected a torch.nn.Module"),
+    "user-forward-raises": (_user("forward_raises", "--trust-code"), 2, "forward fails"),
+    "user-forward-dict": (_user("forward_dict", "--trust-code"), 2, "forward returns a dict"),
+    "user-forward-tuple": (_user("forward_tuple", "--trust-code"), 2, "forward returns a tuple"),
+    "info-forward-dict": (_user("forward_dict", "--trust-code", command="info"), 2, "forward returns a dict"),
+    # --- a gate (exit 1): the table is printed, then the gate fails
+    "bench-p50-gate": (_bench("--fail-above-p50", "0.000001"), 1, "p50"),
+}
+# fmt: on
+NEEDS_CHMOD = {"out-read-only", "export-out-read-only", "export-run-read-only", "bench-json-read-only"}
+
+# The driver: imports compress once, then forks one child per case (cwd, stdout and stderr set, then main()).
+# A child ends as a normal exit would (atexit handlers: logging, finalizers, then flushed stdio) but skips the
+# interpreter's module teardown, which costs a torch-laden process about a second.
+DRIVER = r"""
+import atexit, json, os, sys, time, traceback
+import compressor.cli, compressor.info, compressor.pipeline, compressor.recipe, exporters.onnx, benchmarks.latency
+import torch._inductor, torchvision  # imported by many cases (use_deterministic_algorithms, the model registry)
+
+def case_main(case):
+    os.chdir(case["cwd"])
+    for fd, name in ((1, "out"), (2, "err")):
+        os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    sys.argv = ["compress", *case["args"]]
+    try:
+        compressor.cli.main(case["args"], prog_name="compress")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+cases, parallel, limit = json.load(sys.stdin), int(sys.argv[1]), float(sys.argv[2])
+running, results = {}, {}
+while cases or running:
+    while cases and len(running) < parallel:
+        case = cases.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            case_main(case)
+        running[pid] = (case["name"], time.monotonic())
+    pid, status = os.waitpid(-1, os.WNOHANG)
+    if pid == 0:
+        for p, (name, t0) in running.items():
+            if time.monotonic() - t0 > limit:
+                os.kill(p, 9)
+        time.sleep(0.01)
+        continue
+    name, t0 = running.pop(pid)
+    results[name] = {"rc": os.waitstatus_to_exitcode(status), "seconds": round(time.monotonic() - t0, 2)}
+print(json.dumps(results))
+"""
+
+
+def _set_up(base: Path, names: list[str], extra: tuple[str, ...]) -> list[dict[str, Any]]:
+    cases = []
+    for name in names:
+        d = base / name
+        d.mkdir()
+        args = [*CASES[name][0](d), *extra]
+        logs = base / ".logs"
+        cases.append({"name": name, "cwd": str(d), "args": args, "before": _tree(d),
+                      "out": str(logs / f"{name}.out"), "err": str(logs / f"{name}.err")})  # fmt: skip
+    return cases
+
+
+def _collect(base: Path, cases: list[dict[str, Any]], codes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    results = {}
+    for c in cases:
+        results[c["name"]] = {**codes[c["name"]], "args": c["args"], "before": c["before"],
+                              "after": _tree(Path(c["cwd"])), "stdout": Path(c["out"]).read_text(),
+                              "stderr": Path(c["err"]).read_text()}  # fmt: skip
+    for p in base.rglob("*"):  # let pytest clean up the read-only directories
+        if p.is_dir():
+            p.chmod(0o700)
+    return results
+
+
+def _run_forked(base: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Set up every case (in this process), then run them all from one driver process, ``PARALLEL`` at a time."""
+    (base / ".logs").mkdir()
+    cases = _set_up(base, names, ())
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(PARALLEL), str(CASE_TIMEOUT)], env=ENV, text=True,
+                          input=json.dumps([{k: c[k] for k in ("name", "cwd", "args", "out", "err")} for c in cases]),
+                          capture_output=True, timeout=CASE_TIMEOUT * len(cases) / PARALLEL + 60)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip(), f"the driver failed:\n{proc.stdout}\n{proc.stderr}"
+    return _collect(base, cases, json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _run_processes(base: Path, names: list[str], extra: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Like :func:`_run_forked`, each case a ``python -m compressor.cli`` process of its own."""
+    (base / ".logs").mkdir()
+    cases = _set_up(base, names, extra)
+    codes: dict[str, dict[str, Any]] = {}
+    pending, running = list(cases), []
+    while pending or running:
+        while pending and len(running) < PARALLEL:
+            c = pending.pop(0)
+            with open(c["out"], "wb") as out, open(c["err"], "wb") as err:
+                cmd = [sys.executable, "-m", "compressor.cli", *c["args"]]
+                running.append((c, subprocess.Popen(cmd, cwd=c["cwd"], env=ENV, stdout=out, stderr=err)))
+        c, proc = running.pop(0)
+        codes[c["name"]] = {"rc": proc.wait(timeout=CASE_TIMEOUT)}
+    return _collect(base, cases, codes)
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    names = [n for n in CASES if CHMOD_RESTRICTS or n not in NEEDS_CHMOD]
+    return _run_forked(tmp_path_factory.mktemp("hostile"), names)
+
+
+def _skip_without_chmod(case: str) -> None:
+    if not CHMOD_RESTRICTS and case in NEEDS_CHMOD:
+        pytest.skip("a directory with mode 0o500 is writable here (root)")
+
+
+def test_the_corpus_covers_every_command(bad_runs: dict[str, dict[str, Any]]) -> None:
+    assert len(CASES) >= 57
+    assert {r["args"][0] for r in bad_runs.values()} == {"prune", "export", "bench", "run", "info"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_exit_code_and_nothing_written(case: str, bad_runs: dict[str, dict[str, Any]]) -> None:
+    _skip_without_chmod(case)
+    r = bad_runs[case]
+    assert r["rc"] == CASES[case][1], r
+    assert r["after"] == r["before"], f"files left behind: {sorted(r['after'] - r['before'])}"
+    if r["rc"] == 2:  # a failed gate (1) has done its work: its table is on stdout
+        assert r["stdout"] == "", r["stdout"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_line_naming_the_problem(case: str, bad_runs: dict[str, dict[str, Any]]) -> None:
+    _skip_without_chmod(case)
+    stderr = bad_runs[case]["stderr"]
+    _assert_one_line(stderr)
+    assert stderr.startswith("error: ") and CASES[case][2] in stderr, stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    """``--debug`` (anywhere on the command line) prints the traceback; the exit code stays the same.
+
+    These run as ``python -m compressor.cli`` processes: the corpus's own entry point, start to end."""
+    names = ["weights-truncated", "bench-truncated-onnx", "user-forward-dict"]
+    runs = _run_processes(tmp_path, names, extra=("--debug",))
+    for name in names:
+        r = runs[name]
+        assert r["rc"] == CASES[name][1], r
+        assert "Traceback" in r["stderr"], r["stderr"]
+        last = r["stderr"].rstrip().splitlines()[-1]
+        assert last.startswith("error: ") and CASES[name][2] in last, r["stderr"]
+        assert r["after"] == r["before"]
+
+
+# --------------------------------------------------------------------------------------------
+# A pickled whole module as --model, with --trust-code
+# --------------------------------------------------------------------------------------------
+
+
+def test_prune_and_export_a_pickled_module(tmp_path: Path) -> None:
+    """``--model net.pt --trust-code``: pruned end to end; the run's pruned.pt (weights only) rebuilds from it."""
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    net = _pickled_module(tmp_path / "net.pt")
+    run = tmp_path / "run"
+    args = ["prune", "--model", str(net), "--trust-code", "--data", SYN_TINY, "--method", "l1",
+            "--target-flops", "0.3", "--epochs", "0", "--device", "cpu", "--quiet", "--out", str(run)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads((run / "report.json").read_text())
+    assert report["target"]["met"] and report["model"]["spec"] == str(net)
+    payload = torch.load(run / "pruned.pt", map_location="cpu", weights_only=True)
+    assert payload["spec"]["trust_code"] is True and payload["history"]
+
+    untrusted = CliRunner().invoke(main, ["export", str(run)])
+    assert untrusted.exit_code == 2 and "--trust-code" in untrusted.stderr, untrusted.output
+    exported = CliRunner().invoke(main, ["export", str(run), "--trust-code", "--json"])
+    assert exported.exit_code == 0, (exported.output, exported.exception)
+    assert json.loads(exported.stdout)["verification"]["passed"]
