@@ -358,8 +358,8 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
     """Prune a model to a FLOPs, params or measured-latency target; write runs/NAME/{pruned.pt, report.json, ...}.
 
     \b
-    Exit codes: 0 ok; 1 a gate failed (target, latency); 2 bad input; 130/143 stopped by SIGINT/SIGTERM
-    after saving a checkpoint (continue with --resume).
+    Exit codes: 0 ok; 1 a gate failed (target, latency); 2 bad input; 3 internal error (--debug shows it);
+    130/143 stopped by SIGINT/SIGTERM after saving a checkpoint (continue with --resume).
     """
     from compressor.pipeline import PruneConfig
     from compressor.pipeline import prune as run_prune
@@ -548,10 +548,12 @@ def _emit_bench(result: dict[str, Any], json_out: str | None, *, csv_out: str | 
 def run(recipe: str, out: str | None, as_json: bool) -> None:
     """Run a YAML recipe: prune -> export (pruned + dense) -> verify -> bench, then print one summary."""
     from compressor.recipe import run_recipe
+    from compressor.train import STOP
 
     if not Path(recipe).is_file():
         raise BadInput(f"recipe {recipe} does not exist")
-    summary = run_recipe(_read_yaml_or_bad(recipe), out=out, quiet_json=as_json)
+    with STOP.installed():  # SIGINT/SIGTERM while pruning: save a checkpoint, exit 130/143
+        summary = run_recipe(_read_yaml_or_bad(recipe), out=out, quiet_json=as_json)
     if as_json:
         click.echo(json.dumps(summary, default=str))
 
