@@ -113,16 +113,9 @@ def _onnx_inputs(p: Path) -> list[_Input]:
 
 
 def _torch_inputs(p: Path) -> list[_Input]:
-    from compressor.graph import PRUNED_FORMAT
-    from compressor.models import read_checkpoint
+    from compressor.pipeline import read_pruned
 
-    payload = read_checkpoint(p, "pruned model")
-    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else None
-        raise BadInput(
-            f"{p} is not a compress pruned-model file ({PRUNED_FORMAT})"
-            + (f": its format is {found!r} (written by another compress version?)" if found else "")
-        )
+    payload = read_pruned(p)
     return [_Input("input", np.float32, [None, *(int(d) for d in payload["input_shape"])])]
 
 

@@ -252,8 +252,8 @@ def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
+def read_pruned(path: str | Path) -> dict[str, Any]:
+    """A pruned-model file's payload (``weights_only=True``); BadInput naming the format if it is not one."""
     payload = read_checkpoint(path, "pruned model")
     if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else None
@@ -261,6 +261,12 @@ def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn
             f"{path} is not a compress pruned-model file ({PRUNED_FORMAT})"
             + (f": its format is {found!r} (written by another compress version?)" if found else "")
         )
+    return payload
+
+
+def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
+    payload = read_pruned(path)
     if payload["spec"].get("trust_code") and not trust_code:
         raise BadInput(f"{path} was built from user code ({payload['spec']['model']}): pass --trust-code")
     try:
