@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from compressor.errors import BadInput
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -36,3 +38,25 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def check_writable_dir(directory: str | os.PathLike[str], option: str, shown: object = None) -> None:
+    """BadInput now (before any work) when ``directory`` cannot be created or written: its nearest existing
+    ancestor (or itself) must be a writable directory. ``shown`` is the path named in the message."""
+    d = Path(directory)
+    shown = d if shown is None else shown
+    probe = next((q for q in (d, *d.parents) if q.exists()), Path("."))
+    if not probe.is_dir():
+        raise BadInput(f"{option} {shown}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"{option} {shown}: directory {probe} is not writable")
+
+
+def check_output_file(path: str | os.PathLike[str], option: str = "output") -> Path:
+    """BadInput now when the file ``path`` cannot be written: it is a directory, a parent is a regular file, or
+    the nearest existing parent directory is not writable. Missing parents are fine (they are made)."""
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{option} {p} is a directory; give a file path")
+    check_writable_dir(p.parent, option, shown=p)
+    return p

@@ -426,8 +426,8 @@ def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export(run_dir: str, as_json: bool, **options: Any) -> None:
     """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs)."""
+    from compressor.atomic import check_output_file
     from compressor.pipeline import export as run_export
-    from exporters.onnx import check_output_file
 
     if Path(run_dir).is_dir():  # a missing run directory is reported as such by run_export
         default = Path(run_dir) / ("dense.onnx" if options["dense"] else "pruned.onnx")
@@ -507,8 +507,8 @@ def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str |
 
     MODEL is an ONNX file, a pruned-model .pt (PyTorch backends) or a run directory.
     """
+    from compressor.atomic import check_output_file
     from compressor.pipeline import bench_gate, bench_models
-    from exporters.onnx import check_output_file
 
     for option, path in (("--json", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
         if path and not (option == "--json" and path == "-"):

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from compressor import checkpoint, distributed, tool_version
-from compressor.atomic import atomic_path, write_json, write_text
+from compressor.atomic import atomic_path, check_writable_dir, write_json, write_text
 from compressor.budget import Budget, solve_counts
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, one_line
@@ -291,16 +291,7 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
         if not (ckpt.is_file() or checkpoint.previous(ckpt).is_file() or (out / "config.yaml").is_file()):
             raise BadInput(f"--resume: {out} holds no compress run (no {CHECKPOINT} or config.yaml)")
         _check_resume_config(out, cfg)
-    _check_writable(out)
-
-
-def _check_writable(out: Path) -> None:
-    """BadInput now, not after an hour of training, when the output directory cannot be created or written."""
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise BadInput(f"--out {out}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise BadInput(f"--out {out}: {probe} is not writable")
+    check_writable_dir(out, "--out")  # now, not after an hour of training
 
 
 CHECKPOINT = "checkpoint.pt"

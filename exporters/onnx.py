@@ -67,6 +67,7 @@ from onnx.external_data_helper import uses_external_data
 from torch import nn
 
 from compressor import tool_version
+from compressor.atomic import check_output_file
 from compressor.errors import BadInput, one_line
 
 log = logging.getLogger("compress.export")
@@ -272,20 +273,6 @@ def data_path(out: str | os.PathLike[str]) -> Path:
     """The external-data file written next to ``out`` (``model.onnx`` -> ``model.onnx.data``)."""
     out = Path(out)
     return out.with_name(out.name + DATA_SUFFIX)
-
-
-def check_output_file(path: str | os.PathLike[str], option: str = "output") -> Path:
-    """BadInput now (before any work) when ``path`` cannot be written: it is a directory, a parent is a regular
-    file, or the nearest existing parent directory is not writable. Missing parents are fine (they are made)."""
-    p = Path(path)
-    if p.is_dir():
-        raise BadInput(f"{option} {p} is a directory; give a file path")
-    probe = next((q for q in p.parents if q.exists()), Path("."))
-    if not probe.is_dir():
-        raise BadInput(f"{option} {p}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise BadInput(f"{option} {p}: directory {probe} is not writable")
-    return p
 
 
 def _copy_fields(dst: Any, src: Any, skip: str) -> None:
