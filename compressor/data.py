@@ -114,7 +114,54 @@ def shard_size(n: int, rank: int, world_size: int, pad: bool) -> int:
     return len(range(rank, math.ceil(n / world_size) * world_size if pad else n, world_size))
 
 
-class TensorLoader:
+class _EpochLoader:
+    """What both loaders share: an epoch per iteration (:meth:`set_epoch`), one rank's share of it
+    (:meth:`set_distributed`), ``len()`` in batches, and :meth:`iter_from` for a mid-epoch start."""
+
+    batch_size: int
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self._iterations = 0
+        self.rank, self.world_size, self.pad_shards = 0, 1, True
+
+    @property
+    def dataset_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this loader yields per epoch (this rank's share under :meth:`set_distributed`)."""
+        return shard_size(self.dataset_size, self.rank, self.world_size, self.pad_shards)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch the next iteration uses (shuffle order and augmentation)."""
+        self.epoch = int(epoch)
+
+    def set_distributed(self, rank: int, world_size: int, pad: bool = True) -> None:
+        """Yield rank ``rank``'s share; ``pad=False`` (evaluation) drops the wrap-around padding."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"bad rank {rank} for world size {world_size}")
+        self.rank, self.world_size, self.pad_shards = int(rank), int(world_size), bool(pad)
+
+    def _next_epoch(self) -> int:
+        """The epoch an iteration starting now uses (the set one, else a counter of iterations)."""
+        epoch = self.epoch if self.epoch is not None else self._iterations
+        self._iterations += 1
+        return epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches from batch number ``batch`` on (0: the whole epoch)."""
+        raise NotImplementedError
+
+
+class TensorLoader(_EpochLoader):
     """Batches from in-memory tensors, normalised to float, with batched augmentation.
 
     ``images``: ``(N, C, H, W)`` uint8 (0..255) or float (0..1); ``labels``: ``(N,)`` int64.
@@ -172,22 +219,12 @@ class TensorLoader:
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         if self.mean.shape[1] not in (1, c) or self.std.shape[1] not in (1, c):
             raise ValueError("mean/std must have 1 or C entries")
-        self.epoch: int | None = None
-        self._iterations = 0
-        self.rank, self.world_size, self.pad_shards = 0, 1, True
+        super().__init__()
 
     # -- sizes -------------------------------------------------------------------------------
     @property
-    def num_samples(self) -> int:
-        """Samples this loader yields per epoch (this rank's share under :meth:`set_distributed`)."""
-        return shard_size(int(self.images.shape[0]), self.rank, self.world_size, self.pad_shards)
-
-    @property
     def dataset_size(self) -> int:
         return int(self.images.shape[0])
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -195,17 +232,6 @@ class TensorLoader:
         if self.image_size:
             h = w = self.image_size
         return int(c), int(h), int(w)
-
-    # -- control -----------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch the next iteration uses (shuffle order and augmentation)."""
-        self.epoch = int(epoch)
-
-    def set_distributed(self, rank: int, world_size: int, pad: bool = True) -> None:
-        """Yield rank ``rank``'s share; ``pad=False`` (evaluation) drops the wrap-around padding."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"bad rank {rank} for world size {world_size}")
-        self.rank, self.world_size, self.pad_shards = int(rank), int(world_size), bool(pad)
 
     # -- iteration ---------------------------------------------------------------------------
     def _plan(self, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
@@ -251,14 +277,9 @@ class TensorLoader:
         x = (x - self.mean) / self.std
         return x.contiguous(), self.labels.index_select(0, idx)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
-
     def iter_from(self, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The epoch's batches from batch number ``batch`` on (0: the whole epoch)."""
-        epoch = self.epoch if self.epoch is not None else self._iterations
-        self._iterations += 1
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, self._next_epoch()))
         order, aug = self._plan(gen)
         for start in range(batch * self.batch_size, len(order), self.batch_size):
             sl = slice(start, start + self.batch_size)
@@ -284,7 +305,7 @@ class _TransformSubset(torch.utils.data.Dataset):
         return self.transform(img), target
 
 
-class ImageLoader:
+class ImageLoader(_EpochLoader):
     """A ``DataLoader`` over image files with the :class:`TensorLoader` interface (``set_epoch``,
     ``len()`` = batches, deterministic shuffle by ``(seed, epoch)``)."""
 
@@ -304,38 +325,16 @@ class ImageLoader:
         self.seed = int(seed)
         self.num_workers = int(num_workers)
         self.sample_shape = sample_shape
-        self.epoch: int | None = None
-        self._iterations = 0
         self.indices: Tensor | None = None  # positions in the source folder's sample list
-        self.rank, self.world_size, self.pad_shards = 0, 1, True
+        super().__init__()
 
     @property
     def dataset_size(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    @property
-    def num_samples(self) -> int:
-        return shard_size(self.dataset_size, self.rank, self.world_size, self.pad_shards)
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def set_distributed(self, rank: int, world_size: int, pad: bool = True) -> None:
-        """Yield rank ``rank``'s share through ``DistributedSampler``; ``pad=False`` for evaluation."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"bad rank {rank} for world size {world_size}")
-        self.rank, self.world_size, self.pad_shards = int(rank), int(world_size), bool(pad)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
-
     def iter_from(self, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """The epoch's batches from batch number ``batch`` on (0: the whole epoch)."""
-        epoch = self.epoch if self.epoch is not None else self._iterations
-        self._iterations += 1
+        """The epoch's batches from batch number ``batch`` on; a rank's share through ``DistributedSampler``."""
+        epoch = self._next_epoch()
         if self.pad_shards:
             sampler = torch.utils.data.DistributedSampler(
                 self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=self.shuffle, seed=self.seed
