@@ -55,7 +55,8 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
             pass
         finally:
             os.environ.pop(EXIT_FILE_ENV, None)
-        codes = [int(p.read_text()) for p in Path(tmp).glob("rank*") if p.read_text().strip().lstrip("-").isdigit()]
+        texts = [p.read_text().strip() for p in Path(tmp).glob("rank*")]
+    codes = [int(t) for t in texts if t.lstrip("-").isdigit()]
     return max(codes) if codes else 1
 
 

@@ -607,11 +607,11 @@ def _write_run(run: _Run, slim: torch.nn.Module, history: list, method: Finished
     )
     with atomic_path(out / "pruned.pt") as tmp:
         torch.save(pruned_payload(spec, input_shape, history, slim, {"report": _summary(report)}), tmp)
-    write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
     if cfg.method in PLOTS and method.log:
         plot, name = PLOTS[cfg.method]
         plot(method.log, out / name, title=f"{cfg.model} · {cfg.method} · {cfg.data}")
+    write_json(out / "report.json", report)  # last: its presence marks the run finished (see _finished_report)
     checkpoint.remove(out / CHECKPOINT)
     return report
 
