@@ -116,9 +116,29 @@ psap_options = [
                  help="PSAP sparsity: a weight is sparse when |w| <= beta * mean|W_g| (our reading)."),
     click.option("--psap-sparsity", type=click.Choice(["weight", "filter"]), default="weight", show_default=True,
                  help="PSAP sparsity over weights, or over channel L2 norms (<= beta-filter * mean norm)."),
-    click.option("--psap-sparsity-scope", type=click.Choice(["all", "kept"]), default="all", show_default=True,
-                 help="PSAP sparsity over all of a group's filters (the spec) or only its kept ones (held-zero "
-                 "filters otherwise make s_g echo the previous ratio)."),
+    click.option("--psap-variant", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
+                 help="PSAP reading: v2 (BN gates, budget-neutral swaps, snapshot re-admission, early freeze, "
+                 "group magnitude; docs/methods.md) or v1 (the first implementation, kept for comparison)."),
+    click.option("--psap-mode", type=click.Choice(["gate", "filter"]), default=None,
+                 help="PSAP v2: switch channels off through BN gamma/beta held at 0, filters intact (gate), or "
+                 "by zeroing filters (filter). Default: gate; groups without BN always use filter."),
+    click.option("--psap-protection", type=click.Choice(["swap", "extra"]), default=None,
+                 help="PSAP v2: a protected channel swaps with its group's weakest kept one (swap, default) or is "
+                 "kept on top of the budget, other groups pruning more (extra, v1)."),
+    click.option("--psap-readmit", type=click.Choice(["snapshot", "norm"]), default=None,
+                 help="PSAP v2: score switched-off channels on their snapshot and restore it when they come back "
+                 "(snapshot, default), or on their held values (norm, v1)."),
+    click.option("--psap-score", type=click.Choice(["magnitude", "l2", "taylor"]), default=None,
+                 help="PSAP v2 channel selection: Torch-Pruning's group L1 magnitude (default), out-filter L2 (v1) "
+                 "or the BN-gate Taylor score."),
+    click.option("--psap-freeze-at", type=float, default=None,
+                 help="PSAP v2: fraction of the epochs after which the mask is frozen (default 0.4; the ramp ends "
+                 "there and the rest trains the final structure)."),
+    click.option("--psap-steps-per-epoch", type=int, default=None,
+                 help="PSAP v2: pruning steps per epoch until the freeze (default 2)."),
+    click.option("--psap-sparsity-scope", type=click.Choice(["all", "kept"]), default=None,
+                 help="PSAP sparsity over all of a group's filters (v1) or only its kept ones (v2 default: "
+                 "held-zero filters otherwise make s_g echo the previous ratio)."),
     click.option("--psap-bn-batches", type=int, default=20, show_default=True,
                  help="PSAP: training batches used to re-estimate BN statistics after each step (0: off)."),
     click.option("--psap-beta-filter", type=float, default=0.5, show_default=True,
@@ -152,8 +172,28 @@ aster_options = [
     click.option("--aster-tau0", type=float, default=1e-4, show_default=True, help="ASTER: initial threshold."),
     click.option("--aster-x", type=float, default=0.01, show_default=True,
                  help="ASTER: loss change rate x in tau += lr0 * x * L / (B * S)."),
-    click.option("--aster-reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
-                 help="ASTER: a channel's score over its coupled BNs (max: pruned only when every BN agrees)."),
+    click.option("--aster-variant", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
+                 help="ASTER reading: v2 (prune exactly score < tau while searching, 4 times an epoch, BN "
+                 "re-estimation, rounding at the freeze, eta0 0.1; docs/methods.md) or v1 (the first implementation)."),
+    click.option("--aster-search", type=click.Choice(["exact", "rounded"]), default=None,
+                 help="ASTER: while searching prune exactly score < tau (exact, v2) or round kept counts up to "
+                 "--round-to (rounded, v1)."),
+    click.option("--aster-eta", type=click.Choice(["fixed", "lr"]), default=None,
+                 help="ASTER: eta0 in the tau update is --aster-eta0 (fixed, v2) or the phase's LR (lr, v1)."),
+    click.option("--aster-eta0", type=float, default=0.1, show_default=True,
+                 help="ASTER: eta0 with --aster-eta fixed (the authors' value)."),
+    click.option("--aster-prunes-per-epoch", type=int, default=None,
+                 help="ASTER: prune score < tau this many times an epoch while searching (v2 4, v1 1)."),
+    click.option("--aster-normalize/--no-aster-normalize", default=False, show_default=True,
+                 help="ASTER: score each BN's |gamma| relative to that BN's mean (per-BN allocation)."),
+    click.option("--aster-curvature", type=click.Choice(["consecutive", "same-batch"]), default=None,
+                 help="ASTER L-BFGS pairs: consecutive training iterates (no extra pass) or one fixed batch's "
+                 "gradient every --aster-curvature-every steps (one extra pass each)."),
+    click.option("--aster-curvature-every", type=int, default=20, show_default=True,
+                 help="ASTER: steps between same-batch curvature pairs."),
+    click.option("--aster-reduce", type=click.Choice(["max", "mean", "min"]), default="max", show_default=True,
+                 help="ASTER: a channel's score over its coupled BNs (max: pruned only when every BN agrees; min: "
+                 "when any does)."),
     click.option("--aster-history", type=int, default=10, show_default=True, help="ASTER: L-BFGS pairs kept."),
     click.option("--aster-update-every", type=int, default=1, show_default=True,
                  help="ASTER: adapt tau in every Nth epoch."),
@@ -269,6 +309,11 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--steps", type=int, default=1, show_default=True, help="Pruning steps (baselines, iterative)."),
         click.option("--prune-every", type=int, default=1, show_default=True, help="PSAP: a step every N epochs."),
+        click.option("--prune-at", type=int, default=0, show_default=True,
+                     help="One-shot baselines: prune after this many epochs instead of before the first."),
+        click.option("--allocation-from", default=None, metavar="RUN",
+                     help="One-shot baselines: keep the per-group channel counts of another finished run (its "
+                     "report.json): the baseline then chooses only which channels."),
         click.option(
             "--prune-schedule",
             type=click.Choice(["cubic", "constant"]),
@@ -304,6 +349,27 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--momentum", type=float, default=0.9, show_default=True),
         click.option("--weight-decay", type=float, default=5e-4, show_default=True),
         click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True),
+        click.option(
+            "--distill/--no-distill",
+            default=False,
+            show_default=True,
+            help="Pruning and fine-tuning learn from the dense model too (knowledge distillation): the teacher "
+            "is the dense model given by --weights or trained by --pretrain-epochs.",
+        ),
+        click.option(
+            "--distill-temperature",
+            type=float,
+            default=4.0,
+            show_default=True,
+            help="--distill: softmax temperature T of the teacher and student logits.",
+        ),
+        click.option(
+            "--distill-alpha",
+            type=float,
+            default=0.5,
+            show_default=True,
+            help="--distill: loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student).",
+        ),
         click.option("--batch-size", type=int, default=128, show_default=True),
         click.option("--train-subset", type=int, default=None, help="Use N training images (quick runs)."),
         click.option("--val-subset", type=int, default=None),

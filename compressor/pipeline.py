@@ -26,7 +26,7 @@ from compressor.latency_target import LatencySpec, final_record, load_search, sa
 from compressor.methods import Context, Method, build_method, method_parameters
 from compressor.models import build_model, init_bn_gamma, load_weights, read_checkpoint
 from compressor.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
-from compressor.train import Progress, TrainConfig, Trainer, evaluate, pick_device, seed_everything
+from compressor.train import Progress, TrainConfig, Trainer, evaluate, frozen_copy, pick_device, seed_everything
 
 TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
 
@@ -75,6 +75,8 @@ class PruneConfig:
     steps: int = 1
     prune_every: int = 1
     prune_schedule: str | None = None
+    prune_at: int = 0
+    allocation_from: str | None = None
     finetune_epochs: int = 0
     finetune_lr: float | None = None
     round_to: int = 8
@@ -84,6 +86,9 @@ class PruneConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5
     batch_size: int = 128
     data_dir: str | None = None
     download: bool = False
@@ -111,7 +116,14 @@ class PruneConfig:
     psap_restore: bool = True
     psap_zero_bn: bool = False
     psap_regrow: bool = False
-    psap_sparsity_scope: str = "all"
+    psap_sparsity_scope: str | None = None
+    psap_variant: str = "v2"
+    psap_mode: str | None = None
+    psap_protection: str | None = None
+    psap_readmit: str | None = None
+    psap_score: str | None = None
+    psap_freeze_at: float | None = None
+    psap_steps_per_epoch: int | None = None
     psap_bn_batches: int = 20
     aster_sensitivity: str = "lbfgs"
     aster_tau0: float = 1e-4
@@ -122,6 +134,14 @@ class PruneConfig:
     aster_search_epochs: int | None = None
     aster_loss: str = "sum"
     aster_eps: float = 1e-12
+    aster_variant: str = "v2"
+    aster_search: str | None = None
+    aster_eta: str | None = None
+    aster_eta0: float = 0.1
+    aster_prunes_per_epoch: int | None = None
+    aster_normalize: bool = False
+    aster_curvature: str | None = None
+    aster_curvature_every: int = 20
     max_prune_fraction: float = 0.8
     bn_init: float | None = None
     ignore: list[str] = field(default_factory=list)
@@ -169,6 +189,10 @@ class PruneConfig:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= 0")
         if self.prune_every < 1 or self.steps < 1:
             raise BadInput("--prune-every and --steps must be >= 1")
+        if (self.prune_at or self.allocation_from) and self.method in ("psap", "aster"):
+            raise BadInput(f"--prune-at and --allocation-from are for the one-shot baselines, not {self.method}")
+        if not 0 <= self.prune_at < max(self.epochs, 1):
+            raise BadInput(f"--prune-at must be in [0, --epochs), got {self.prune_at} with --epochs {self.epochs}")
         if self.bn_init is not None and self.weights:
             raise BadInput("--bn-init initialises BN gamma of a randomly initialised model: drop --weights")
         for name in ("lr", "pretrain_lr", "finetune_lr"):
@@ -185,6 +209,13 @@ class PruneConfig:
             raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {self.max_layer_ratio}")
         if not 0 <= self.seed < 2**32:
             raise BadInput(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        if self.distill and not (self.weights or self.pretrain_epochs > 0):
+            raise BadInput("--distill learns from the trained dense model: give --weights or --pretrain-epochs"
+                           + (" (not --from-scratch)" if self.from_scratch else ""))  # fmt: skip
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise BadInput(f"--distill-temperature must be a finite number > 0, got {self.distill_temperature}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise BadInput(f"--distill-alpha must be in [0, 1], got {self.distill_alpha}")
         for name in ("num_classes", "in_channels"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -192,8 +223,10 @@ class PruneConfig:
 
     def method_options(self) -> dict[str, Any]:
         """Every method option; each method's factory takes the ones it uses."""
-        prefixed = {k.split("_", 1)[1]: getattr(self, k) for k in vars(self) if k.startswith(("psap_", "aster_"))}
-        return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every,
+        own = f"{self.method}_"  # psap_* options go to PSAP, aster_* to ASTER (both have e.g. a variant)
+        prefixed = {k[len(own):]: getattr(self, k) for k in vars(self) if k.startswith(own)}
+        return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every, "prune_at": self.prune_at,
+                "allocation_from": self.allocation_from,
                 "from_scratch": self.from_scratch, "schedule": self.prune_schedule,
                 "max_prune_fraction": self.max_prune_fraction, **prefixed}  # fmt: skip
 
@@ -303,12 +336,17 @@ RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_fl
                 "target_latency", "latency_provider", "latency_batch", "latency_threads", "latency_tolerance",
                 "epochs", "pretrain_epochs", "finetune_epochs", "finetune_lr", "steps", "prune_every", "prune_schedule",
                 "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
+                "distill", "distill_temperature", "distill_alpha",
                 "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
                 "in_channels", "seed", "psap_beta", "psap_sparsity", "psap_beta_filter", "psap_pulse_iters",
                 "psap_gamma", "psap_pulse", "psap_adaptive", "psap_protect", "psap_restore",
                 "psap_zero_bn", "psap_regrow", "psap_sparsity_scope", "psap_bn_batches", "aster_sensitivity",
                 "aster_tau0", "aster_x", "aster_reduce", "aster_history", "aster_update_every",
                 "aster_search_epochs", "aster_loss", "aster_eps", "max_prune_fraction", "bn_init", "ignore",
+                "psap_variant", "psap_mode", "psap_protection", "psap_readmit", "psap_score", "psap_freeze_at",
+                "psap_steps_per_epoch", "aster_variant", "aster_search", "aster_eta", "aster_eta0",
+                "aster_prunes_per_epoch", "aster_normalize", "aster_curvature", "aster_curvature_every",
+                "prune_at", "allocation_from",
                 "ignore_stem", "group_max_ratio")  # fmt: skip
 
 
@@ -415,10 +453,13 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         with atomic_path(out / "dense.pt") as tmp:
             torch.save(pruned_payload(spec, input_shape, [], model), tmp)
     progress.log(f"dense: acc={dense_eval['acc']:.4f} MACs={dense_flops / 1e6:.2f}M params={dense_params / 1e6:.3f}M")
+    # --distill: the teacher of the prune and finetune phases is the dense model as dense.pt holds it (on --resume
+    # past the pretraining, the model was just loaded from dense.pt), copied before the method touches the model
+    teacher = frozen_copy(model) if cfg.distill else None
 
     # 2. prune with the method (and fine-tune for cfg.epochs)
     run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape, dense_eval,
-               (dense_flops, dense_params), t_start, trainer_io)  # fmt: skip
+               (dense_flops, dense_params), t_start, trainer_io, teacher=teacher)  # fmt: skip
     if phase == "finetune":
         return _finetune(run, resume_state, history_rows)
     model.to(device)
@@ -428,7 +469,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                   lr=cfg.lr, log=progress.log, weights=weights)  # fmt: skip
     method.setup(graph, ctx)
     trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
-                      phase="prune", **trainer_io)  # fmt: skip
+                      phase="prune", teacher=teacher, **trainer_io)  # fmt: skip
     ctx.optimizer = trainer.optimizer
     if phase == "prune":
         trainer.resume(resume_state)  # the checkpoint holds the (soft-masked) model exactly
@@ -489,6 +530,7 @@ class _Run:
     dense_counts: tuple[float, float]
     t_start: float
     trainer_io: dict[str, Any]
+    teacher: torch.nn.Module | None = None  # --distill: the frozen dense model
 
 
 class Finished(Method):
@@ -502,8 +544,10 @@ class Finished(Method):
 
     @classmethod
     def of(cls, method: Method, steps: int) -> Finished:
-        return cls(method.masks(), getattr(method, "log", []), getattr(method, "steps", steps),
-                   getattr(method, "skipped", []))  # fmt: skip
+        holder = cls(method.masks(), getattr(method, "log", []), getattr(method, "steps", steps),
+                     getattr(method, "skipped", []))  # fmt: skip
+        holder.mask_final_epoch = method.mask_final_epoch
+        return holder
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "log": self.log, "steps": self.steps, "skipped": self.skipped}
@@ -525,7 +569,7 @@ def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any
         holder, slim, history = state["holder"], state["slim"], state["history"]
     lr = cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr
     trainer = Trainer(slim, run.data.train, run.data.val, _train_cfg(cfg, cfg.finetune_epochs, lr), method=holder,
-                      phase="finetune", **run.trainer_io)  # fmt: skip
+                      phase="finetune", teacher=run.teacher, **run.trainer_io)  # fmt: skip
     if resuming:
         trainer.resume(state)
     trainer.fit()
@@ -579,7 +623,9 @@ def _write_run(run: _Run, slim: torch.nn.Module, history: list, method: Finished
             "weights": cfg.weights,
         },  # fmt: skip
         data={"spec": cfg.data, "sizes": getattr(data, "sizes", None)},
-        method={"name": cfg.method, "options": _method_report_options(cfg), "steps": method.steps, "log": method.log},
+        method={"name": cfg.method, "options": _method_report_options(cfg), "steps": method.steps, "log": method.log,
+                "mask_final_epoch": method.mask_final_epoch, "epochs": cfg.epochs},
+        distill={"enabled": cfg.distill, "temperature": cfg.distill_temperature, "alpha": cfg.distill_alpha},
         target={
             "metric": metric,
             "value": target,
@@ -669,7 +715,8 @@ def _method_report_options(cfg: PruneConfig) -> dict[str, Any]:
 
 def _train_cfg(cfg: PruneConfig, epochs: int, lr: float) -> TrainConfig:
     return TrainConfig(epochs=epochs, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                       schedule=cfg.schedule)  # fmt: skip
+                       schedule=cfg.schedule, distill_temperature=cfg.distill_temperature,
+                       distill_alpha=cfg.distill_alpha)  # fmt: skip
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Target: {report['target']['metric']} drop {report['target']['value']} "
         f"({'met' if report['target']['met'] else 'NOT met'}).",
+        *_distill_lines(report.get("distill")),
         *_latency_lines(report.get("latency")),
         "",
         "| group | root layer | channels | kept |",
@@ -57,6 +58,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("skipped"):
         lines += ["", "Left alone:", ""] + [f"- `{name}`: {why}" for name, why in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _distill_lines(distill: dict[str, Any] | None) -> list[str]:
+    if not distill or not distill.get("enabled"):
+        return []
+    return [f"Distilled from the dense model (temperature {distill['temperature']}, alpha {distill['alpha']})."]
 
 
 def _latency_lines(lat: dict[str, Any] | None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import random
@@ -35,6 +36,27 @@ class TrainConfig:
     step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs, x0.1 at each
     label_smoothing: float = 0.0
     amp: bool = True  # only used on CUDA
+    distill_temperature: float = 4.0  # used only when the Trainer has a teacher
+    distill_alpha: float = 0.5  # weight of the teacher term (1 - alpha: the cross-entropy on the labels)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, *, temperature: float,
+                 alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Knowledge distillation (Hinton et al.): ``(1 - alpha) * CE(student, y) + alpha * T^2 * KL(p_t || p_s)``,
+    ``p = softmax(logits / T)``; the T^2 keeps the soft term's gradients on the scale of the hard one's."""
+    t = float(temperature)
+    ce = nn.functional.cross_entropy(student, y, label_smoothing=label_smoothing)
+    kl = nn.functional.kl_div(nn.functional.log_softmax(student.float() / t, 1),
+                              nn.functional.log_softmax(teacher.float() / t, 1), log_target=True,
+                              reduction="batchmean")  # fmt: skip
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A teacher: a deep copy of ``model`` in eval mode with no gradients."""
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def seed_everything(seed: int) -> None:
@@ -107,13 +129,17 @@ class Trainer:
     accuracy are summed over the ranks before the method sees them, BN running statistics are averaged at
     each epoch end, the ranks' method states (masks, thresholds) are compared, and only rank 0 writes the
     checkpoint and history.
+
+    With a ``teacher`` (a frozen model, see :func:`frozen_copy`) the loss is :func:`distill_loss` with the
+    config's temperature and alpha; the teacher is not wrapped in DDP (no gradients): each rank runs it on
+    its own shard of the batch.
     """
 
     def __init__(self, model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, *,
                  method: Method | None = None, device: torch.device | None = None,
                  checkpoint: Path | None = None, history: Path | None = None,
                  progress: Progress | None = None, phase: str = "train",
-                 checkpoint_every: int = 0) -> None:  # fmt: skip
+                 checkpoint_every: int = 0, teacher: nn.Module | None = None) -> None:  # fmt: skip
         self.model, self.train_loader, self.val_loader, self.cfg = model, train_loader, val_loader, cfg
         self.method = method or Method()
         self.device = device or pick_device()
@@ -121,6 +147,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.progress = progress or Progress()
         self.model.to(self.device)
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
@@ -184,18 +211,29 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=self.use_amp):
             out = net(x)
-            loss = self.loss_fn(out, y)
+            loss = self._loss(x, out, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         local = [loss.item() * len(y), float((out.argmax(1) == y).sum()), float(len(y)), float(bool(stop.signum))]
         loss_sum, correct, seen, stopping = distributed.all_sum(local) if distributed.active() else local
+        # the training loss the method sees: the distillation loss when distilling, else the cross-entropy
         self.method.on_after_backward(step, torch.tensor(loss_sum / seen), int(seen))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.on_after_step(step)
         self.running = [self.running[0] + loss_sum, self.running[1] + correct, self.running[2] + seen]
         return stopping > 0
+
+    def _loss(self, x: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The step's loss: cross-entropy, or with a teacher the distillation loss (the teacher sees the same
+        batch, in the caller's autocast)."""
+        if self.teacher is None:
+            return self.loss_fn(out, y)
+        with torch.no_grad():
+            teacher_out = self.teacher(x)
+        return distill_loss(out, teacher_out, y, temperature=self.cfg.distill_temperature,
+                            alpha=self.cfg.distill_alpha, label_smoothing=self.cfg.label_smoothing)  # fmt: skip
 
     def _end_epoch(self, epoch: int, t0: float) -> None:
         loss_sum, correct, seen = self.running

@@ -50,7 +50,7 @@ def data():
 def _setup(model, data, *, epochs: int = 3, target: float = 0.5, round_to: int = 1, lr: float = 0.1, **options):
     graph = PruningGraph(model, torch.zeros(1, *SHAPE), round_to=round_to)
     budget = Budget(graph)
-    method = build_method("aster", **options)
+    method = build_method("aster", **{"variant": "v1", **options})  # the first reading; v2 in test_second_reading
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric="flops", epochs=epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train, loss_fn=nn.CrossEntropyLoss(),
                   device=torch.device("cpu"), lr=lr, log=lambda _msg: None)  # fmt: skip
@@ -162,7 +162,7 @@ def test_guards_revert_a_step_that_would_empty_a_group_or_prune_too_much(data) -
     assert method.tau == 1e-4 and method._epoch["reverted"] == 1
     assert method._guard(0.0019, method._gather()) == ""
     assert method._guard(0.0021, method._gather()) == "would empty a group"
-    capped = ASTER(max_prune_fraction=0.25)
+    capped = ASTER(max_prune_fraction=0.25, variant="v1")
     capped.setup(graph, ctx)
     _set(model, G1, D1)  # 3 of 16 scores are below 0.41, 4 below 0.46, 6 below 0.51
     assert capped._guard(0.41, capped._gather()) == ""
@@ -248,7 +248,7 @@ def test_state_survives_weights_only_load(data) -> None:
     torch.save(method.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    again = build_method("aster")
+    again = build_method("aster", variant="v1")
     again.setup(graph, ctx)
     again.load_state_dict(state)
     assert again.tau == method.tau and len(again.lbfgs.pairs) == len(method.lbfgs.pairs)
@@ -267,7 +267,7 @@ def test_cli_run_writes_records_and_plot(tmp_path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "compressor.cli", "prune", "--model", "cifar:resnet20", "--method", "aster",
            "--data", "synthetic:1x28x28:10:128:32", "--epochs", "2", "--target-flops", "0.4", "--bn-init", "0.5",
-           "--out", str(out), "--device", "cpu", "--quiet"]  # fmt: skip
+           "--out", str(out), "--device", "cpu", "--quiet", "--aster-variant", "v1"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())

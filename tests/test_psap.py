@@ -34,7 +34,7 @@ def _setup(data, *, epochs: int = 3, target: float = 0.5, **options):
     model = build_model("cifar:resnet20", num_classes=10, in_channels=1)
     graph = PruningGraph(model, torch.zeros(1, *SHAPE))
     budget = Budget(graph)
-    method = build_method("psap", **options)
+    method = build_method("psap", **{"variant": "v1", **options})  # the first reading; v2 in test_second_reading
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric="flops", epochs=epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train, loss_fn=nn.CrossEntropyLoss(),
                   device=torch.device("cpu"), log=lambda _msg: None)  # fmt: skip
@@ -167,7 +167,7 @@ def test_state_round_trips_through_weights_only_load(data) -> None:
     torch.save(method.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    other = PSAP()
+    other = PSAP(variant="v1")
     other.load_state_dict(state)
     assert other.done_steps == 1 and other.pulse_seen == 1 and other.log == method.log
     assert all(torch.equal(other.masks()[k], v) for k, v in method.masks().items())
@@ -178,7 +178,8 @@ def test_cli_from_scratch_writes_records_and_plot(tmp_path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "compressor.cli", "prune", "--model", "cifar:resnet20", "--data",
            "synthetic:1x28x28:10:256:64", "--from-scratch", "--target-flops", "0.5", "--epochs", "2",
-           "--finetune-epochs", "1", "--device", "cpu", "--out", str(out), "--quiet"]  # fmt: skip
+           "--finetune-epochs", "1", "--device", "cpu", "--out", str(out), "--quiet",
+           "--psap-variant", "v1"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **_env()})
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor import distributed
 from compressor.budget import Budget, masks_from_counts, solve_counts
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import Masks, PruningGraph
@@ -33,8 +34,20 @@ from compressor.methods.base import Context, Method
 from compressor.methods.lbfgs import TwoLoop
 
 SENSITIVITIES = ("lbfgs", "gradient")
-REDUCES = ("max", "mean")
+REDUCES = ("max", "mean", "min")
 LOSSES = ("sum", "mean")
+SEARCHES = ("rounded", "exact")
+ETAS = ("lr", "fixed")
+CURVATURES = ("consecutive", "same-batch")
+BN_BATCHES = 10  # v2: batches that re-estimate BN statistics after a prune changed the mask
+#: v1: the first implementation (prune at epoch ends, kept counts rounded up while searching, eta0 = the phase LR).
+#: v2 (the default): ASTER.md's second reading: prune exactly score < tau while searching, several times an
+#: epoch, with BN re-estimation after each prune and rounding only at the freeze; eta0 fixed at the authors' 0.1.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "v1": {"search": "rounded", "eta": "lr", "curvature": "consecutive", "prunes_per_epoch": 1},
+    "v2": {"search": "exact", "eta": "fixed", "curvature": "consecutive", "prunes_per_epoch": 4},
+}
+DEFAULT_VARIANT = "v2"
 TINY_GROUP = 0.05  # freeze when a group would keep <= 5% of its channels
 TRACE_POINTS = 64  # tau samples kept per epoch for the plot
 TRIM_TOL = 0.005  # the frozen mask's drop lies in [target, target + TRIM_TOL] when the rounding allows
@@ -47,17 +60,32 @@ class ASTER(Method):
 
     def __init__(self, *, tau0: float = 1e-4, reduce: str = "max", sensitivity: str = "lbfgs", history: int = 10,
                  x: float = 0.01, update_every: int = 1, search_epochs: int | None = None,
-                 max_prune_fraction: float = 0.8, eps: float = 1e-12, loss: str = "sum") -> None:  # fmt: skip
+                 max_prune_fraction: float = 0.8, eps: float = 1e-12, loss: str = "sum",
+                 variant: str = DEFAULT_VARIANT, search: str | None = None, eta: str | None = None,
+                 eta0: float = 0.1, normalize: bool = False, curvature: str | None = None,
+                 curvature_every: int = 20, prunes_per_epoch: int | None = None) -> None:  # fmt: skip
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"aster variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        chosen = {**VARIANTS[variant], **{k: v for k, v in {"search": search, "eta": eta,
+                  "curvature": curvature, "prunes_per_epoch": prunes_per_epoch}.items() if v is not None}}  # fmt: skip
         for what, value, options in (("sensitivity", sensitivity, SENSITIVITIES), ("reduce", reduce, REDUCES),
-                                     ("loss", loss, LOSSES)):  # fmt: skip
+                                     ("loss", loss, LOSSES), ("search", chosen["search"], SEARCHES),
+                                     ("eta", chosen["eta"], ETAS),
+                                     ("curvature", chosen["curvature"], CURVATURES)):  # fmt: skip
             if value not in options:
                 raise ValueError(f"aster {what} must be one of {', '.join(options)}, got {value!r}")
         if tau0 < 0 or x <= 0 or not 0 < max_prune_fraction <= 1 or update_every < 1 or history < 1:
             raise ValueError("aster: need tau0 >= 0, x > 0, 0 < max-prune-fraction <= 1, update-every >= 1, "
                              "history >= 1")  # fmt: skip
+        if eta0 <= 0 or curvature_every < 1 or int(chosen["prunes_per_epoch"]) < 1:
+            raise ValueError("aster: need eta0 > 0, curvature-every >= 1, prunes-per-epoch >= 1")
         if search_epochs is not None and search_epochs < 1:
             raise ValueError(f"aster search epochs must be >= 1, got {search_epochs}")
+        self.variant, self.search, self.eta, self.eta0_fixed = variant, chosen["search"], chosen["eta"], eta0
+        self.normalize, self.curvature = bool(normalize), chosen["curvature"]
+        self.curvature_every = curvature_every
+        self.prunes_per_epoch = int(chosen["prunes_per_epoch"])
         self.tau = float(tau0)
         self.reduce, self.sensitivity, self.x, self.loss_mode = reduce, sensitivity, x, loss
         self.update_every, self.search_epochs, self.eps = update_every, search_epochs, eps
@@ -70,6 +98,8 @@ class ASTER(Method):
         self.log: list[dict[str, Any]] = []
         self.skipped: list[tuple[str, str]] = []
         self._alive_cache: torch.Tensor | None = None
+        self._curv_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.prune_events = 0
         self._epoch = self._new_epoch_stats()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -84,7 +114,7 @@ class ASTER(Method):
 
     def setup(self, graph: PruningGraph, ctx: Context) -> None:
         super().setup(graph, ctx)
-        self.eta0 = ctx.lr
+        self.eta0 = ctx.lr if self.eta == "lr" else self.eta0_fixed
         self.check(graph, ctx.budget, ctx.target, ctx.metric, ctx.max_ratio)
         for name, why in self.skipped:
             ctx.log(f"[aster] {name}: {why}")
@@ -92,6 +122,15 @@ class ASTER(Method):
             self.search_epochs = max(1, ctx.epochs // 2)
         self.search_epochs = min(self.search_epochs, max(ctx.epochs, 1))
         self.allowed = {g.id: graph.allowed_keep(g.id, ctx.max_ratio) for g in graph.groups}
+        # while searching, "exact" prunes exactly score < tau: every count is allowed (the rounding comes at the freeze)
+        self.search_allowed = self.allowed if self.search == "rounded" else {
+            g.id: [k for k in range(1, g.size + 1) if k >= self.allowed[g.id][0] or k == g.size]
+            for g in graph.groups}  # fmt: skip
+        spe = max(1, ctx.steps_per_epoch)
+        per = min(self.prunes_per_epoch, spe)
+        self.points = {round(k * spe / per) - 1 for k in range(1, per)}  # in-epoch batches; the epoch end is one too
+        if self.curvature == "same-batch":
+            self._curv_batch = next(iter(ctx.train_loader))
         self._refresh_hold()
         if ctx.epochs == 0:  # no training to adapt in: threshold at the target on the given weights
             self._freeze(self._meet_target(), epoch=0, reason="no training epochs", fallback=True)
@@ -128,6 +167,7 @@ class ASTER(Method):
         self.total = total
         starts = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0)[:-1]
         self.entry_flat = starts[torch.cat(pos)[:, 0]] + torch.cat(pos)[:, 1]  # index into the concatenated weights
+        self.entry_param = torch.cat(pos)[:, 0]  # which BN each entry belongs to (per-BN normalization)
         self.entry_chan = torch.cat(chan)
         self.scored = torch.zeros(total, dtype=torch.bool)
         self.scored[self.entry_chan] = True
@@ -152,8 +192,13 @@ class ASTER(Method):
     def channel_scores(self, gamma: torch.Tensor | None = None) -> torch.Tensor:
         """Score per global channel: max (or mean) |gamma| over its coupled BNs; -inf if pruned, inf if unscored."""
         g = (self._gather() if gamma is None else gamma).abs()
+        if self.normalize:  # each BN's |gamma| over the mean |gamma| of its channels still alive
+            alive = self._alive()[self.entry_chan].double()
+            n = torch.zeros(len(self.params), dtype=torch.float64).index_add_(0, self.entry_param, alive)
+            tot = torch.zeros(len(self.params), dtype=torch.float64).index_add_(0, self.entry_param, g * alive)
+            g = g / (tot / n.clamp(min=1)).clamp(min=1e-12)[self.entry_param]
         s = torch.zeros(self.total, dtype=torch.float64)
-        s = s.scatter_reduce(0, self.entry_chan, g, reduce="amax" if self.reduce == "max" else "mean",
+        s = s.scatter_reduce(0, self.entry_chan, g, reduce={"max": "amax", "mean": "mean", "min": "amin"}[self.reduce],
                              include_self=False)  # fmt: skip
         s[~self.scored] = math.inf
         s[~self._alive()] = -math.inf
@@ -173,7 +218,8 @@ class ASTER(Method):
         gamma = self._gather() * alive
         g = self._gather(grad=True) * alive
         if self.sensitivity == "lbfgs":
-            self.lbfgs.observe(gamma, g)
+            if self.curvature == "consecutive":  # pairs from consecutive iterates (different batches)
+                self.lbfgs.observe(gamma, g)
             d = self.lbfgs.direction(g)
         else:
             d = -g
@@ -212,6 +258,35 @@ class ASTER(Method):
     def on_after_step(self, step: int) -> None:
         for t, rows in self._hold:  # permanent masking: pruned filters, biases and BN gamma/beta stay zero
             t.data.index_fill_(0, rows, 0.0)
+        if self.frozen or self.ctx is None:
+            return
+        spe = max(1, self.ctx.steps_per_epoch)
+        if self._curv_batch is not None and step % self.curvature_every == 0:
+            self._observe_same_batch()
+        if step % spe in self.points:  # an in-epoch prune (v2); the epoch end prunes in on_epoch_end
+            self._prune_point(step // spe, at=round((step + 1) / spe, 4))
+
+    def _observe_same_batch(self) -> None:
+        """A curvature pair from one fixed batch: its gamma-gradient at the current iterate (one extra pass every
+        ``curvature_every`` steps), paired with the previous such observation, so s and y see the same loss."""
+        ctx = self.ctx
+        assert ctx is not None
+        x, y = self._curv_batch  # type: ignore[misc]
+        bns = [m for m in ctx.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.momentum = 0.0  # batch statistics as in training; running statistics untouched
+        try:
+            loss = ctx.loss_fn(ctx.model(x.to(ctx.device)), y.to(ctx.device))
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        finally:
+            for m, mom in zip(bns, saved, strict=True):
+                m.momentum = mom
+        flat = torch.cat([torch.zeros(p.numel()) if gr is None else gr.detach().float().cpu()
+                          for p, gr in zip(self.params, grads, strict=True)]).double()  # fmt: skip
+        distributed.all_mean_([flat])
+        alive = self._alive()[self.entry_chan]
+        self.lbfgs.observe(self._gather() * alive, flat[self.entry_flat] * alive)
 
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         ctx = self.ctx
@@ -219,20 +294,7 @@ class ASTER(Method):
         t = epoch + 1
         update = not self.frozen and epoch % self.update_every == 0
         tau_start = self._epoch["tau_start"]
-        note = ""
-        if not self.frozen:
-            scores = self.group_scores(self.channel_scores())
-            masks = self._masks_at(self.tau, scores)
-            tiny = [gid for gid, s in scores.items() if int((s >= self.tau).sum()) <= TINY_GROUP * len(s)]
-            if ctx.budget.drop(masks, ctx.metric) >= ctx.target:
-                self._freeze(self._meet_target(), epoch=t, reason="target reached")
-            elif tiny:
-                note = f"group {ctx.graph.groups[tiny[0]].root_name} would keep <= 5%"
-                self._freeze(self._meet_target(), epoch=t, reason=note, fallback=True)
-            else:
-                self._prune(masks)
-                if t >= (self.search_epochs or 1):
-                    self._freeze(self._meet_target(), epoch=t, reason="search epochs over", fallback=True)
+        note = self._prune_point(epoch) if not self.frozen else ""
         rec = self._record(t, update, tau_start, note)
         self.log.append(rec)
         self._epoch = self._new_epoch_stats()
@@ -242,13 +304,38 @@ class ASTER(Method):
         return {"aster_tau": self.tau, f"{ctx.metric}_drop": rec["drop"], "aster_frozen": self.frozen,
                 "aster_record": rec}  # fmt: skip
 
+    def _prune_point(self, epoch: int, at: float | None = None) -> str:
+        """Prune ``score < tau`` (or freeze when that reaches the target) at fractional epoch ``at`` (default: the
+        end of ``epoch``); the end of the search phase's last epoch sets tau by the fallback. Returns a note."""
+        ctx = self.ctx
+        assert ctx is not None
+        t = epoch + 1
+        end = at is None
+        at = t if at is None else at
+        scores = self.group_scores(self.channel_scores())
+        masks = self._masks_at(self.tau, scores, self.search_allowed)
+        tiny = [gid for gid, s in scores.items() if int((s >= self.tau).sum()) <= TINY_GROUP * len(s)]
+        note = ""
+        if ctx.budget.drop(masks, ctx.metric) >= ctx.target:
+            self._freeze(self._meet_target(), epoch=at, reason="target reached")
+        elif tiny:
+            note = f"group {ctx.graph.groups[tiny[0]].root_name} would keep <= 5%"
+            self._freeze(self._meet_target(), epoch=at, reason=note, fallback=True)
+        else:
+            self._prune(masks, at)
+            if end and t >= (self.search_epochs or 1):
+                self._freeze(self._meet_target(), epoch=t, reason="search epochs over", fallback=True)
+        return note
+
     # ------------------------------------------------------------------------------------------ masks
-    def _masks_at(self, tau: float, scores: dict[int, torch.Tensor]) -> Masks:
+    def _masks_at(self, tau: float, scores: dict[int, torch.Tensor],
+                  allowed: dict[int, list[int]] | None = None) -> Masks:  # fmt: skip
         """Prune ``score < tau`` (pruned channels stay pruned), rounded up to an allowed kept count per group."""
+        allowed = allowed or self.allowed
         counts = {}
         for gid, s in scores.items():
             want = int((s >= tau).sum())
-            counts[gid] = min([k for k in self.allowed[gid] if k >= want] + [int(self._masks[gid].sum())])
+            counts[gid] = min([k for k in allowed[gid] if k >= want] + [int(self._masks[gid].sum())])
         return masks_from_counts(scores, counts)
 
     def _meet_target(self) -> tuple[Masks, float, bool]:
@@ -281,7 +368,7 @@ class ASTER(Method):
                               max_ratio=ctx.max_ratio, caps=caps, floors=fixed, tol=TRIM_TOL)  # fmt: skip
         return masks_from_counts(by_group, counts), tau, True
 
-    def _prune(self, masks: Masks) -> None:
+    def _prune(self, masks: Masks, epoch: float) -> None:
         """Make ``masks`` permanent: zero every coupled parameter (and momentum) of the newly pruned channels."""
         ctx = self.ctx
         assert ctx is not None
@@ -290,12 +377,16 @@ class ASTER(Method):
         self._masks = masks
         if not changed:
             return
+        self.mask_final_epoch = float(epoch)
+        self.prune_events += 1
         ctx.graph.apply_masks(masks)  # filters, biases, BN gamma/beta/running stats, consumer inputs
         for g in ctx.graph.groups:
             if not bool(masks[g.id].all()):
                 ch.clear_momentum(ch.filter_slices(g) + ch.norm_slices(g), ~masks[g.id], ctx.optimizer)
         self._refresh_hold()
         self.lbfgs.reset()  # old pairs span channels that are gone
+        if self.variant == "v2":  # the pruned channels changed every downstream layer's input statistics
+            ch.recalibrate_bn(ctx.model, ctx.train_loader, BN_BATCHES, ctx.device)
 
     def _refresh_hold(self) -> None:
         """After a mask change: the rows to hold at zero, and the alive cache."""
@@ -317,7 +408,7 @@ class ASTER(Method):
         # the crossing epoch's tau may overshoot: the frozen tau is the smallest that reaches the target
         self.trim = {"tau_adapted": self.tau, "tau_effective": tau, "rounding_trimmed": trimmed}
         self.tau = tau
-        self._prune(masks)
+        self._prune(masks, epoch)
         self.frozen, self.freeze_epoch, self.finished = True, epoch, True
 
     # ------------------------------------------------------------------------------------------ records
@@ -344,6 +435,7 @@ class ASTER(Method):
             "frozen": self.frozen, "freeze_epoch": self.freeze_epoch, "fallback": self.fallback, "trim": self.trim,
             "note": note,
             "kept": {g.root_name: int(self._masks[g.id].sum()) for g in ctx.graph.groups},
+            "prune_events": self.prune_events, "lbfgs_pairs": len(self.lbfgs.pairs),
             "unscored": [name for name, _ in self.skipped],
         }  # fmt: skip
 
@@ -351,7 +443,7 @@ class ASTER(Method):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "tau": self.tau, "frozen": self.frozen, "freeze_epoch": self.freeze_epoch,
                 "fallback": self.fallback, "trim": self.trim, "log": self.log, "lbfgs": self.lbfgs.state_dict(),
-                "epoch_stats": self._epoch}  # fmt: skip
+                "epoch_stats": self._epoch, "prune_events": self.prune_events}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -359,5 +451,6 @@ class ASTER(Method):
         self.freeze_epoch, self.fallback, self.trim = state["freeze_epoch"], state["fallback"], state["trim"]
         self.log, self._epoch = list(state["log"]), dict(state["epoch_stats"])
         self.lbfgs.load_state_dict(state["lbfgs"])
+        self.prune_events = int(state.get("prune_events", 0))
         if self.ctx is not None:
             self._refresh_hold()

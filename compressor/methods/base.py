@@ -44,6 +44,7 @@ class Method:
         self.ctx: Context | None = None
         self._masks: Masks = {}
         self.finished = False
+        self.mask_final_epoch = 0.0  # when the mask last changed, in epochs of the phase (trained on after it)
 
     def check(self, graph: PruningGraph, budget: Budget, target: float, metric: str, max_ratio: float) -> None:
         """Raise BadInput/GateFailed before any work if this method cannot prune ``graph`` to ``target``."""
@@ -65,8 +66,10 @@ class Method:
         return self._masks
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": {int(k): v.clone() for k, v in self._masks.items()}, "finished": self.finished}
+        return {"masks": {int(k): v.clone() for k, v in self._masks.items()}, "finished": self.finished,
+                "mask_final_epoch": self.mask_final_epoch}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._masks = {int(k): v.clone() for k, v in state["masks"].items()}
         self.finished = bool(state["finished"])
+        self.mask_final_epoch = float(state.get("mask_final_epoch", 0.0))

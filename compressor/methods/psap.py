@@ -33,12 +33,26 @@ import torch
 from compressor import distributed
 from compressor.budget import masks_from_counts, solve_counts
 from compressor.errors import GateFailed
-from compressor.graph import Masks, PruningGraph
+from compressor.graph import Masks, PruningGraph, tp_importances
 from compressor.methods import channels as ch
 from compressor.methods.base import Context, Method
+from compressor.methods.gates import Bank, ConsumerPulse, GateTaylor, gateable
 
 PULSES = ("bn", "raw", "scaled")
 BN_EPS = 1e-5
+PROTECT_STEPS = 2  # v2: a protected channel is kept at this many steps (the one that brings it back and the next)
+PROTECT_COOLDOWN = 4  # v2: a channel is protected at most once in this many steps
+#: The two readings. v1: the first implementation (epoch-end steps up to the last epoch, filters zeroed, L2
+#: selection, protection kept on top of the budget). v2 (the default): PSAP.md's second reading, each candidate
+#: an option: BN gates, budget-neutral swaps, re-admission from the snapshot, an early freeze, the group magnitude.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "v1": {"sparsity_scope": "all"},
+    "v2": {"mode": "gate", "protection": "swap", "readmit": "snapshot", "score": "magnitude",
+           "sparsity_scope": "kept", "freeze_at": 0.4, "steps_per_epoch": 2},
+}  # fmt: skip
+DEFAULT_VARIANT = "v2"
+CHOICES = {"sparsity_scope": ("all", "kept"), "mode": ("gate", "filter"), "protection": ("swap", "extra"),
+           "readmit": ("snapshot", "norm"), "score": ("magnitude", "l2", "taylor")}  # fmt: skip
 
 
 def weight_sparsity(weights: torch.Tensor, beta: float) -> float:
@@ -69,13 +83,32 @@ class PSAP(Method):
                  pulse: str = "bn", adaptive: bool = True, protect: bool = True, restore: bool = True,
                  zero_bn: bool = False, from_scratch: bool = False,
                  schedule: str | None = None, bn_batches: int = 20, regrow: bool = False,
-                 sparsity_scope: str = "all") -> None:  # fmt: skip
+                 sparsity_scope: str | None = None, variant: str = DEFAULT_VARIANT, mode: str | None = None,
+                 protection: str | None = None, readmit: str | None = None, score: str | None = None,
+                 freeze_at: float | None = None, steps_per_epoch: int | None = None) -> None:  # fmt: skip
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"psap variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        second = {"mode": mode, "protection": protection, "readmit": readmit, "score": score,
+                  "freeze_at": freeze_at, "steps_per_epoch": steps_per_epoch}  # fmt: skip
+        if variant == "v1" and (given := [k for k, v in second.items() if v is not None]):
+            raise ValueError(f"psap {given[0].replace('_', '-')} belongs to the second reading: use --psap-variant v2")
+        chosen = {**VARIANTS[variant], **{k: v for k, v in {**second, "sparsity_scope": sparsity_scope}.items()
+                                          if v is not None}}  # fmt: skip
+        for what, options in CHOICES.items():
+            if what in chosen and chosen[what] not in options:
+                raise ValueError(f"psap {what.replace('_', ' ')} must be one of {', '.join(options)}, "
+                                 f"got {chosen[what]!r}")  # fmt: skip
+        self.variant = variant
+        self.sparsity_scope = chosen["sparsity_scope"]
+        if variant == "v2":
+            self.mode, self.protection, self.readmit = chosen["mode"], chosen["protection"], chosen["readmit"]
+            self.score, self.freeze_at = chosen["score"], float(chosen["freeze_at"])
+            self.per_epoch = int(chosen["steps_per_epoch"])
+            if not 0 < self.freeze_at <= 1 or self.per_epoch < 1:
+                raise ValueError("psap: need 0 < freeze-at <= 1 and steps-per-epoch >= 1")
         if sparsity not in ("weight", "filter"):
             raise ValueError(f"psap sparsity must be weight or filter, got {sparsity!r}")
-        if sparsity_scope not in ("all", "kept"):
-            raise ValueError(f"psap sparsity scope must be all or kept, got {sparsity_scope!r}")
-        self.sparsity_scope = sparsity_scope
         if pulse not in PULSES:
             raise ValueError(f"psap pulse must be one of {', '.join(PULSES)}, got {pulse!r}")
         self.prune_every, self.beta, self.sparsity, self.beta_filter = max(1, prune_every), beta, sparsity, beta_filter
@@ -93,6 +126,8 @@ class PSAP(Method):
         self._hooks: list[Any] = []
         self.protected: dict[int, torch.Tensor] = {}
         self.snapshots: dict[int, dict[str, Any]] = {}
+        self.frozen = False
+        self.last_protected: dict[int, torch.Tensor] = {}  # v2: the step at which a channel was last protected
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self, graph: PruningGraph, ctx: Context) -> None:
@@ -101,8 +136,31 @@ class PSAP(Method):
         self.zeroable = {g.id: self.filters[g.id] + (ch.norm_slices(g) if self.zero_bn else []) for g in graph.groups}
         self.share = {g.id: ctx.budget.drop_of_counts({g.id: 0}, ctx.metric) for g in graph.groups}
         self.ramp = max(1, ctx.epochs // 2)
-        if ctx.epochs == 0:  # no training: one step at the full target on the given weights
+        if self.variant == "v2":
+            self._setup_v2(graph, ctx)
+        elif ctx.epochs == 0:  # no training: one step at the full target on the given weights
             self._step(epoch=0, final=True)
+
+    def _setup_v2(self, graph: PruningGraph, ctx: Context) -> None:
+        """Gates, snapshot banks and the step points (global batch indices) of the second reading."""
+        self.gated = {g.id for g in graph.groups if self.mode == "gate" and gateable(g)}
+        for gid in self.gated:  # the gate is BN gamma/beta; the filters stay intact (and frozen while off)
+            self.zeroable[gid] = ch.norm_slices(graph.groups[gid])
+        self.banks = {g.id: Bank(self.zeroable[g.id], g.size) for g in graph.groups}
+        self.filter_banks = {gid: Bank(self.filters[gid], graph.groups[gid].size) for gid in self.gated}
+        self.taylor = {gid: GateTaylor(graph.groups[gid], self.banks[gid]) for gid in self.gated}
+        self.consumer_pulse = {gid: ConsumerPulse(graph.groups[gid]) for gid in self.gated}
+        for cp in self.consumer_pulse.values():
+            cp.attach()
+        self._hold_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        spe = max(1, ctx.steps_per_epoch)
+        self.freeze_epochs = max(1, min(ctx.epochs, round(self.freeze_at * ctx.epochs)))
+        per = min(self.per_epoch, spe)
+        self.points = sorted({e * spe + round(k * spe / per) - 1 for e in range(self.freeze_epochs)
+                              for k in range(1, per + 1)})  # fmt: skip
+        self.ramp = len(self.points)
+        if ctx.epochs == 0:
+            self._step_v2(step=-1, final=True)
 
     def step_target(self, t: int) -> float:
         assert self.ctx is not None
@@ -112,9 +170,16 @@ class PSAP(Method):
 
     # ------------------------------------------------------------------------------------------ hooks
     def on_after_backward(self, step: int, loss: torch.Tensor | None = None, batch_size: int = 0) -> None:
-        if not (self.protect and self.done_steps and self.pulse_seen < self.pulse_iters):
+        if self.variant == "v2" and not self.frozen:
+            for gid, acc in self.taylor.items():
+                acc.observe(~self._masks[gid])
+            for cp in self.consumer_pulse.values():
+                cp.end_iteration()
+        if not (self.protect and self.done_steps and self.pulse_seen < self.pulse_iters) or self.frozen:
             return
         for gid, slices in self.filters.items():
+            if self.variant == "v2" and gid in self.gated:  # gated groups read their gate gradient instead
+                continue
             n = len(self._masks[gid])
             g = ch.sq_norms(slices, n, grad=True).sqrt()
             if self.pulse_mode == "scaled":
@@ -158,6 +223,9 @@ class PSAP(Method):
         return acc / cnt.clamp(min=1)
 
     def on_after_step(self, step: int) -> None:
+        if self.variant == "v2":
+            self._after_step_v2(step)
+            return
         if self.regrow or not self.done_steps:
             return
         for gid, mask in self._masks.items():
@@ -167,6 +235,11 @@ class PSAP(Method):
     def on_epoch_end(self, epoch: int) -> dict[str, Any]:
         assert self.ctx is not None
         t = epoch + 1
+        if self.variant == "v2":
+            rec = self.log[-1] if self.log and self.log[-1]["epoch"] > epoch else None  # a step in this epoch
+            return {} if rec is None else {"psap_step": rec["step"], "psap_target": rec["target"],
+                                           f"{self.ctx.metric}_drop": rec["drop"], "psap_protected": rec["protected"],
+                                           "psap_frozen": self.frozen, "psap_record": rec}  # fmt: skip
         if self.finished or not (t % self.prune_every == 0 or t == self.ctx.epochs):
             return {}
         rec = self._step(epoch=t, final=t == self.ctx.epochs)
@@ -250,6 +323,8 @@ class PSAP(Method):
         for gid, m in protected.items():
             scores[gid][m] = math.inf
         masks = graph.legalize(masks_from_counts(scores, counts))
+        if any(not torch.equal(masks[gid], prev[gid]) for gid in masks):
+            self.mask_final_epoch = float(epoch)
         for g in graph.groups:
             p = protected.get(g.id)
             snap = self.snapshots.get(g.id)
@@ -302,15 +377,184 @@ class PSAP(Method):
                 "protected_before": sum(int(v.sum()) for v in self.protected.values()),
                 "protected_survived": survived, "note": note, "groups": groups}  # fmt: skip
 
+    # ------------------------------------------------------------------------------------------ second reading
+    def _after_step_v2(self, step: int) -> None:
+        """Hold what is off (gates at zero, gated filters at their snapshot, or the hard mask once frozen), then
+        take a step at the planned batches."""
+        assert self.ctx is not None
+        if self.frozen:
+            self.ctx.graph.apply_masks(self._masks)
+            return
+        with torch.no_grad():
+            for t, rows in self._hold_rows:
+                t.index_fill_(0, rows, 0.0)
+        for gid, bank in self.filter_banks.items():
+            if not bool(self._masks[gid].all()):
+                bank.restore(~self._masks[gid])
+        if step in self.points:
+            self._step_v2(step=step, final=step == self.points[-1])
+
+    def _scores_v2(self) -> dict[int, torch.Tensor]:
+        """Channel scores for selection; switched-off channels are scored on their snapshot (so a comeback
+        restores a trained channel, never an empty one)."""
+        ctx = self.ctx
+        assert ctx is not None
+        graph, off = ctx.graph, {gid: ~m for gid, m in self._masks.items()}
+        if self.readmit == "snapshot":
+            for gid, m in off.items():
+                if bool(m.any()):
+                    self.banks[gid].restore(m)
+        if self.score == "l2" or self.score == "taylor":
+            scores = {g.id: ch.sq_norms(self.filters[g.id], g.size).sqrt() for g in graph.groups}
+        else:
+            importance = tp_importances()["l1"]()
+            scores = {g.id: graph.tp_importance(importance, g.id).double() for g in graph.groups}
+        if self.score == "taylor":
+            for gid, acc in self.taylor.items():
+                if acc.count:
+                    scores[gid] = acc.rms()
+        if self.readmit == "snapshot":
+            for gid, m in off.items():
+                if bool(m.any()):
+                    ch.zero(self.zeroable[gid], m, None)
+        return scores
+
+    def _protect_v2(self) -> dict[int, torch.Tensor]:
+        """Channels switched off at the previous step that the gradient says to bring back (not protected within
+        the last PROTECT_COOLDOWN steps): gated groups when the consumer-side benefit -mean(t) (see
+        :class:`ConsumerPulse`) reaches gamma x the median |mean(t)| of the kept channels (both first-order,
+        averaged over the same iterations); filter groups by the v1 pulse."""
+        out = self._find_protected() if self.protect else {}
+        out = {gid: m for gid, m in out.items() if gid not in self.gated}
+        if not self.protect:
+            return out
+        for gid, acc in self.consumer_pulse.items():
+            mask = self._masks[gid]
+            if not acc.count or bool(mask.all()) or not bool(mask.any()):
+                continue
+            benefit = acc.benefit()  # first-order loss decrease of switching a gated channel back on
+            effect = benefit.abs()[mask]  # the same first-order estimate for the kept channels (switching off)
+            out[gid] = ~mask & (benefit > 0) & (benefit >= self.gamma * float(effect.median()))
+        for gid, m in out.items():
+            last = self.last_protected.get(gid)
+            if last is not None:
+                out[gid] = m & (last <= self.done_steps - PROTECT_COOLDOWN)
+        return out
+
+    def _still_protected(self) -> dict[int, torch.Tensor]:
+        """Kept channels protected within the last PROTECT_STEPS - 1 steps: they stay (no churn)."""
+        return {gid: self._masks[gid] & (last > self.done_steps - PROTECT_STEPS)
+                for gid, last in self.last_protected.items()}  # fmt: skip
+
+    def _step_v2(self, *, step: int, final: bool) -> dict[str, Any]:
+        ctx = self.ctx
+        assert ctx is not None
+        graph, prev = ctx.graph, self._masks
+        distributed.all_mean_(self.pulse[gid] for gid in sorted(self.pulse))
+        distributed.all_mean_(self.consumer_pulse[gid].sum for gid in sorted(self.consumer_pulse))
+        norms = {g.id: ch.sq_norms(self.filters[g.id], g.size).sqrt() for g in graph.groups}
+        s = {g.id: self._sparsity(g.id, norms[g.id]) for g in graph.groups}
+        j = self.done_steps + 1
+        target = ctx.target if final or self.schedule == "constant" else cubic_target(ctx.target, j, self.ramp)
+        protected = {} if final else self._protect_v2()
+        if self.protection == "extra":
+            counts, protected, note = self._solve(self._weights(s), protected, target)
+        else:  # swap: a protected channel takes the place of its group's weakest kept channel
+            counts, _, note = self._solve(self._weights(s), {}, target)
+        scores = self._scores_v2()
+        keep = {} if final else self._still_protected()
+        for gid, m in [*protected.items(), *keep.items()]:
+            scores[gid][m] = math.inf
+        masks = graph.legalize(masks_from_counts(scores, counts))
+        readmitted, readmitted_zero = 0, 0
+        for g in graph.groups:
+            new, old = masks[g.id], prev[g.id]
+            back, gone = new & ~old, old & ~new
+            if bool(back.any()):
+                readmitted += int(back.sum())
+                if self.readmit == "snapshot" or g.id in self.gated:
+                    self.banks[g.id].restore(back)
+                ch.clear_momentum(self.zeroable[g.id] + self.filters[g.id], back, ctx.optimizer)
+                live = ch.sq_norms(self.zeroable[g.id], g.size)
+                if g.id not in self.gated:
+                    live = live + ch.sq_norms(self.filters[g.id], g.size)
+                readmitted_zero += int((back & (live == 0)).sum())
+            if bool(gone.any()):
+                self.banks[g.id].save(gone)
+                if g.id in self.gated:
+                    self.filter_banks[g.id].save(gone)
+                    ch.clear_momentum(self.filters[g.id], gone, ctx.optimizer)
+                else:
+                    ch.reset_running_stats(g, gone)
+                ch.zero(self.zeroable[g.id], gone, ctx.optimizer)
+            if g.id in protected and bool(protected[g.id].any()):
+                last = self.last_protected.setdefault(g.id, torch.full((g.size,), -PROTECT_COOLDOWN, dtype=torch.long))
+                last[protected[g.id]] = self.done_steps
+        if any(not torch.equal(masks[gid], prev[gid]) for gid in masks):
+            self.mask_final_epoch = (step + 1) / max(1, ctx.steps_per_epoch)
+        rec = self._record(self._epoch_of(step), target, norms, s, masks, protected, prev, note)
+        rec.update(readmitted=readmitted, readmitted_zero=readmitted_zero, at_step=step + 1, frozen=final)
+        self._masks, self.protected = masks, protected
+        self._refresh_hold()
+        if final:  # hard mask: the model now equals the materialized one; it trains frozen from here on
+            graph.apply_masks(masks)
+            ch.recalibrate_bn(ctx.model, ctx.train_loader, self.bn_batches, ctx.device)
+            self.frozen = self.finished = True
+        for acc in self.taylor.values():
+            acc.reset()
+        for gid, cp in self.consumer_pulse.items():
+            cp.reset()
+            cp.on = masks[gid].clone()
+            if final:
+                cp.detach()
+        self.pulse, self.pulse_seen = {}, 0
+        self.done_steps += 1
+        self._watch(not final)
+        self.log.append(rec)
+        ctx.log(f"[psap] step {self.done_steps}/{len(self.points)} (epoch {rec['epoch']}): target {target:.4f}, "
+                f"{ctx.metric} drop {rec['drop']:.4f}, protected {rec['protected']}, re-admitted {readmitted}"
+                + (", frozen" if final else "") + (f" ({note})" if note else ""))  # fmt: skip
+        return rec
+
+    def _refresh_hold(self) -> None:
+        """The rows held at zero until the next step: the switched-off channels' gates (or filters)."""
+        assert self.ctx is not None
+        self._hold_rows = [(sl.tensor, sl.rows_of(~self._masks[g.id])) for g in self.ctx.graph.groups
+                           if not bool(self._masks[g.id].all()) for sl in self.zeroable[g.id]]  # fmt: skip
+
+    def _epoch_of(self, step: int) -> float:
+        """The (fractional) epoch at which global batch ``step`` ends."""
+        assert self.ctx is not None
+        return round((step + 1) / max(1, self.ctx.steps_per_epoch), 4)
+
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "done_steps": self.done_steps, "log": self.log,
-                "pulse": self.pulse, "pulse_seen": self.pulse_seen, "protected": self.protected,
-                "snapshots": self.snapshots}  # fmt: skip
+        state = {**super().state_dict(), "done_steps": self.done_steps, "log": self.log,
+                 "pulse": self.pulse, "pulse_seen": self.pulse_seen, "protected": self.protected,
+                 "snapshots": self.snapshots}  # fmt: skip
+        if self.variant == "v2" and self.ctx is not None:
+            state["v2"] = {"frozen": self.frozen, "last_protected": self.last_protected,
+                           "banks": {gid: b.state_dict() for gid, b in self.banks.items()},
+                           "filter_banks": {gid: b.state_dict() for gid, b in self.filter_banks.items()},
+                           "taylor": {gid: t.state_dict() for gid, t in self.taylor.items()},
+                           "consumer_pulse": {g: c.state_dict() for g, c in self.consumer_pulse.items()}}  # fmt: skip
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.done_steps, self.log = int(state["done_steps"]), list(state["log"])
         self.pulse, self.pulse_seen = dict(state["pulse"]), int(state["pulse_seen"])
         self.protected, self.snapshots = dict(state["protected"]), dict(state["snapshots"])
+        if "v2" in state and self.ctx is not None:
+            v2 = state["v2"]
+            self.frozen, self.last_protected = bool(v2["frozen"]), dict(v2["last_protected"])
+            for name, objs in (("banks", self.banks), ("filter_banks", self.filter_banks), ("taylor", self.taylor),
+                               ("consumer_pulse", self.consumer_pulse)):  # fmt: skip
+                for gid, sub in v2[name].items():
+                    objs[int(gid)].load_state_dict(sub)
+            for gid, cp in self.consumer_pulse.items():
+                cp.on = self._masks[gid].clone()
+                if self.frozen:
+                    cp.detach()
+            self._refresh_hold()
         self._watch(bool(self.done_steps) and not self.finished and self.pulse_seen < self.pulse_iters)
