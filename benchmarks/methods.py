@@ -164,6 +164,9 @@ TIERS: dict[str, dict[str, Any]] = {
     "confirm": {
         "data": "fashion-mnist", "train_subset": 16000, "val_subset": 4000, "test_subset": None, "batch_size": 128,
         "dense_epochs": 20, "epochs": {"trained": 15, "scratch": 20}, "lr": {"trained": 0.02, "scratch": 0.1},
+        # once a mask is final, the rest of the epochs train the slim model under the same schedule (same function
+        # and gradients as soft masking; only the optimizer momentum restarts at that point): ~2x faster rows
+        "materialize_early": True,
         "blocks": [_block("main", 0.7, "trained", [0, 1, 2, 3, 4], MAIN_VARIANTS),
                    _block("main", 0.7, "scratch", [0, 1, 2, 3, 4], MAIN_VARIANTS),
                    _block("main", 0.5, "trained", [0, 1, 2], MAIN_VARIANTS),
@@ -374,7 +377,8 @@ def _task(row: dict[str, Any], tier: dict[str, Any], args: argparse.Namespace) -
            / _slug(row["variant"]) / f"s{row['seed']}")  # fmt: skip
     return {**_common(tier, args), "tier": row["tier"], "model": row["model"], "start": row["start"],
             "target": target, "variant": row["variant"], "seed": row["seed"], "out": str(out), "weights": None,
-            "epochs": tier["epochs"][row["start"]], "lr": tier["lr"][row["start"]], "options": None}  # fmt: skip
+            "epochs": tier["epochs"][row["start"]], "lr": tier["lr"][row["start"]], "options": None,
+            "materialize_early": bool(tier.get("materialize_early", False))}  # fmt: skip
 
 
 def _dense_task(tier_name: str, model: str, seed: int, tier: dict[str, Any], args: argparse.Namespace,
@@ -504,7 +508,8 @@ def run_row(task: dict[str, Any]) -> dict[str, Any]:
                               schedule="cosine", lr=task["lr"], batch_size=task["batch_size"],
                               train_subset=task["train_subset"], val_subset=task["val_subset"],
                               test_subset=task["test_subset"], seed=task["seed"], device=task["device"],
-                              round_to=ROUND_TO, overwrite=True, quiet=task["quiet"], **options)  # fmt: skip
+                              round_to=ROUND_TO, overwrite=True, quiet=task["quiet"],
+                              materialize_early=task.get("materialize_early", False), **options)  # fmt: skip
             report = prune(cfg)
         except GateFailed as exc:  # the report is written before the target gate: keep its numbers
             error = one_line(exc, typed=True)
@@ -648,6 +653,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "params_drop_mean": mean_of("params_drop"), "epochs_final_mean": mean_of("epochs_final"),
             "verified_all": bool(members) and all(v is True for v in verified),
             "in_band_all": None if variant == DENSE else all(r.get("flops_in_band") is True for r in members),
+            "fallback_rate": mean_of("aster_fallback"),
         }  # fmt: skip
         out.append(entry)
     # paired comparisons against the best baseline (by validation) of each (tier, model, start, target)
@@ -675,6 +681,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "n_test": n_test,
                     "binomial_se": math.sqrt(p * (1 - p) / n_test) if p is not None and n_test else None,
                     "mean_seed_std": _mean(stds)})  # fmt: skip
+    out += agreement(rows)
     # cost: total wall time per tier (a dense training counted once, though it is the dense row of both starts)
     for tier in sorted({r["tier"] for r in rows}, key=_tier_order):
         these = [r for r in rows if r["tier"] == tier]
@@ -690,6 +697,60 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "cpu_kinds": sorted({str(r.get("cpu_kind")) for r in these}),
                     "devices": sorted({str(r.get("device")) for r in these})})  # fmt: skip
     return out
+
+
+def removed_channels(run_dir: str | Path) -> set[tuple[str, int]] | None:
+    """The (layer, channel) pairs a run removed, from its ``pruned.pt`` pruning history (None if unreadable)."""
+    try:
+        payload = torch.load(Path(run_dir) / "pruned.pt", map_location="cpu", weights_only=True)
+        return {(str(name), int(i)) for name, out, idxs in payload["history"] if out for i in idxs}
+    except Exception:  # a row without a readable file simply has no agreement entry
+        return None
+
+
+#: Pairs of variants whose final masks the summary compares seed by seed (does the sensitivity change the mask?)
+AGREEMENT_PAIRS = (("aster", "aster-gradient"), ("aster-v1", "aster"))
+
+
+def agreement(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``agreement`` entries: per (tier, model, start, target, pair) and seed, whether the two variants removed the
+    same channels (Jaccard of the removed sets) and their test-accuracy difference; plus the pair's fallback rates."""
+    out: list[dict[str, Any]] = []
+    by = {(r["tier"], r["model"], r["start"], r["target"], r["variant"], int(r["seed"])): r for r in _ok(rows)}
+    for a, b in AGREEMENT_PAIRS:
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for (tier, model, start, target, variant, seed), ra in by.items():
+            rb = by.get((tier, model, start, target, b, seed))
+            if variant != a or rb is None:
+                continue
+            sa, sb = removed_channels(ra["run_dir"]), removed_channels(rb["run_dir"])
+            jac = None if sa is None or sb is None else len(sa & sb) / max(1, len(sa | sb))
+            groups.setdefault((tier, model, start, target), []).append(
+                {"seed": seed, "jaccard": jac, "identical": None if jac is None else sa == sb,
+                 "acc_diff": float(ra["acc"]) - float(rb["acc"]),
+                 "fallback": [ra.get("aster_fallback"), rb.get("aster_fallback")]})  # fmt: skip
+        for (tier, model, start, target), seeds in groups.items():
+            out.append({"kind": "agreement", "tier": tier, "model": model, "start": start, "target": target,
+                        "pair": [a, b], "seeds": sorted(seeds, key=lambda e: e["seed"])})  # fmt: skip
+    return out
+
+
+def _agreement_lines(summary: list[dict[str, Any]]) -> list[str]:
+    entries = [e for e in summary if e["kind"] == "agreement"]
+    if not entries:
+        return []
+    lines = ["## Do the variants end with different masks?", "",
+             "Per seed: Jaccard overlap of the removed (layer, channel) sets (1 = the same mask), the test-accuracy "
+             "difference (first − second, points) and whether each used the fallback.", "",
+             "| tier | setting | pair | seed | Jaccard | same mask | Δ top-1 (pp) | fallback |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for e in entries:
+        for s in e["seeds"]:
+            jac = "–" if s["jaccard"] is None else f"{s['jaccard']:.3f}"
+            fb = " / ".join("yes" if f else "no" for f in s["fallback"])
+            lines.append(f"| {e['tier']} | {_label((e['start'], e['target']))} | {e['pair'][0]} vs {e['pair'][1]} | "
+                         f"{s['seed']} | {jac} | {s['identical']} | {100 * s['acc_diff']:+.2f} | {fb} |")  # fmt: skip
+    return [*lines, ""]
 
 
 # --------------------------------------------------------------------------------------------- markdown
@@ -856,6 +917,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                          f"| {e['n_test']} | {_pct(e['binomial_se'])} | {_pct(e['mean_seed_std'])} |")  # fmt: skip
         lines.append("")
     lines += _method_lines(rows)
+    lines += _agreement_lines(summary)
     cost = [e for e in summary if e["kind"] == "cost"]
     machine = result.get("machine") or {}
     if cost:
@@ -908,6 +970,12 @@ def _method_lines(rows: list[dict[str, Any]]) -> list[str]:
                          f"| {'**yes**' if r['aster_fallback'] else 'no'} | {r.get('aster_freeze_epoch')} | "
                          f"{'–' if tau is None else f'{tau:.4g}'} |")  # fmt: skip
         lines.append("")
+        rates: dict[tuple, list[bool]] = {}
+        for r in aster:
+            rates.setdefault((r["tier"], r["start"], r["target"], r["variant"]), []).append(bool(r["aster_fallback"]))
+        lines.append("Fallback rate: " + "; ".join(f"{t} {st} {round(100 * tg)}% {v}: {sum(f)}/{len(f)}"
+                                                   for (t, st, tg, v), f in rates.items()) + ".")  # fmt: skip
+        lines.append("")
     if psap:
         extra = sorted({k for r in psap for k in r if "readmitted_zero" in k})
         head = ["tier", "start", "target", "variant", "seed", "steps", "protected", "protected survived", *extra]
@@ -942,7 +1010,7 @@ def _overhead_lines(overhead: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------- results file
 
 ROW_KEYS = ("data", "data_dir", "train_subset", "val_subset", "test_subset", "batch_size", "dense_epochs", "epochs",
-            "lr")  # fmt: skip
+            "lr", "materialize_early")  # fmt: skip
 
 
 def _normal(obj: Any) -> Any:

@@ -110,7 +110,7 @@ def main() -> None:
     """compress: prune CNN filters, export verified ONNX, measure real latency."""
 
 
-# PSAP (see README "PSAP"): the paper fixes sparsity-set ratios and gradient protection; the rest is our reading.
+# PSAP (see docs/methods.md): the paper fixes sparsity-set ratios and gradient protection; the rest is our reading.
 psap_options = [
     click.option("--psap-beta", type=float, default=0.05, show_default=True,
                  help="PSAP sparsity: a weight is sparse when |w| <= beta * mean|W_g| (our reading)."),
@@ -152,7 +152,7 @@ psap_options = [
                  "gradient norm, or ||grad||*||w|| (for --psap-regrow)."),
     click.option("--psap-regrow/--no-psap-regrow", default=False, show_default=True,
                  help="PSAP: let pruned filters train freely between steps (SFP, the spec); default holds them "
-                 "at zero so they come back only through protection (measured better, see README)."),
+                 "at zero so they come back only through protection (measured better, see docs/methods.md)."),
     click.option("--psap-adaptive/--no-psap-adaptive", default=True, show_default=True,
                  help="PSAP: sparsity-adaptive per-group ratios (off: uniform, as SFP)."),
     click.option("--psap-protect/--no-psap-protect", default=True, show_default=True,
@@ -164,7 +164,7 @@ psap_options = [
 ]  # fmt: skip
 
 
-# ASTER (see README "ASTER"): a global BN-|gamma| threshold adapted from the loss sensitivity.
+# ASTER (see docs/methods.md): a global BN-|gamma| threshold adapted from the loss sensitivity.
 aster_options = [
     click.option("--aster-sensitivity", type=click.Choice(["lbfgs", "gradient"]), default="lbfgs",
                  show_default=True, help="ASTER: direction d = -H g with H the L-BFGS inverse Hessian over BN "
@@ -252,7 +252,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             metavar="TIME",
             help="ONNX Runtime p50 latency to reach, e.g. 4ms, 0.004s, 500us (a bare number: ms). Finds "
-            'the FLOPs drop by timing real exported models (see README "Latency-targeted pruning").',
+            'the FLOPs drop by timing real exported models (see docs/cli.md "Latency-targeted pruning").',
         ),
         click.option(
             "--latency-provider",
@@ -321,6 +321,10 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="PSAP step targets: cubic ramp over the first half (default from weights) or the full "
             "target at every step (default with --from-scratch).",
         ),  # fmt: skip
+        click.option("--materialize-early/--no-materialize-early", default=False, show_default=True,
+                     help="Once the method's mask is final (one-shot baselines: at once; PSAP v2/ASTER: at the "
+                     "freeze), train the remaining --epochs on the physically pruned model under the same LR "
+                     "schedule (faster; the optimizer momentum restarts there)."),
         click.option(
             "--finetune-epochs",
             type=int,
@@ -472,7 +476,8 @@ def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--fp16", is_flag=True, help="Convert to float16 (float32 inputs/outputs) for GPU runtimes; "
                      "verified against the fp32 PyTorch model with the fp16 tolerance. Needs --opset >= 9."),
         click.option("--rtol", type=float, default=None,
-                     help="Verification rtol (np.allclose). Default: 1e-3, with --fp16 2e-2 (measured, see README)."),
+                     help="Verification rtol: max|diff| <= atol + rtol * max|ref|. Default: 1e-3, with --fp16 2e-2 "
+                     "(measured, see docs/export.md)."),
         click.option("--atol", type=float, default=None, help="Verification atol. Default: 1e-4, with --fp16 5e-2."),
         click.option("--external-data/--no-external-data", default=None,
                      help="Weights in FILE.onnx.data next to the model. Default: only when the model reaches "

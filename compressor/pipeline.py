@@ -79,6 +79,7 @@ class PruneConfig:
     allocation_from: str | None = None
     finetune_epochs: int = 0
     finetune_lr: float | None = None
+    materialize_early: bool = False
     round_to: int = 8
     max_layer_ratio: float = 0.8
     lr: float = 0.05
@@ -335,6 +336,7 @@ RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_fl
                 "allocation_power",
                 "target_latency", "latency_provider", "latency_batch", "latency_threads", "latency_tolerance",
                 "epochs", "pretrain_epochs", "finetune_epochs", "finetune_lr", "steps", "prune_every", "prune_schedule",
+                "materialize_early",
                 "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
                 "distill", "distill_temperature", "distill_alpha",
                 "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
@@ -460,8 +462,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     # 2. prune with the method (and fine-tune for cfg.epochs)
     run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape, dense_eval,
                (dense_flops, dense_params), t_start, trainer_io, teacher=teacher)  # fmt: skip
-    if phase == "finetune":
-        return _finetune(run, resume_state, history_rows)
+    if phase in SLIM_PHASES:
+        return _finetune(run, resume_state, history_rows, phase)
     model.to(device)
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=cfg.epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train,
@@ -469,7 +471,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                   lr=cfg.lr, log=progress.log, weights=weights)  # fmt: skip
     method.setup(graph, ctx)
     trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
-                      phase="prune", teacher=teacher, **trainer_io)  # fmt: skip
+                      phase="prune", teacher=teacher, stop_when_finished=cfg.materialize_early,
+                      **trainer_io)  # fmt: skip
     ctx.optimizer = trainer.optimizer
     if phase == "prune":
         trainer.resume(resume_state)  # the checkpoint holds the (soft-masked) model exactly
@@ -481,12 +484,14 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     slim, history = graph.materialize(masks, model.cpu())
     history_rows += trainer.history
     holder = Finished.of(method, cfg.steps)
-    if cfg.finetune_epochs > 0:
+    frozen = cfg.materialize_early and trainer.epochs_done < cfg.epochs  # the mask was final before the last epoch
+    if frozen or cfg.finetune_epochs > 0:
         if main:
-            with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the fine-tuning
+            with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the later phases
                 torch.save(pruned_payload(spec, input_shape, history, slim), tmp)
         distributed.barrier()
-        return _finetune(run, {"holder": holder, "slim": slim, "history": history}, history_rows)
+        state = {"holder": holder, "slim": slim, "history": history, "start_epoch": trainer.epochs_done}
+        return _finetune(run, state, history_rows, "frozen" if frozen else "finetune")
     return _finish(run, slim, history, holder, history_rows)
 
 
@@ -558,8 +563,11 @@ class Finished(Method):
         self.skipped = [tuple(x) for x in state.get("skipped", [])]
 
 
-def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Train the materialized model for ``cfg.finetune_epochs`` (resumable), then finish the run."""
+def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any]],
+              phase: str = "finetune") -> dict[str, Any]:  # fmt: skip
+    """Train the materialized model (resumable), then finish the run. Phase ``frozen`` (--materialize-early):
+    the prune phase's remaining epochs, its LR schedule continued (a fresh optimizer: momentum restarts);
+    ``finetune``: ``cfg.finetune_epochs`` on their own schedule (after ``frozen`` when both apply)."""
     cfg, out = run.cfg, run.out
     resuming = "holder" not in state
     if resuming:  # the slim architecture (and its pruning history) is in pruned.pt, the weights in the checkpoint
@@ -567,13 +575,21 @@ def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any
         holder, history = Finished({}, [], cfg.steps), payload["history"]
     else:
         holder, slim, history = state["holder"], state["slim"], state["history"]
-    lr = cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr
-    trainer = Trainer(slim, run.data.train, run.data.val, _train_cfg(cfg, cfg.finetune_epochs, lr), method=holder,
-                      phase="finetune", teacher=run.teacher, **run.trainer_io)  # fmt: skip
+    if phase == "frozen":
+        train_cfg = _train_cfg(cfg, cfg.epochs, cfg.lr)
+    else:
+        train_cfg = _train_cfg(cfg, cfg.finetune_epochs, cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr)
+    trainer = Trainer(slim, run.data.train, run.data.val, train_cfg, method=holder, phase=phase, teacher=run.teacher,
+                      **run.trainer_io)  # fmt: skip
     if resuming:
         trainer.resume(state)
+    else:
+        trainer.start_epoch = int(state.get("start_epoch", 0))  # frozen: the global epoch (LR and data order go on)
     trainer.fit()
-    return _finish(run, slim, history, holder, history_rows + trainer.history)
+    rows = history_rows + trainer.history
+    if phase == "frozen" and cfg.finetune_epochs > 0:
+        return _finetune(run, {"holder": holder, "slim": slim, "history": history}, rows, "finetune")
+    return _finish(run, slim, history, holder, rows)
 
 
 def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
@@ -686,7 +702,8 @@ def _rewind_history(path: Path, state: dict[str, Any], write: bool = True) -> li
     return earlier
 
 
-PHASES = ("pretrain", "prune", "finetune")
+PHASES = ("pretrain", "prune", "frozen", "finetune")
+SLIM_PHASES = ("frozen", "finetune")  # phases that train the materialized model
 
 
 PLOTS = {"psap": (plot_kept_ratios, "psap_kept.png"), "aster": (plot_threshold, "aster_tau.png")}

@@ -139,12 +139,15 @@ class Trainer:
                  method: Method | None = None, device: torch.device | None = None,
                  checkpoint: Path | None = None, history: Path | None = None,
                  progress: Progress | None = None, phase: str = "train",
-                 checkpoint_every: int = 0, teacher: nn.Module | None = None) -> None:  # fmt: skip
+                 checkpoint_every: int = 0, teacher: nn.Module | None = None,
+                 stop_when_finished: bool = False) -> None:  # fmt: skip
         self.model, self.train_loader, self.val_loader, self.cfg = model, train_loader, val_loader, cfg
         self.method = method or Method()
         self.device = device or pick_device()
         self.checkpoint, self.history_path, self.phase = checkpoint, history, phase
         self.checkpoint_every = checkpoint_every
+        self.stop_when_finished = stop_when_finished  # end the phase at the first epoch start with the mask final
+        self.epochs_done = 0
         self.progress = progress or Progress()
         self.model.to(self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
@@ -175,8 +178,12 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         steps = len(self.train_loader)
         net = self._network()
+        self.epochs_done = self.start_epoch
         with STOP.armed() as stop:
             for epoch in range(self.start_epoch, self.cfg.epochs):
+                resuming_inside = epoch == self.start_epoch and self.start_step > 0  # finish a started epoch
+                if self.stop_when_finished and self.method.finished and not resuming_inside:
+                    break
                 self.model.train()
                 if hasattr(self.train_loader, "set_epoch"):
                     self.train_loader.set_epoch(epoch)
@@ -193,6 +200,7 @@ class Trainer:
                     if halt:
                         raise Interrupted(stop.signum or signal.SIGTERM, self.checkpoint)
                 self._end_epoch(epoch, t0)  # saves the epoch's checkpoint
+                self.epochs_done = epoch + 1
                 if self._halt(stop):
                     raise Interrupted(stop.signum or signal.SIGTERM, self.checkpoint)
         return self.history

@@ -10,7 +10,7 @@ channels scoring below tau are pruned for good (held at zero after every optimiz
 when the FLOPs drop reaches the target; if the search epochs end first, tau is set to the value that meets
 it (the *fallback*, recorded). Groups without BN cannot be scored: they are left unpruned and reported.
 
-Our readings (README "ASTER"): ``L`` is the batch's *summed* loss (``--aster-loss sum``: L/B is then the
+Our readings (docs/methods.md "ASTER"): ``L`` is the batch's *summed* loss (``--aster-loss sum``: L/B is then the
 mean loss, the unit the loss-change rate x applies to; ``mean`` divides the mean by B again, a per-batch
 step ~B times smaller that never reaches the target in the search phase). With ``--round-to N`` a group
 keeps the smallest allowed count not below its channels at or above tau (exact ``< tau`` with N=1), and

@@ -1,11 +1,11 @@
-"""PSAP: Protective Self-Adaptive Pruning (Li & Zhao, arXiv:2303.11881), as ``../shared/methods/PSAP.md`` reads it.
+"""PSAP: Protective Self-Adaptive Pruning (Li & Zhao, arXiv:2303.11881), as docs/methods.md reads it.
 
 The paper's abstract fixes: iterative filter prune-train; each layer's ratio set by its own weight sparsity
 before every step; a gradient-supervised protective reconstruction that keeps important filters and lets
 pruned ones come back. Everything else is OUR reading on top of Soft Filter Pruning (SFP): the sparsity
 formula, the FLOPs-weighted ratio rule solved by bisection, the gradient "pulse" over K iterations, the
 snapshot/restore and the schedules. Where the spec, taken literally, cannot work we measured and chose;
-each choice is an option (README "PSAP" has the numbers):
+each choice is an option (docs/methods.md has the numbers):
 
 * ``zero_bn=False``: a step zeroes the filters (conv/linear weight rows, biases) and their momentum and
   resets the BN running statistics; BN gamma/beta stay. The spec also zeroes gamma and beta; then the
@@ -171,8 +171,9 @@ class PSAP(Method):
     # ------------------------------------------------------------------------------------------ hooks
     def on_after_backward(self, step: int, loss: torch.Tensor | None = None, batch_size: int = 0) -> None:
         if self.variant == "v2" and not self.frozen:
-            for gid, acc in self.taylor.items():
-                acc.observe(~self._masks[gid])
+            if self.score == "taylor":  # the gate Taylor term is read only to rank channels by it
+                for gid, acc in self.taylor.items():
+                    acc.observe(~self._masks[gid])
             for cp in self.consumer_pulse.values():
                 cp.end_iteration()
         if not (self.protect and self.done_steps and self.pulse_seen < self.pulse_iters) or self.frozen:
@@ -199,6 +200,8 @@ class PSAP(Method):
         if not (on and self.protect and self.pulse_mode == "bn" and self.ctx is not None):
             return
         for g in self.ctx.graph.groups:
+            if self.variant == "v2" and g.id in self.gated:  # gated groups read their consumers (ConsumerPulse)
+                continue
             for k, (mod, pos, roots) in enumerate(ch.norm_modules(g)):
                 self._hooks.append(mod.register_forward_hook(self._std_hook(g.id, k, g.size, pos, roots)))
 
