@@ -136,6 +136,9 @@ psap_options = [
                  "there and the rest trains the final structure)."),
     click.option("--psap-steps-per-epoch", type=int, default=None,
                  help="PSAP v2: pruning steps per epoch until the freeze (default 2)."),
+    click.option("--psap-protect-steps", type=int, default=None,
+                 help="PSAP v2: a protected channel stays kept for this many steps (default 2; 1: the v1 churn, "
+                 "where it could be pruned again at the very next step)."),
     click.option("--psap-sparsity-scope", type=click.Choice(["all", "kept"]), default=None,
                  help="PSAP sparsity over all of a group's filters (v1) or only its kept ones (v2 default: "
                  "held-zero filters otherwise make s_g echo the previous ratio)."),

@@ -187,6 +187,7 @@ class PruningGraph:
         arch: str = "",
         seconds: float | None = None,
         memory_gb: float | None = None,
+        outputs: list[nn.Module] | None = None,
     ) -> None:
         for key, why in UNSUPPORTED.items():
             if key in arch.lower():
@@ -195,10 +196,13 @@ class PruningGraph:
         self.example = example
         self.round_to = max(1, int(round_to))
         self.names = {m: n for n, m in model.named_modules()}
-        self.classifiers = _classifiers(model, example, arch or type(model).__name__)
+        # the output layers (never pruned): given, or found by running the model once (a classification output)
+        label = arch or type(model).__name__
+        self.classifiers = list(outputs) if outputs is not None else _classifiers(model, example, label)
         self.ignored: dict[nn.Module, str] = {m: "ignored by the caller" for m in ignored_layers or []}
         self.ignored.update(resolve_ignore(model, ignore))
-        self.ignored.update({m: "classifier (output layer)" for m in self.classifiers})
+        self.ignored.update({m: "output layer" if outputs is not None else "classifier (output layer)"
+                             for m in self.classifiers})  # fmt: skip
         self.overrides = _check_overrides(model, group_max_ratio or {})
         self.skipped: list[tuple[str, str]] = []
         self._skipped_layers: dict[str, str] = {}

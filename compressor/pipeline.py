@@ -16,14 +16,15 @@ import torch
 import yaml
 
 from compressor import checkpoint, distributed, tool_version
+from compressor.api import Pruner
 from compressor.atomic import atomic_path, check_writable_dir, write_json, write_text
-from compressor.budget import Budget, solve_counts
+from compressor.budget import Budget
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, one_line
 from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
 from compressor.latency_alloc import ALLOCATION_FILE, allocation_for_run, check_allocation
 from compressor.latency_target import LatencySpec, final_record, load_search, save_search, search_for_run
-from compressor.methods import Context, Method, build_method, method_parameters
+from compressor.methods import Method, build_method, method_parameters
 from compressor.models import build_model, init_bn_gamma, load_weights, read_checkpoint
 from compressor.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, frozen_copy, pick_device, seed_everything
@@ -125,6 +126,7 @@ class PruneConfig:
     psap_score: str | None = None
     psap_freeze_at: float | None = None
     psap_steps_per_epoch: int | None = None
+    psap_protect_steps: int | None = None
     psap_bn_batches: int = 20
     aster_sensitivity: str = "lbfgs"
     aster_tau0: float = 1e-4
@@ -346,7 +348,8 @@ RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_fl
                 "aster_tau0", "aster_x", "aster_reduce", "aster_history", "aster_update_every",
                 "aster_search_epochs", "aster_loss", "aster_eps", "max_prune_fraction", "bn_init", "ignore",
                 "psap_variant", "psap_mode", "psap_protection", "psap_readmit", "psap_score", "psap_freeze_at",
-                "psap_steps_per_epoch", "aster_variant", "aster_search", "aster_eta", "aster_eta0",
+                "psap_steps_per_epoch", "psap_protect_steps",
+                "aster_variant", "aster_search", "aster_eta", "aster_eta0",
                 "aster_prunes_per_epoch", "aster_normalize", "aster_curvature", "aster_curvature_every",
                 "prune_at", "allocation_from",
                 "ignore_stem", "group_max_ratio")  # fmt: skip
@@ -414,8 +417,11 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         search = distributed.on_main(lambda: search_for_run(cfg, out, graph, budget, model, input_shape,
                                                             progress.log, weights=weights))  # fmt: skip
         metric, target = "flops", float(search["chosen_drop"])
-    solve_counts(graph, budget, target, metric=metric, max_ratio=cfg.max_layer_ratio, weights=weights)  # reachable?
-    method.check(graph, budget, target, metric, cfg.max_layer_ratio)  # can this method prune it? (BadInput)
+    # reachable, and can this method prune it? (BadInput/GateFailed before anything is written)
+    pruner = Pruner(model, example, method=method, **{f"target_{metric}": target}, epochs=cfg.epochs,
+                    steps_per_epoch=len(data.train), max_layer_ratio=cfg.max_layer_ratio, graph=graph, budget=budget,
+                    weights=weights, train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(), lr=cfg.lr,
+                    device=device, log=progress.log, start=False)  # fmt: skip
 
     # Inputs are valid: from here on rank 0 writes into the run directory.
     distributed.barrier()  # every rank has checked the directory before it changes
@@ -465,15 +471,11 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     if phase in SLIM_PHASES:
         return _finetune(run, resume_state, history_rows, phase)
     model.to(device)
-    ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=cfg.epochs,
-                  steps_per_epoch=len(data.train), train_loader=data.train,
-                  loss_fn=torch.nn.CrossEntropyLoss(), device=device, max_ratio=cfg.max_layer_ratio,
-                  lr=cfg.lr, log=progress.log, weights=weights)  # fmt: skip
-    method.setup(graph, ctx)
+    pruner.start()  # the method sets up on the (pretrained) weights
     trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
                       phase="prune", teacher=teacher, stop_when_finished=cfg.materialize_early,
                       **trainer_io)  # fmt: skip
-    ctx.optimizer = trainer.optimizer
+    pruner.attach(trainer.optimizer)
     if phase == "prune":
         trainer.resume(resume_state)  # the checkpoint holds the (soft-masked) model exactly
     trainer.fit()
@@ -481,7 +483,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     distributed.check_agree(distributed.digest(masks), "the final masks")
 
     # 3. materialize (then fine-tune the slim model when asked)
-    slim, history = graph.materialize(masks, model.cpu())
+    slim = pruner.materialize(model)
+    history = pruner.history
     history_rows += trainer.history
     holder = Finished.of(method, cfg.steps)
     frozen = cfg.materialize_early and trainer.epochs_done < cfg.epochs  # the mask was final before the last epoch
@@ -583,8 +586,8 @@ def _finetune(run: _Run, state: dict[str, Any], history_rows: list[dict[str, Any
                       **run.trainer_io)  # fmt: skip
     if resuming:
         trainer.resume(state)
-    else:
-        trainer.start_epoch = int(state.get("start_epoch", 0))  # frozen: the global epoch (LR and data order go on)
+    elif phase == "frozen":
+        trainer.start_epoch = int(state["start_epoch"])  # the global epoch: the LR schedule and data order go on
     trainer.fit()
     rows = history_rows + trainer.history
     if phase == "frozen" and cfg.finetune_epochs > 0:

@@ -130,6 +130,8 @@ class ASTER(Method):
         per = min(self.prunes_per_epoch, spe)
         self.points = {round(k * spe / per) - 1 for k in range(1, per)}  # in-epoch batches; the epoch end is one too
         if self.curvature == "same-batch":
+            if ctx.train_loader is None:
+                raise BadInput("ASTER curvature same-batch needs a train_loader (it takes one fixed batch from it)")
             self._curv_batch = next(iter(ctx.train_loader))
         self._refresh_hold()
         if ctx.epochs == 0:  # no training to adapt in: threshold at the target on the given weights

@@ -85,6 +85,8 @@ class ImportanceBaseline(Method):
     def _accumulate_grads(self) -> None:
         ctx = self.ctx
         assert ctx is not None
+        if ctx.train_loader is None:
+            raise BadInput("the taylor baseline needs a train_loader and a loss_fn (it accumulates gradients)")
         ctx.model.zero_grad(set_to_none=True)
         was_training = ctx.model.training
         ctx.model.eval()  # gradients only: BN running statistics must not move (matters for --epochs 0)

@@ -137,10 +137,11 @@ def recalibrate_bn(model: nn.Module, loader: object, batches: int, device: torch
     """Re-estimate BN running statistics (cumulative average over ``batches`` training batches).
 
     Zeroing many filters at once changes every downstream layer's input statistics; without this the
-    eval-mode model right after a soft-pruning step is far off its train-mode self.
+    eval-mode model right after a soft-pruning step is far off its train-mode self. Without a loader (a
+    user's own loop that gave none) nothing is done: the running statistics then catch up during training.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or batches <= 0:
+    if not norms or batches <= 0 or loader is None:
         return
     saved = [(m, m.momentum) for m in norms]
     was_training = model.training

@@ -40,7 +40,6 @@ from compressor.methods.gates import Bank, ConsumerPulse, GateTaylor, gateable
 
 PULSES = ("bn", "raw", "scaled")
 BN_EPS = 1e-5
-PROTECT_STEPS = 2  # v2: a protected channel is kept at this many steps (the one that brings it back and the next)
 PROTECT_COOLDOWN = 4  # v2: a channel is protected at most once in this many steps
 #: The two readings. v1: the first implementation (epoch-end steps up to the last epoch, filters zeroed, L2
 #: selection, protection kept on top of the budget). v2 (the default): PSAP.md's second reading, each candidate
@@ -48,7 +47,7 @@ PROTECT_COOLDOWN = 4  # v2: a channel is protected at most once in this many ste
 VARIANTS: dict[str, dict[str, Any]] = {
     "v1": {"sparsity_scope": "all"},
     "v2": {"mode": "gate", "protection": "swap", "readmit": "snapshot", "score": "magnitude",
-           "sparsity_scope": "kept", "freeze_at": 0.4, "steps_per_epoch": 2},
+           "sparsity_scope": "kept", "freeze_at": 0.4, "steps_per_epoch": 2, "protect_steps": 2},
 }  # fmt: skip
 DEFAULT_VARIANT = "v2"
 CHOICES = {"sparsity_scope": ("all", "kept"), "mode": ("gate", "filter"), "protection": ("swap", "extra"),
@@ -85,12 +84,14 @@ class PSAP(Method):
                  schedule: str | None = None, bn_batches: int = 20, regrow: bool = False,
                  sparsity_scope: str | None = None, variant: str = DEFAULT_VARIANT, mode: str | None = None,
                  protection: str | None = None, readmit: str | None = None, score: str | None = None,
-                 freeze_at: float | None = None, steps_per_epoch: int | None = None) -> None:  # fmt: skip
+                 freeze_at: float | None = None, steps_per_epoch: int | None = None,
+                 protect_steps: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"psap variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         second = {"mode": mode, "protection": protection, "readmit": readmit, "score": score,
-                  "freeze_at": freeze_at, "steps_per_epoch": steps_per_epoch}  # fmt: skip
+                  "freeze_at": freeze_at, "steps_per_epoch": steps_per_epoch,
+                  "protect_steps": protect_steps}  # fmt: skip
         if variant == "v1" and (given := [k for k, v in second.items() if v is not None]):
             raise ValueError(f"psap {given[0].replace('_', '-')} belongs to the second reading: use --psap-variant v2")
         chosen = {**VARIANTS[variant], **{k: v for k, v in {**second, "sparsity_scope": sparsity_scope}.items()
@@ -104,9 +105,9 @@ class PSAP(Method):
         if variant == "v2":
             self.mode, self.protection, self.readmit = chosen["mode"], chosen["protection"], chosen["readmit"]
             self.score, self.freeze_at = chosen["score"], float(chosen["freeze_at"])
-            self.per_epoch = int(chosen["steps_per_epoch"])
-            if not 0 < self.freeze_at <= 1 or self.per_epoch < 1:
-                raise ValueError("psap: need 0 < freeze-at <= 1 and steps-per-epoch >= 1")
+            self.per_epoch, self.protect_steps = int(chosen["steps_per_epoch"]), int(chosen["protect_steps"])
+            if not 0 < self.freeze_at <= 1 or self.per_epoch < 1 or self.protect_steps < 1:
+                raise ValueError("psap: need 0 < freeze-at <= 1, steps-per-epoch >= 1 and protect-steps >= 1")
         if sparsity not in ("weight", "filter"):
             raise ValueError(f"psap sparsity must be weight or filter, got {sparsity!r}")
         if pulse not in PULSES:
@@ -445,8 +446,8 @@ class PSAP(Method):
         return out
 
     def _still_protected(self) -> dict[int, torch.Tensor]:
-        """Kept channels protected within the last PROTECT_STEPS - 1 steps: they stay (no churn)."""
-        return {gid: self._masks[gid] & (last > self.done_steps - PROTECT_STEPS)
+        """Kept channels protected within the last ``protect_steps - 1`` steps: they stay (no churn)."""
+        return {gid: self._masks[gid] & (last > self.done_steps - self.protect_steps)
                 for gid, last in self.last_protected.items()}  # fmt: skip
 
     def _step_v2(self, *, step: int, final: bool) -> dict[str, Any]:
