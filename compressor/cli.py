@@ -16,13 +16,21 @@ from typing import Any
 import click
 import yaml
 
-from compressor import distributed
 from compressor.errors import BadInput, GateFailed, Interrupted, one_line
+
+
+def _rank() -> int:
+    """This process's rank, without importing torch (``compress --help`` stays fast): before the distributed
+    module is loaded no process group can exist, so torchrun's RANK says it."""
+    mod = sys.modules.get("compressor.distributed")
+    if mod is not None:
+        return mod.rank()
+    return int(os.environ.get("RANK", 0)) if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")) else 0
 
 
 def _fail(message: str, code: int) -> None:
     """One line on stderr (rank 0 only under torchrun: every rank meets the same bad input) and exit."""
-    if distributed.rank() == 0:
+    if _rank() == 0:
         click.echo(f"error: {one_line(message, 500)}", err=True)
     sys.exit(code)
 
@@ -65,7 +73,8 @@ class _Group(click.Group):
                 raise
             _fail(f"internal error: {one_line(exc, 400, typed=True)} (rerun with --debug for the traceback)", 3)
         finally:
-            distributed.teardown()
+            if (mod := sys.modules.get("compressor.distributed")) is not None:
+                mod.teardown()
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -445,7 +454,7 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
 
     with STOP.installed():  # SIGINT/SIGTERM: save a checkpoint, exit 130/143 (resume with --resume)
         report = run_prune(PruneConfig(**options))
-    if distributed.rank() != 0:  # under torchrun rank 0 speaks for all
+    if _rank() != 0:  # under torchrun rank 0 speaks for all
         return
     if as_json:
         click.echo(json.dumps(report, default=str))
