@@ -181,7 +181,7 @@ def torch_model(path: Path, backend: str, opts: Options) -> tuple[Any, list[str]
     """Our pruned-model file on the backend's device (compiled lazily for ``torch-compile*``)."""
     import torch
 
-    from compressor.pipeline import load_pruned
+    from compressor.artifacts import load_pruned
 
     device, compiled = TORCH_BACKENDS[backend]
     if device == "cuda" and not torch.cuda.is_available():

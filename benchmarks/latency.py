@@ -113,7 +113,7 @@ def _onnx_inputs(p: Path) -> list[_Input]:
 
 
 def _torch_inputs(p: Path) -> list[_Input]:
-    from compressor.pipeline import read_pruned
+    from compressor.artifacts import read_pruned
 
     payload = read_pruned(p)
     return [_Input("input", np.float32, [None, *(int(d) for d in payload["input_shape"])])]

@@ -189,3 +189,10 @@ def solve_masks(
 ) -> Masks:
     """Masks meeting ``target`` that keep the highest-scoring channels of each group."""
     return masks_from_counts(scores, solve_counts(graph, budget, target, **kwargs))  # type: ignore[arg-type]
+
+
+def reachable(graph: PruningGraph, budget: Budget, max_ratio: float) -> dict[str, float]:
+    """The smallest non-zero and the largest FLOPs drop any mask can give (rounding and caps included)."""
+    allowed = {g.id: graph.allowed_keep(g.id, max_ratio) for g in graph.groups}
+    steps = [budget.drop_of_counts({gid: ks[-2]}) for gid, ks in allowed.items() if len(ks) > 1]
+    return {"min": min(steps, default=0.0), "max": budget.drop_of_counts({gid: ks[0] for gid, ks in allowed.items()})}

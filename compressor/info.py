@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from compressor.budget import Budget, solve_counts
+from compressor.budget import Budget, reachable, solve_counts
+from compressor.config import parse_patterns, parse_ratios
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
 from compressor.models import build_model
-from compressor.pipeline import parse_patterns, parse_ratios
 
 DATA_SHAPES = {
     "fashion-mnist": ((1, 28, 28), 10),
@@ -91,13 +91,6 @@ def model_info(
         except GateFailed as exc:
             result["dry_run"] = {"target_flops": target_flops, "feasible": False, "why": str(exc)}
     return result
-
-
-def reachable(graph: PruningGraph, budget: Budget, max_ratio: float) -> dict[str, float]:
-    """The smallest non-zero and the largest FLOPs drop any mask can give (rounding and caps included)."""
-    allowed = {g.id: graph.allowed_keep(g.id, max_ratio) for g in graph.groups}
-    steps = [budget.drop_of_counts({gid: ks[-2]}) for gid, ks in allowed.items() if len(ks) > 1]
-    return {"min": min(steps, default=0.0), "max": budget.drop_of_counts({gid: ks[0] for gid, ks in allowed.items()})}
 
 
 def render_info(r: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from compressor.atomic import write_json
-from compressor.budget import Budget, solve_counts, solve_masks
+from compressor.budget import Budget, reachable, solve_counts, solve_masks
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import Masks, PruningGraph, count_ops_and_params, tp_importances
 
@@ -148,8 +148,6 @@ def proxy_importance(method: str, epochs: int, steps: int) -> str:
 
 def max_drop(graph: PruningGraph, budget: Budget, max_ratio: float) -> float:
     """The largest FLOPs drop any mask reaches (rounding and per-group caps included)."""
-    from compressor.info import reachable  # lazily: compressor.info imports compressor.pipeline
-
     return float(reachable(graph, budget, max_ratio)["max"])
 
 

@@ -17,15 +17,17 @@ import yaml
 
 from compressor import checkpoint, distributed, tool_version
 from compressor.api import Pruner
+from compressor.artifacts import build_from_spec, load_pruned
 from compressor.atomic import atomic_path, check_writable_dir, write_json, write_text
 from compressor.budget import Budget
+from compressor.config import parse_patterns, parse_ratios
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, one_line
-from compressor.graph import PRUNED_FORMAT, PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
+from compressor.graph import PruningGraph, count_ops_and_params, pruned_payload
 from compressor.latency_alloc import ALLOCATION_FILE, allocation_for_run, check_allocation
 from compressor.latency_target import LatencySpec, final_record, load_search, save_search, search_for_run
 from compressor.methods import Method, build_method, method_parameters
-from compressor.models import build_model, init_bn_gamma, load_weights, read_checkpoint
+from compressor.models import init_bn_gamma, load_weights, read_checkpoint
 from compressor.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, frozen_copy, pick_device, seed_everything
 
@@ -234,36 +236,6 @@ class PruneConfig:
                 "max_prune_fraction": self.max_prune_fraction, **prefixed}  # fmt: skip
 
 
-def parse_patterns(value: Any) -> list[str]:
-    """``--ignore`` values: repeated options, comma lists or a YAML list -> a flat list of patterns."""
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
-
-
-def parse_ratios(value: Any) -> dict[str, float]:
-    """``--group-max-ratio PATTERN=RATIO`` (repeated or comma list) or a YAML mapping -> {pattern: ratio}."""
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        pairs = [(str(k), v) for k, v in value.items()]
-    else:
-        pairs = []
-        for entry in parse_patterns(value):
-            pat, sep, ratio = entry.rpartition("=")
-            if not sep or not pat:
-                raise BadInput(f"--group-max-ratio expects PATTERN=RATIO, got {entry!r}")
-            pairs.append((pat.strip(), ratio.strip()))
-    out: dict[str, float] = {}
-    for pat, ratio in pairs:
-        try:
-            out[pat] = float(ratio)
-        except (TypeError, ValueError):
-            raise BadInput(f"--group-max-ratio {pat}={ratio!r}: the ratio must be a number in [0, 1)") from None
-    return out
-
-
 def graph_options(cfg: PruneConfig) -> dict[str, Any]:
     """The PruningGraph keyword arguments a config sets (what is prunable and how counts round)."""
     return {"round_to": cfg.round_to, "arch": cfg.model, "ignore": cfg.ignore, "ignore_stem": cfg.ignore_stem,
@@ -277,40 +249,6 @@ def model_spec(cfg: PruneConfig, num_classes: int, in_channels: int) -> dict[str
         "in_channels": in_channels,
         "trust_code": cfg.trust_code,
     }
-
-
-def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
-    return build_model(
-        spec["model"],
-        num_classes=int(spec["num_classes"]),
-        in_channels=int(spec["in_channels"]),
-        trust_code=bool(spec.get("trust_code", False)),
-    )
-
-
-def read_pruned(path: str | Path) -> dict[str, Any]:
-    """A pruned-model file's payload (``weights_only=True``); BadInput naming the format if it is not one."""
-    payload = read_checkpoint(path, "pruned model")
-    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else None
-        raise BadInput(
-            f"{path} is not a compress pruned-model file ({PRUNED_FORMAT})"
-            + (f": its format is {found!r} (written by another compress version?)" if found else "")
-        )
-    return payload
-
-
-def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
-    payload = read_pruned(path)
-    if payload["spec"].get("trust_code") and not trust_code:
-        raise BadInput(f"{path} was built from user code ({payload['spec']['model']}): pass --trust-code")
-    try:
-        return rebuild_pruned(payload, build_from_spec), payload
-    except BadInput:
-        raise
-    except Exception as exc:  # a readable file that does not match its architecture
-        raise BadInput(f"{path} does not rebuild: {one_line(exc, 200, typed=True)}") from None
 
 
 def _prepare_out(out: Path, cfg: PruneConfig) -> None:

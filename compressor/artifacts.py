@@ -1,0 +1,51 @@
+"""The pruned-model file format: plain spec dicts in, ``torch.load(weights_only=True)`` out.
+
+A file holds the model spec (``{"model", "num_classes", "in_channels", "trust_code"}``), the input shape, the
+DepGraph pruning history and the slim state_dict (see :func:`compressor.graph.pruned_payload`); loading rebuilds
+the dense architecture from the spec, replays the history, then loads the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compressor.errors import BadInput, one_line
+from compressor.graph import PRUNED_FORMAT, rebuild_pruned
+from compressor.models import build_model, read_checkpoint
+
+
+def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    return build_model(
+        spec["model"],
+        num_classes=int(spec["num_classes"]),
+        in_channels=int(spec["in_channels"]),
+        trust_code=bool(spec.get("trust_code", False)),
+    )
+
+
+def read_pruned(path: str | Path) -> dict[str, Any]:
+    """A pruned-model file's payload (``weights_only=True``); BadInput naming the format if it is not one."""
+    payload = read_checkpoint(path, "pruned model")
+    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise BadInput(
+            f"{path} is not a compress pruned-model file ({PRUNED_FORMAT})"
+            + (f": its format is {found!r} (written by another compress version?)" if found else "")
+        )
+    return payload
+
+
+def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a pruned-model file (``weights_only=True``) and rebuild the slim model."""
+    payload = read_pruned(path)
+    if payload["spec"].get("trust_code") and not trust_code:
+        raise BadInput(f"{path} was built from user code ({payload['spec']['model']}): pass --trust-code")
+    try:
+        return rebuild_pruned(payload, build_from_spec), payload
+    except BadInput:
+        raise
+    except Exception as exc:  # a readable file that does not match its architecture
+        raise BadInput(f"{path} does not rebuild: {one_line(exc, 200, typed=True)}") from None
