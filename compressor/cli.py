@@ -656,7 +656,9 @@ def _graph_rules(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--list-models", is_flag=True, help="List every model spec and exit.")
+@click.option("--list-models", "list_models", flag_value="*", default=None, is_flag=False,
+              help="List the model specs matching a glob (e.g. 'torchvision:resnet*'; '*' or no value: all) and exit.")
+@click.option("--list-methods", is_flag=True, help="List every pruning method with its options and exit.")
 @click.option("--data", default="fashion-mnist", show_default=True, help="Sets input shape and classes.")
 @click.option("--input-shape", default=None, help="CxHxW instead of --data, e.g. 3x224x224.")
 @click.option("--num-classes", type=int, default=10, show_default=True, help="With --input-shape.")
@@ -678,14 +680,24 @@ def _graph_rules(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @_graph_rules
-def info(model: str | None, list_models: bool, data: str, input_shape: str | None, num_classes: int,
-         round_to: int, max_layer_ratio: float, target_flops: float | None, trust_code: bool, as_json: bool,
-         ignore: tuple[str, ...], ignore_stem: bool, group_max_ratio: tuple[str, ...]) -> None:  # fmt: skip
+def info(model: str | None, list_models: str | None, list_methods: bool, data: str, input_shape: str | None,
+         num_classes: int, round_to: int, max_layer_ratio: float, target_flops: float | None, trust_code: bool,
+         as_json: bool, ignore: tuple[str, ...], ignore_stem: bool,
+         group_max_ratio: tuple[str, ...]) -> None:  # fmt: skip
     """Show a model's prunable groups, FLOPs, params, every layer left alone (and why) and the reachable drop."""
-    if list_models:
+    if list_models is not None:
         from compressor.models import list_models as all_models
 
-        click.echo("\n".join(all_models()))
+        found = all_models(list_models)
+        if not found:
+            raise BadInput(f"no model spec matches {list_models!r} (try compress info --list-models)")
+        click.echo("\n".join(found))
+        return
+    if list_methods:
+        from compressor.api import list_methods as all_methods
+
+        for name, options in all_methods().items():
+            click.echo(f"{name}: {', '.join(options) or '(no options)'}")
         return
     if not model:
         raise BadInput("give a MODEL spec (or --list-models)")

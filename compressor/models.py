@@ -250,6 +250,7 @@ def adapt_stem(model: nn.Module, in_channels: int) -> nn.Module:
 
 Factory = Callable[[int, int], nn.Module]  # (num_classes, in_channels) -> model
 _REGISTRY: dict[str, Factory] = {}
+_BUILT_IN = [False]  # the built-in specs are added once, whatever a user registered before
 
 
 def register(spec: str) -> Callable[[Factory], Factory]:
@@ -295,21 +296,25 @@ def _make_cifar_resnet(depth: int) -> Factory:
 
 
 def _populate() -> None:
-    if _REGISTRY:
+    """Add the built-in specs (once); a spec the user registered under the same name keeps the user's factory."""
+    if _BUILT_IN[0]:
         return
-    for name, depth in CIFAR_RESNET_DEPTHS.items():
-        _REGISTRY[f"cifar:{name}"] = _make_cifar_resnet(depth)
-    _REGISTRY["cifar:vgg16"] = lambda num_classes, in_channels: CifarVGG(
-        num_classes=num_classes, in_channels=in_channels
-    )
+    built: dict[str, Factory] = {f"cifar:{n}": _make_cifar_resnet(d) for n, d in CIFAR_RESNET_DEPTHS.items()}
+    built["cifar:vgg16"] = lambda num_classes, in_channels: CifarVGG(num_classes=num_classes, in_channels=in_channels)
     for name in _torchvision_names():
-        _REGISTRY[f"torchvision:{name}"] = _make_torchvision(name)
+        built[f"torchvision:{name}"] = _make_torchvision(name)
+    for spec, fn in built.items():
+        _REGISTRY.setdefault(spec, fn)
+    _BUILT_IN[0] = True
 
 
-def list_models() -> list[str]:
-    """All registered specs: ``cifar:*`` and ``torchvision:*`` (timm models and user files not listed)."""
+def list_models(pattern: str | None = None) -> list[str]:
+    """All registered specs (``cifar:*``, ``torchvision:*`` and any registered with :func:`register`; timm models
+    and user files are not listed), filtered by a glob such as ``'torchvision:resnet*'`` when given."""
+    import fnmatch
+
     _populate()
-    return sorted(_REGISTRY)
+    return sorted(s for s in _REGISTRY if pattern is None or fnmatch.fnmatchcase(s, pattern))
 
 
 def _suggest(spec: str) -> str:

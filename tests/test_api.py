@@ -75,3 +75,33 @@ def test_custom_loop_example_runs_psap_and_aster(tmp_path: Path) -> None:
     assert [r["method"] for r in results] == ["psap", "aster"]
     for r in results:
         assert r["ok"] and r["reloaded"]["verified"] and Path(r["reloaded"]["onnx"]).is_file()
+
+
+def test_a_registered_model_does_not_hide_the_built_ins() -> None:
+    from compressor import models
+
+    @models.register("mine:tiny")
+    def tiny(num_classes: int, in_channels: int) -> torch.nn.Module:
+        conv = torch.nn.Conv2d(in_channels, 4, 3)
+        return torch.nn.Sequential(conv, torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+    try:
+        specs = compressor.list_models()
+        assert "mine:tiny" in specs and "cifar:resnet20" in specs and "torchvision:resnet18" in specs
+        assert isinstance(models.build_model("mine:tiny", num_classes=3, in_channels=1), torch.nn.Sequential)
+    finally:
+        models._REGISTRY.pop("mine:tiny", None)
+
+
+def test_info_lists_models_by_glob_and_methods_with_options() -> None:
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    res = CliRunner().invoke(main, ["info", "--list-models", "cifar:resnet*"])
+    assert res.exit_code == 0 and res.stdout.split() == ["cifar:resnet110", "cifar:resnet20", "cifar:resnet32",
+                                                         "cifar:resnet56"]  # fmt: skip
+    res = CliRunner().invoke(main, ["info", "--list-methods"])
+    lines = dict(line.split(": ", 1) for line in res.stdout.strip().splitlines())
+    assert res.exit_code == 0 and "variant" in lines["psap"] and "importance" not in lines["l1"]
+    assert CliRunner().invoke(main, ["info", "--list-models", "nothing*"]).exit_code == 2

@@ -19,7 +19,8 @@ def _accepting(cls: type[Method], *args: object) -> Callable[..., Method]:
     def factory(**kw: object) -> Method:
         return cls(*args, **{k: v for k, v in kw.items() if k in params})  # type: ignore[call-arg]
 
-    factory.parameters = frozenset(p for p in params if p != "self")  # type: ignore[attr-defined]
+    bound = list(params)[1 : 1 + len(args)]  # after self: the positional arguments the factory fixes
+    factory.parameters = frozenset(p for p in params if p != "self" and p not in bound)  # type: ignore[attr-defined]
     return factory
 
 
