@@ -262,7 +262,7 @@ def train_dense(task: dict[str, Any]) -> dict[str, Any]:
 
 def run_variant(task: dict[str, Any]) -> dict[str, Any]:
     """One pruning run through ``compressor.pipeline.prune`` + ONNX export; failures are recorded, not raised."""
-    from compressor.pipeline import PruneConfig, export, prune
+    from compressor.pipeline import PruneConfig, prune
 
     out = Path(task["out"])
     shutil.rmtree(out, ignore_errors=True)  # no stale report.json from an earlier invocation
@@ -289,15 +289,23 @@ def run_variant(task: dict[str, Any]) -> dict[str, Any]:
         row.update(_report_fields(report, task["target"]))
     row.update(verified=None, max_abs_diff=None)
     if report is not None and (out / "pruned.pt").is_file():
-        try:
-            exported = export(out)
-            row.update(verified=bool(exported["verification"]["passed"]),
-                       max_abs_diff=exported["verification"]["max_abs_diff"])  # fmt: skip
-        except Exception as exc:
-            row.update(verified=False, export_error=one_line(exc, typed=True))
+        row.update(export_fields(out))
     row["device"] = device_name(task["device"])
     row["run_dir"] = str(out)
     return row
+
+
+def export_fields(run_dir: Path) -> dict[str, Any]:
+    """Export a finished run to ONNX and verify it against PyTorch: the row's verified / max_abs_diff (or the
+    export error, recorded: a failed export must not end a study)."""
+    from compressor.pipeline import export
+
+    try:
+        exported = export(run_dir)
+    except Exception as exc:
+        return {"verified": False, "export_error": one_line(exc, typed=True)}
+    check = exported["verification"]
+    return {"verified": bool(check["passed"]), "max_abs_diff": check["max_abs_diff"]}
 
 
 def _row_head(task: dict[str, Any]) -> dict[str, Any]:

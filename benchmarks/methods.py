@@ -73,6 +73,7 @@ from benchmarks.accuracy import (
     _report_fields,
     _slug,
     device_name,
+    export_fields,
     measure_overhead,
     train_dense,
 )
@@ -537,14 +538,7 @@ def run_row(task: dict[str, Any]) -> dict[str, Any]:
         if report["method"]["name"] == "psap":
             row.update(_readmitted(report))
         if (out / "pruned.pt").is_file():
-            try:
-                from compressor.pipeline import export
-
-                exported = export(out)
-                row.update(verified=bool(exported["verification"]["passed"]),
-                           max_abs_diff=exported["verification"]["max_abs_diff"])  # fmt: skip
-            except Exception as exc:
-                row.update(verified=False, export_error=one_line(exc, typed=True))
+            row.update(export_fields(out))
     row.update(run_dir=str(out), wall_s=round(time.perf_counter() - t0, 1), device=device_name(task["device"]),
                cpu_kind=cpu_info()["cpu_kind"])  # fmt: skip
     return row

@@ -11,3 +11,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def stop_after(monkeypatch):
+    """``stop_after({(phase, epoch), ...})``: at the end of each listed epoch (0-based) the training loop gets
+    what a SIGINT handler gives it (save a checkpoint, then raise Interrupted), once per entry."""
+    import signal
+
+    from compressor.train import STOP, Trainer
+
+    end_epoch = Trainer._end_epoch
+
+    def arm(stops: set[tuple[str, int]]) -> None:
+        def stop(self: Trainer, epoch: int, t0: float) -> None:
+            end_epoch(self, epoch, t0)
+            if (self.phase, epoch) in stops:
+                stops.discard((self.phase, epoch))
+                STOP.signum = signal.SIGINT
+
+        monkeypatch.setattr(Trainer, "_end_epoch", stop)
+
+    yield arm
+    STOP.signum = 0

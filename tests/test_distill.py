@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import traceback
 from pathlib import Path
 from typing import Any
@@ -143,22 +142,12 @@ def _config(out: Path) -> PruneConfig:
                        batch_size=32, device="cpu", quiet=True, seed=0, distill=True)  # fmt: skip
 
 
-def test_resumed_distilled_run_matches_an_uninterrupted_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resumed_distilled_run_matches_an_uninterrupted_one(tmp_path: Path, stop_after) -> None:
     """Stopped (as by SIGINT) after the first prune epoch and again after the first fine-tune epoch, then
     resumed: the teacher is rebuilt from dense.pt, so the final weights are bit-identical."""
     want = tmp_path / "want"
     prune(_config(want))
-
-    stops = {("prune", 0), ("finetune", 0)}
-    end_epoch = Trainer._end_epoch
-
-    def stop_after(self: Trainer, epoch: int, t0: float) -> None:
-        end_epoch(self, epoch, t0)
-        if (self.phase, epoch) in stops:
-            stops.discard((self.phase, epoch))
-            STOP.signum = signal.SIGINT  # the handler's effect: the loop saves and raises Interrupted
-
-    monkeypatch.setattr(Trainer, "_end_epoch", stop_after)
+    stop_after({("prune", 0), ("finetune", 0)})
     got = tmp_path / "got"
     try:
         for phase in ("prune", "finetune"):

@@ -321,24 +321,13 @@ def test_materialize_early_trains_the_slim_model_under_one_schedule(tmp_path) ->
     assert [h["epoch"] for h in psap["history"]] == [1, 2, 3, 4, 5]
 
 
-def test_materialize_early_resumes_bit_identically(tmp_path, monkeypatch) -> None:
-    import signal
-
+def test_materialize_early_resumes_bit_identically(tmp_path, stop_after) -> None:
     from compressor.errors import Interrupted
     from compressor.pipeline import PruneConfig, prune
     from compressor.train import STOP
 
     prune(_early(tmp_path / "want", materialize_early=True, finetune_epochs=1))
-    stops = {("prune", 1), ("frozen", 3)}
-    end_epoch = Trainer._end_epoch
-
-    def stop_after(self: Trainer, epoch: int, t0: float) -> None:
-        end_epoch(self, epoch, t0)
-        if (self.phase, epoch) in stops:
-            stops.discard((self.phase, epoch))
-            STOP.signum = signal.SIGINT  # what the signal handler does: save, then raise Interrupted
-
-    monkeypatch.setattr(Trainer, "_end_epoch", stop_after)
+    stop_after({("prune", 1), ("frozen", 3)})
     got = tmp_path / "got"
     cfg = _early(got, materialize_early=True, finetune_epochs=1)
     try:
