@@ -118,6 +118,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "psap-no-protect": {**_V2, "psap_protect": False},
     "psap-churn": {**_V2, "psap_protect_steps": 1},  # protection lasts one step, as in v1
     "psap-f0.2": {**_V2, "psap_freeze_at": 0.2},  # a tuning trial: the structure final after a fifth of the epochs
+    "psap-g4": {**_V2, "psap_gamma": 4.0},  # a tuning trial: protect only strong comebacks (fewer swaps)
+    "psap-f0.2-g4": {**_V2, "psap_freeze_at": 0.2, "psap_gamma": 4.0},  # both trials together
     "psap-uniform": {**_V2, "psap_adaptive": False},
     "aster-v1": {"method": "aster", "aster_variant": "v1"},
     "aster": {"method": "aster", "aster_variant": "v2"},
@@ -271,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--overhead", action="store_true", help="also time psap/aster epochs vs plain (interleaved)")
+    ap.add_argument("--overhead-only", action="store_true", help="only the interleaved timing (no rows)")
     ap.add_argument("--dry-run", action="store_true", help="print the planned rows and exit")
     return ap
 
@@ -1140,8 +1143,9 @@ def main(argv: Sequence[str] | None = None, *, tiers: dict[str, dict[str, Any]] 
         write_text(md_path, render_markdown(out))
         return out
 
-    _execute(plan, done, tier, args, new_rows, write, log)
-    if args.overhead:
+    if not args.overhead_only:
+        _execute(plan, done, tier, args, new_rows, write, log)
+    if args.overhead or args.overhead_only:
         conf = tiers.get("confirm", tier)
         ns = argparse.Namespace(overhead_epochs=OVERHEAD_EPOCHS, seeds=[0], targets=[0.7],
                                 scratch_lr=conf["lr"]["scratch"], device=args.device, batch_size=conf["batch_size"],
