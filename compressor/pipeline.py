@@ -271,26 +271,11 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
 CHECKPOINT = "checkpoint.pt"
 
 
-# Options that change what a checkpoint means; the rest (device, quiet, ...) may differ on --resume.
-RESUME_FIXED = ("model", "data", "method", "weights", "from_scratch", "target_flops", "target_params", "allocation",
-                "allocation_power",
-                "target_latency", "latency_provider", "latency_batch", "latency_threads", "latency_tolerance",
-                "epochs", "pretrain_epochs", "finetune_epochs", "finetune_lr", "steps", "prune_every", "prune_schedule",
-                "materialize_early",
-                "round_to", "max_layer_ratio", "lr", "pretrain_lr", "momentum", "weight_decay", "schedule",
-                "distill", "distill_temperature", "distill_alpha",
-                "batch_size", "train_subset", "val_subset", "test_subset", "image_size", "num_classes",
-                "in_channels", "seed", "psap_beta", "psap_sparsity", "psap_beta_filter", "psap_pulse_iters",
-                "psap_gamma", "psap_pulse", "psap_adaptive", "psap_protect", "psap_restore",
-                "psap_zero_bn", "psap_regrow", "psap_sparsity_scope", "psap_bn_batches", "aster_sensitivity",
-                "aster_tau0", "aster_x", "aster_reduce", "aster_history", "aster_update_every",
-                "aster_search_epochs", "aster_loss", "aster_eps", "max_prune_fraction", "bn_init", "ignore",
-                "psap_variant", "psap_mode", "psap_protection", "psap_readmit", "psap_score", "psap_freeze_at",
-                "psap_steps_per_epoch", "psap_protect_steps",
-                "aster_variant", "aster_search", "aster_eta", "aster_eta0",
-                "aster_prunes_per_epoch", "aster_normalize", "aster_curvature", "aster_curvature_every",
-                "prune_at", "allocation_from",
-                "ignore_stem", "group_max_ratio")  # fmt: skip
+# Options that may differ on --resume (where and how the run executes, not what it computes); every other option
+# changes what a checkpoint means and is fixed: a new PruneConfig field is resume-fixed unless listed here.
+RESUME_FREE = ("out", "latency_duration", "data_dir", "download", "trust_code", "device", "resume",
+               "checkpoint_every", "overwrite", "quiet")  # fmt: skip
+RESUME_FIXED = tuple(f.name for f in fields(PruneConfig) if f.name not in RESUME_FREE)
 
 
 def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
