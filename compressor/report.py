@@ -129,7 +129,8 @@ def plot_kept_ratios(log: list[dict[str, Any]], path: Any, title: str = "") -> N
 
 
 def plot_threshold(log: list[dict[str, Any]], path: Any, title: str = "") -> None:
-    """PNG of ASTER's threshold (per-update trace and epoch ends) and the FLOPs drop per epoch, atomically."""
+    """PNG of ASTER's threshold (per-update trace and epoch ends), the FLOPs drop and the pruned fraction of the
+    scored channels per epoch, written atomically."""
     fig, ax = _figure()
     xs, ts = [], []
     for rec in log:  # the trace of epoch e spreads over (e-1, e]
@@ -142,7 +143,10 @@ def plot_threshold(log: list[dict[str, Any]], path: Any, title: str = "") -> Non
     ax.set_ylabel("threshold tau on BN |gamma|")
     drop = ax.twinx()
     drop.plot([r["epoch"] for r in log], [r["drop"] for r in log], "s--", color="tab:red", label="FLOPs drop")
-    drop.set_ylabel("drop")
+    if all("pruned_fraction" in r for r in log):
+        drop.plot([r["epoch"] for r in log], [r["pruned_fraction"] for r in log], "^:", color="tab:green",
+                  label="pruned fraction of scored channels")  # fmt: skip
+    drop.set_ylabel("drop / pruned fraction")
     drop.set_ylim(0, 1)
     last = log[-1]
     if last.get("freeze_epoch") is not None:
