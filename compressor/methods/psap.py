@@ -470,30 +470,7 @@ class PSAP(Method):
         for gid, m in [*protected.items(), *keep.items()]:
             scores[gid][m] = math.inf
         masks = graph.legalize(masks_from_counts(scores, counts))
-        readmitted, readmitted_zero = 0, 0
-        for g in graph.groups:
-            new, old = masks[g.id], prev[g.id]
-            back, gone = new & ~old, old & ~new
-            if bool(back.any()):
-                readmitted += int(back.sum())
-                if self.readmit == "snapshot" or g.id in self.gated:
-                    self.banks[g.id].restore(back)
-                ch.clear_momentum(self.zeroable[g.id] + self.filters[g.id], back, ctx.optimizer)
-                live = ch.sq_norms(self.zeroable[g.id], g.size)
-                if g.id not in self.gated:
-                    live = live + ch.sq_norms(self.filters[g.id], g.size)
-                readmitted_zero += int((back & (live == 0)).sum())
-            if bool(gone.any()):
-                self.banks[g.id].save(gone)
-                if g.id in self.gated:
-                    self.filter_banks[g.id].save(gone)
-                    ch.clear_momentum(self.filters[g.id], gone, ctx.optimizer)
-                else:
-                    ch.reset_running_stats(g, gone)
-                ch.zero(self.zeroable[g.id], gone, ctx.optimizer)
-            if g.id in protected and bool(protected[g.id].any()):
-                last = self.last_protected.setdefault(g.id, torch.full((g.size,), -PROTECT_COOLDOWN, dtype=torch.long))
-                last[protected[g.id]] = self.done_steps
+        readmitted, readmitted_zero = self._switch(masks, prev, protected)
         if any(not torch.equal(masks[gid], prev[gid]) for gid in masks):
             self.mask_final_epoch = (step + 1) / max(1, ctx.steps_per_epoch)
         rec = self._record(self._epoch_of(step), target, norms, s, masks, protected, prev, note)
@@ -519,6 +496,38 @@ class PSAP(Method):
                 f"{ctx.metric} drop {rec['drop']:.4f}, protected {rec['protected']}, re-admitted {readmitted}"
                 + (", frozen" if final else "") + (f" ({note})" if note else ""))  # fmt: skip
         return rec
+
+    def _switch(self, masks: Masks, prev: Masks, protected: dict[int, torch.Tensor]) -> tuple[int, int]:
+        """Apply a step's mask change: channels coming back get their snapshot (and no stale momentum), channels
+        going off are snapshotted and switched off; protected channels are stamped. Returns (re-admitted, of them
+        re-admitted as zeros)."""
+        ctx = self.ctx
+        assert ctx is not None
+        readmitted, readmitted_zero = 0, 0
+        for g in ctx.graph.groups:
+            new, old = masks[g.id], prev[g.id]
+            back, gone = new & ~old, old & ~new
+            if bool(back.any()):
+                readmitted += int(back.sum())
+                if self.readmit == "snapshot" or g.id in self.gated:
+                    self.banks[g.id].restore(back)
+                ch.clear_momentum(self.zeroable[g.id] + self.filters[g.id], back, ctx.optimizer)
+                live = ch.sq_norms(self.zeroable[g.id], g.size)
+                if g.id not in self.gated:
+                    live = live + ch.sq_norms(self.filters[g.id], g.size)
+                readmitted_zero += int((back & (live == 0)).sum())
+            if bool(gone.any()):
+                self.banks[g.id].save(gone)
+                if g.id in self.gated:
+                    self.filter_banks[g.id].save(gone)
+                    ch.clear_momentum(self.filters[g.id], gone, ctx.optimizer)
+                else:
+                    ch.reset_running_stats(g, gone)
+                ch.zero(self.zeroable[g.id], gone, ctx.optimizer)
+            if g.id in protected and bool(protected[g.id].any()):
+                last = self.last_protected.setdefault(g.id, torch.full((g.size,), -PROTECT_COOLDOWN, dtype=torch.long))
+                last[protected[g.id]] = self.done_steps
+        return readmitted, readmitted_zero
 
     def _refresh_hold(self) -> None:
         """The rows held at zero until the next step: the switched-off channels' gates (or filters)."""
