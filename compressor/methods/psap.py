@@ -175,6 +175,7 @@ class PSAP(Method):
             if self.score == "taylor":  # the gate Taylor term is read only to rank channels by it
                 for gid, acc in self.taylor.items():
                     acc.observe(~self._masks[gid])
+            self._sync_consumer_pulses()
             for cp in self.consumer_pulse.values():
                 cp.end_iteration()
         if not (self.protect and self.done_steps and self.pulse_seen < self.pulse_iters) or self.frozen:
@@ -192,6 +193,17 @@ class PSAP(Method):
         self.pulse_seen += 1
         if self.pulse_seen >= self.pulse_iters:
             self._watch(False)
+
+    def _sync_consumer_pulses(self) -> None:
+        """Under torchrun: average this iteration's consumer-side terms and activation means over the ranks (one
+        all-reduce), so every rank holds the same pulse state and takes the same protection decisions."""
+        if not distributed.active() or not self.consumer_pulse:
+            return
+        parts = [t for cp in self.consumer_pulse.values() for t in (cp._iteration, *cp.means)]
+        flat = torch.cat(parts)
+        distributed.all_mean_([flat])
+        for t, chunk in zip(parts, torch.split(flat, [len(t) for t in parts]), strict=True):
+            t.copy_(chunk)
 
     def _watch(self, on: bool) -> None:
         """While on, record each group's BN input std per channel at every forward (``pulse="bn"``)."""
