@@ -715,7 +715,7 @@ AGREEMENT_PAIRS = (("aster", "aster-gradient"), ("aster-v1", "aster"))
 
 def agreement(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``agreement`` entries: per (tier, model, start, target, pair) and seed, whether the two variants removed the
-    same channels (Jaccard of the removed sets) and their test-accuracy difference; plus the pair's fallback rates."""
+    same channels (Jaccard of the removed sets), their test-accuracy difference and whether each used the fallback."""
     out: list[dict[str, Any]] = []
     by = {(r["tier"], r["model"], r["start"], r["target"], r["variant"], int(r["seed"])): r for r in _ok(rows)}
     for a, b in AGREEMENT_PAIRS:

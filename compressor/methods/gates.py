@@ -52,13 +52,6 @@ class Bank:
         """Write the stored values of the marked channels back into the model."""
         ch.restore(self.slices, self.all, self.rows, channels)
 
-    def norms(self) -> torch.Tensor:
-        """L2 norm per root channel of the stored rows."""
-        acc = torch.zeros(self.size, dtype=torch.float64)
-        for s, r in zip(self.slices, self.rows, strict=True):
-            acc.index_add_(0, s.roots, r.reshape(len(s.pos), -1).double().pow(2).sum(1))
-        return acc.sqrt()
-
     def state_dict(self) -> list[torch.Tensor]:
         return [r.clone() for r in self.rows]
 
