@@ -313,7 +313,7 @@ def plot_distributions(result: dict[str, Any], path: str | os.PathLike[str]) -> 
     """PNG of the latency distributions: one subplot per (provider, io, batch), a box per model; atomic write."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    from compressor.atomic import atomic_path
+    from compressor.runtime.atomic import atomic_path
 
     rows = _rows(result)
     ncols = min(max(len(rows), 1), 3)

@@ -15,7 +15,7 @@ slim = pruner.materialize()              # physically smaller nn.Module, same fu
 compressor.save_pruned(slim, "pruned.pt", pruner, model_spec="my_model.py:build")
 ```
 
-``compress prune`` is built on this same object (:mod:`compressor.pipeline`). Method options are the method's
+``compress prune`` is built on this same object (:mod:`compressor.jobs.prune`). Method options are the method's
 own names (``variant="v2"``, ``gamma=2.0`` for PSAP; ``sensitivity="gradient"`` for ASTER; see
 :func:`list_methods`); an unknown one raises :class:`~compressor.errors.BadInput`.
 """
@@ -181,7 +181,7 @@ def save_pruned(slim: nn.Module, path: str | Path, pruner: Pruner, *, model_spec
     defaults to True for such specs). A factory gets ``num_classes``/``in_channels`` only if it takes them
     (defaults here: 1 and the example input's channels; give them if your factory uses them).
     """
-    from compressor.atomic import atomic_path
+    from compressor.runtime.atomic import atomic_path
 
     if pruner.history is None:
         raise BadInput("save_pruned: call pruner.materialize() first (the file holds its pruning history)")

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor import checkpoint as checkpoints
-from compressor import distributed
 from compressor.errors import BadInput, Interrupted
 from compressor.methods.base import Method
+from compressor.runtime import checkpoint as checkpoints
+from compressor.runtime import distributed
 
 
 @dataclass
@@ -123,7 +123,7 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
 
 class Trainer:
     """SGD + cosine/step LR; calls the method's hooks; checkpoints to ``checkpoint`` (crash-safe, see
-    ``compressor.checkpoint``) at every epoch end, every ``checkpoint_every`` steps and on SIGINT/SIGTERM.
+    ``compressor.runtime.checkpoint``) at every epoch end, every ``checkpoint_every`` steps and on SIGINT/SIGTERM.
 
     Under ``torchrun`` the model trains wrapped in DistributedDataParallel: each step's loss, batch size and
     accuracy are summed over the ranks before the method sees them, BN running statistics are averaged at

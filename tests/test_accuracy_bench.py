@@ -1,4 +1,4 @@
-"""benchmarks.accuracy: one tiny end-to-end study on synthetic data, plus the aggregation and --merge checks."""
+"""benchmarks.suites.accuracy: one tiny end-to-end study on synthetic data, plus the aggregation and --merge checks."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_tiny_study_end_to_end(tmp_path, one_thread):
 
     data = json.loads((tmp_path / "results" / "accuracy.json").read_text())
     assert data == json.loads(json.dumps(out, default=str))
-    command = "python -m benchmarks.accuracy " + " ".join(argv)
+    command = "python -m benchmarks.suites.accuracy " + " ".join(argv)
     assert data["schema"] == 1 and data["command"] == command
     assert data["settings"]["train_subset"] == 96 and data["settings"]["data_sizes"]["train"] == 96
     rows = {accuracy.row_key(r): r for r in data["rows"]}
@@ -93,8 +93,8 @@ def test_merge_refuses_other_settings_and_bad_options(tmp_path):
 
 
 def test_variants_are_prune_options():
+    from compressor.jobs.prune import PruneConfig
     from compressor.methods import METHODS
-    from compressor.pipeline import PruneConfig
 
     for name, options in accuracy.VARIANTS.items():
         assert options["method"] in METHODS, name

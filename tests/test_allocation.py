@@ -7,7 +7,7 @@ import json
 import pytest
 
 from compressor.errors import BadInput
-from compressor.pipeline import PruneConfig, prune
+from compressor.jobs.prune import PruneConfig, prune
 
 BASE = dict(model="cifar:resnet20", data="synthetic:3x32x32:10:64:32", method="l2", target_flops=0.5, epochs=0,
             batch_size=32, quiet=True, latency_threads=1)  # fmt: skip

@@ -15,7 +15,7 @@ from benchmarks import latency
 from benchmarks.backends import Runner
 from benchmarks.latency import bench
 from compressor.errors import BadInput, GateFailed
-from compressor.pipeline import PruneConfig, export, prune
+from compressor.jobs.prune import PruneConfig, export, prune
 
 HAS_CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

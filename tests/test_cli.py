@@ -22,8 +22,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from compressor import checkpoint
 from compressor.cli import main
+from compressor.runtime import checkpoint
 from exporters.onnx import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]

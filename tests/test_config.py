@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from compressor.pipeline import RESUME_FIXED, RESUME_FREE, PruneConfig
+from compressor.jobs.prune import RESUME_FIXED, RESUME_FREE, PruneConfig
 
 
 def test_every_option_is_resume_fixed_unless_declared_free() -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import torch
 
-from compressor import checkpoint
 from compressor.errors import BadInput
+from compressor.runtime import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -15,8 +15,8 @@ from torch import nn
 
 from compressor.cli import main
 from compressor.errors import Interrupted
+from compressor.jobs.prune import PruneConfig, prune
 from compressor.models import build_model
-from compressor.pipeline import PruneConfig, prune
 from compressor.train import STOP, Progress, TrainConfig, Trainer, distill_loss, frozen_copy
 
 DATA = "synthetic:1x28x28:10:256:64"

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from compressor import distributed
 from compressor.data import load_data
 from compressor.errors import BadInput
+from compressor.runtime import distributed
 from compressor.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

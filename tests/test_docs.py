@@ -166,8 +166,8 @@ def test_commands_use_existing_options(path: Path) -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
 def test_recipes_use_existing_keys(path: Path) -> None:
-    from compressor.pipeline import BENCH_DEFAULTS, PruneConfig
-    from compressor.recipe import EXPORT_KEYS
+    from compressor.jobs.prune import BENCH_DEFAULTS, PruneConfig
+    from compressor.jobs.run import EXPORT_KEYS
 
     allowed = {
         "prune": {f.name for f in dataclasses.fields(PruneConfig)} - {"extra"},

@@ -551,7 +551,7 @@ def test_cli_bad_export_options_exit_2_with_one_line(tiny_run, tmp_path, args, m
     ],
 )
 def test_recipe_export_options_are_checked_before_any_work(tmp_path, export, message):
-    from compressor.recipe import run_recipe
+    from compressor.jobs.run import run_recipe
 
     prune = {"model": "cifar:resnet20", "data": "synthetic:3x16x16:10", "target_flops": 0.3, "out": str(tmp_path / "r")}
     with pytest.raises(BadInput, match=message):

@@ -13,11 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor.bounded import LimitExceeded, bounded
 from compressor.budget import Budget
 from compressor.errors import BadInput
 from compressor.graph import PruningGraph, count_ops_and_params, pruned_payload, rebuild_pruned
 from compressor.models import build_model
+from compressor.runtime.bounded import LimitExceeded, bounded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPE = (3, 32, 32)

@@ -469,7 +469,8 @@ NEEDS_CHMOD = {"out-read-only", "export-out-read-only", "export-run-read-only", 
 # interpreter's module teardown, which costs a torch-laden process about a second.
 DRIVER = r"""
 import atexit, json, os, sys, time, traceback
-import compressor.cli, compressor.info, compressor.pipeline, compressor.recipe, exporters.onnx, benchmarks.latency
+import compressor.cli, compressor.jobs.info, compressor.jobs.prune, compressor.jobs.run
+import exporters.onnx, benchmarks.latency
 import torch._inductor, torchvision  # imported by many cases (use_deterministic_algorithms, the model registry)
 
 def case_main(case):

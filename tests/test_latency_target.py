@@ -21,7 +21,9 @@ from compressor.budget import Budget
 from compressor.cli import main
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph
-from compressor.latency_target import (
+from compressor.jobs.prune import PruneConfig
+from compressor.models import build_model
+from compressor.search.latency_target import (
     SEARCH_FILE,
     LatencySpec,
     Meter,
@@ -31,8 +33,6 @@ from compressor.latency_target import (
     search_drop,
     search_for_run,
 )
-from compressor.models import build_model
-from compressor.pipeline import PruneConfig
 
 MODEL, SHAPE = "cifar:resnet20", (3, 32, 32)
 DATA = "synthetic:3x32x32:10:64:32"
@@ -192,7 +192,7 @@ def test_find_drop_meets_the_default_tolerance() -> None:
 
 
 def _masks(graph: PruningGraph, drop: float) -> dict[int, torch.Tensor]:
-    from compressor.latency_target import candidate_masks, proxy_scores
+    from compressor.search.latency_target import candidate_masks, proxy_scores
 
     return candidate_masks(graph, Budget(graph), proxy_scores(graph), drop, 0.8)
 

@@ -1,4 +1,4 @@
-"""benchmarks.methods: the plan (order, controls, tiers), the paired statistics, one tiny end-to-end study on
+"""benchmarks.suites.methods: the plan (order, controls, tiers), the paired statistics, one tiny end-to-end study on
 Fashion-MNIST subsets, and --merge (skips finished rows; refuses other tier settings)."""
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def test_tiny_study_end_to_end(study):
     data = json.loads((tmp / "results" / "methods.json").read_text())
     assert data == out and data["schema"] == 1 and data["kind"] == "compress.methods"
     assert set(data) == {"schema", "kind", "protocol", "machine", "rows", "summary", "overhead"}
-    assert data["protocol"]["commands"][0]["command"] == "python -m benchmarks.methods " + " ".join(argv)
+    assert data["protocol"]["commands"][0]["command"] == "python -m benchmarks.suites.methods " + " ".join(argv)
     assert data["protocol"]["tier_settings"]["dev"]["train_subset"] == 256 and data["protocol"]["round_to"] == 1
     assert set(data["machine"]) >= {"cpu", "avx512", "cores", "torch"} and data["machine"]["avx512"] in ("yes", "no")
     rows = {(r["start"], r["variant"]): r for r in data["rows"]}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from compressor.errors import BadInput
-from compressor.pipeline import PruneConfig, _check_resume_config, _rewind_history
+from compressor.jobs.prune import PruneConfig, _check_resume_config, _rewind_history
 
 
 def _rows(path: Path) -> list[tuple[str, int]]:

@@ -221,7 +221,7 @@ def test_cli_defaults_equal_config_defaults() -> None:
     from dataclasses import MISSING, fields
 
     from compressor.cli import main
-    from compressor.pipeline import PruneConfig
+    from compressor.jobs.prune import PruneConfig
 
     defaults = {f.name: f.default for f in fields(PruneConfig) if f.default is not MISSING}
     params = {  # a plain flag's unset default means False

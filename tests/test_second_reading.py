@@ -256,7 +256,7 @@ def test_prune_at_waits_then_prunes_once(data) -> None:
 
 
 def test_allocation_from_copies_the_counts(data, tmp_path) -> None:
-    from compressor.pipeline import PruneConfig, prune
+    from compressor.jobs.prune import PruneConfig, prune
 
     run = tmp_path / "src"
     common = dict(model="cifar:resnet20", data="synthetic:1x28x28:10:128:32", target_flops=0.5, epochs=1,
@@ -275,7 +275,7 @@ def test_allocation_from_copies_the_counts(data, tmp_path) -> None:
 
 
 def test_controls_are_refused_for_the_adaptive_methods() -> None:
-    from compressor.pipeline import PruneConfig
+    from compressor.jobs.prune import PruneConfig
 
     for method in ("psap", "aster"):
         with pytest.raises(BadInput, match="one-shot baselines"):
@@ -288,7 +288,7 @@ def test_controls_are_refused_for_the_adaptive_methods() -> None:
 
 
 def _early(out, **kw):
-    from compressor.pipeline import PruneConfig
+    from compressor.jobs.prune import PruneConfig
 
     base = dict(model="cifar:resnet20", data="synthetic:1x28x28:10:256:64", out=str(out), target_flops=0.5,
                 epochs=5, round_to=1, batch_size=64, device="cpu", quiet=True, seed=0, method="psap")  # fmt: skip
@@ -302,7 +302,7 @@ def _slim_state(out):
 def test_materialize_early_trains_the_slim_model_under_one_schedule(tmp_path) -> None:
     """One-shot l1 materialized at once equals soft-masked training (same fresh optimizer, same LR at every
     epoch, same data order); PSAP v2 trains its frozen epochs on the slim model."""
-    from compressor.pipeline import prune
+    from compressor.jobs.prune import prune
 
     # one SGD step: equal up to float rounding (longer runs drift apart as rounding noise is amplified through BN
     # at random init; the gradients themselves agree to 1e-15 in float64)
@@ -323,7 +323,7 @@ def test_materialize_early_trains_the_slim_model_under_one_schedule(tmp_path) ->
 
 def test_materialize_early_resumes_bit_identically(tmp_path, stop_after) -> None:
     from compressor.errors import Interrupted
-    from compressor.pipeline import PruneConfig, prune
+    from compressor.jobs.prune import PruneConfig, prune
     from compressor.train import STOP
 
     prune(_early(tmp_path / "want", materialize_early=True, finetune_epochs=1))

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor import distributed
 from compressor.budget import Budget, masks_from_counts, solve_counts
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import Masks, PruningGraph
 from compressor.methods import channels as ch
 from compressor.methods.base import Context, Method
 from compressor.methods.lbfgs import TwoLoop
+from compressor.runtime import distributed
 
 SENSITIVITIES = ("lbfgs", "gradient")
 REDUCES = ("max", "mean", "min")

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from compressor import distributed
 from compressor.budget import Budget, masks_from_counts, solve_masks
 from compressor.errors import BadInput
 from compressor.graph import PruningGraph, tp_importances
 from compressor.methods.base import Context, Method
+from compressor.runtime import distributed
 
 TAYLOR_BATCHES = 8
 

@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 
-from compressor import distributed
 from compressor.budget import masks_from_counts, solve_counts
 from compressor.errors import GateFailed
 from compressor.graph import Masks, PruningGraph, tp_importances
 from compressor.methods import channels as ch
 from compressor.methods.base import Context, Method
 from compressor.methods.gates import Bank, ConsumerPulse, GateTaylor, gateable
+from compressor.runtime import distributed
 
 PULSES = ("bn", "raw", "scaled")
 BN_EPS = 1e-5

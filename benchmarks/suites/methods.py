@@ -1,8 +1,8 @@
 """Protocol study of the pruning methods: every method under the same data, budget, epochs and LR schedule.
 
-    python -m benchmarks.methods --tier dev --jobs 2                  # ablations, chosen on validation accuracy
-    python -m benchmarks.methods --tier confirm --jobs 2 --merge      # the confirmation rows (resumable)
-    python -m benchmarks.methods --tier confirm --dry-run             # the planned rows, in order
+    python -m benchmarks.suites.methods --tier dev --jobs 2                  # ablations, chosen on validation accuracy
+    python -m benchmarks.suites.methods --tier confirm --jobs 2 --merge      # the confirmation rows (resumable)
+    python -m benchmarks.suites.methods --tier confirm --dry-run             # the planned rows, in order
 
 What the protocol fixes (tier numbers in ``TIERS``, the one source of truth):
 
@@ -16,7 +16,7 @@ What the protocol fixes (tier numbers in ``TIERS``, the one source of truth):
   fine-tuning (``PruneConfig(epochs=E, finetune_epochs=0, schedule="cosine")``), the same optimizer (SGD, momentum
   0.9, nesterov, weight decay 5e-4), batch and augmentation; ``round_to=1`` for every row.
 * FLOPs drop within [target, target + 0.5%]: ``flops_in_band`` per row. Every pruned row is exported to ONNX and
-  verified against PyTorch (``compressor.pipeline.export``).
+  verified against PyTorch (``compressor.jobs.prune.export``).
 * Controls run after the row they copy: ``l1-matched-*`` is L1 pruned at the epoch where the method's mask last
   changed (``E - epochs_final``), ``random-alloc-*`` keeps random channels at the method's per-group kept counts.
   ``<variant>+distill`` adds knowledge distillation from the dense checkpoint (trained start only).
@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.accuracy import (
+from benchmarks.suites.accuracy import (
     OVERHEAD_LIMIT,
     _floats,
     _init_worker,
@@ -77,12 +77,12 @@ from benchmarks.accuracy import (
     measure_overhead,
     train_dense,
 )
-from compressor.atomic import check_writable_dir, write_json, write_text
 from compressor.errors import BadInput, GateFailed, Interrupted, one_line
+from compressor.runtime.atomic import check_writable_dir, write_json, write_text
 
 SCHEMA = 1
 KIND = "compress.methods"
-PROG = "python -m benchmarks.methods"
+PROG = "python -m benchmarks.suites.methods"
 RESULTS = Path(__file__).parent / "results" / "methods"
 OUT_DIR = "runs/methods"
 STARTS = ("trained", "scratch")
@@ -241,7 +241,7 @@ def variant_options(variant: str) -> dict[str, Any]:
 
 def missing_options(variants: Iterable[str]) -> dict[str, list[str]]:
     """variant -> the options it sets that this checkout's PruneConfig does not have."""
-    from compressor.pipeline import PruneConfig
+    from compressor.jobs.prune import PruneConfig
 
     have = {f.name for f in dataclasses.fields(PruneConfig)}
     out: dict[str, list[str]] = {}
@@ -435,7 +435,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def dense_job(task: dict[str, Any]) -> dict[str, Any]:
-    """The dense training of one (tier, model, seed) (``benchmarks.accuracy.train_dense``); errors are returned."""
+    """The dense training of one (tier, model, seed) (``suites.accuracy.train_dense``); errors are returned."""
     t0 = time.perf_counter()
     try:
         result = train_dense(task)
@@ -497,7 +497,7 @@ def _readmitted(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_row(task: dict[str, Any]) -> dict[str, Any]:
-    """One pruning row through ``compressor.pipeline.prune`` + ONNX export; failures are recorded, not raised."""
+    """One pruning row through ``compressor.jobs.prune.prune`` + ONNX export; failures are recorded, not raised."""
     t0 = time.perf_counter()
     out = Path(task["out"])
     shutil.rmtree(out, ignore_errors=True)  # no stale report.json from an earlier invocation
@@ -508,7 +508,7 @@ def run_row(task: dict[str, Any]) -> dict[str, Any]:
     report, error = None, task.get("error")
     if error is None:
         try:
-            from compressor.pipeline import PruneConfig, prune
+            from compressor.jobs.prune import PruneConfig, prune
 
             cfg = PruneConfig(model=task["model"], out=str(out), data=task["data"], data_dir=task["data_dir"],
                               weights=task["weights"], from_scratch=task["start"] == "scratch",
@@ -1059,7 +1059,7 @@ def _protocol(tiers: dict[str, dict[str, Any]], tier_settings: dict[str, Any], c
                     "fine-tuning: PruneConfig(epochs=E, finetune_epochs=0, schedule='cosine')",
         "optimizer": "SGD momentum 0.9, nesterov, weight decay 5e-4; batch per tier; random crop + horizontal flip",
         "round_to": ROUND_TO, "flops_band": f"target <= flops_drop <= target + {BAND}",
-        "verification": "every pruned row exported (compressor.pipeline.export) and verified against PyTorch",
+        "verification": "every pruned row exported (compressor.jobs.prune.export) and verified against PyTorch",
         "baselines": list(BASELINES),
         "best_baseline": "the baseline with the higher mean validation accuracy (last_val_acc) of the (tier, start, "
                          "target); never test",

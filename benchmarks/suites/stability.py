@@ -1,7 +1,7 @@
 """Do repeated ``compress bench`` runs of the same model agree within the CoV each run reports?
 
-    python -m benchmarks.stability                  # torchvision:resnet18 l2 50%, 5 CLI runs, ORT CPU batch 1
-    python -m benchmarks.stability --model cifar:resnet56 --runs 5
+    python -m benchmarks.suites.stability                  # torchvision:resnet18 l2 50%, 5 CLI runs, ORT CPU batch 1
+    python -m benchmarks.suites.stability --model cifar:resnet56 --runs 5
 
 Each repetition is a separate ``compress bench`` process (new sessions, as a CI job would run it). For every
 run we record p50 and the CoV (std / mean) it reports; a run agrees when its p50 is within its own CoV of
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.latency import environment
-from compressor.atomic import write_json, write_text
-from compressor.pipeline import PruneConfig, export, prune
+from compressor.jobs.prune import PruneConfig, export, prune
+from compressor.runtime.atomic import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
                           "min_cov": min(r[label]["cov"] for r in rows), "runs_within_own_cov": sum(agree),
                           "runs": len(rows)}  # fmt: skip
     speedups = [r["speedup"] for r in rows]
-    doc = {"command": "python -m benchmarks.stability " + " ".join(argv or sys.argv[1:]), "model": args.model,
+    doc = {"command": "python -m benchmarks.suites.stability " + " ".join(argv or sys.argv[1:]), "model": args.model,
            "env": environment(False), "runs": rows, "summary": summary,
            "speedup": {"min": min(speedups), "max": max(speedups), "median": statistics.median(speedups)}}  # fmt: skip
     md = [

@@ -104,7 +104,7 @@ def _save_png(fig: Any, path: Any) -> None:
     """Write ``fig`` as PNG to ``path`` atomically and free it."""
     import matplotlib.pyplot as plt
 
-    from compressor.atomic import atomic_path
+    from compressor.runtime.atomic import atomic_path
 
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -1,12 +1,12 @@
 """Accuracy study: pruning methods compared at the same FLOPs budget, epochs and LR schedule.
 
-    python -m benchmarks.accuracy                                   # fashion-mnist, cifar:resnet20, 50% and 70%
-    python -m benchmarks.accuracy --train-subset 10000 --epochs 10 --jobs 2
-    python -m benchmarks.accuracy --models cifar:resnet56 --merge   # add ResNet-56 rows (GPU) to the same results
+    python -m benchmarks.suites.accuracy                                   # fashion-mnist, cifar:resnet20, 50% and 70%
+    python -m benchmarks.suites.accuracy --train-subset 10000 --epochs 10 --jobs 2
+    python -m benchmarks.suites.accuracy --models cifar:resnet56 --merge   # add ResNet-56 rows (GPU)
 
 For every model and seed a dense model is trained from random init (``--dense-epochs`` at ``--scratch-lr``);
 then every variant (l1, bn-scale, SFP, the PSAP ablations; see VARIANTS) is run through ``compress prune``'s
-code (``compressor.pipeline.prune``) from two starts:
+code (``compressor.jobs.prune.prune``) from two starts:
 
 * ``trained``: the dense checkpoint of that seed (the same one for every method), then ``--epochs`` epochs at
   ``--lr`` (cosine), plus ``--finetune-epochs`` of the materialized model;
@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 
-from compressor.atomic import atomic_path, write_json, write_text
 from compressor.errors import BadInput, GateFailed, one_line
+from compressor.runtime.atomic import atomic_path, write_json, write_text
 
 SCHEMA = 1
 RESULTS = Path(__file__).parent / "results" / "accuracy"
@@ -124,7 +124,7 @@ def _non_negative(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.suites.accuracy", description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=_names, default=["cifar:resnet20"], help="comma list of model specs")
     ap.add_argument("--data", default="fashion-mnist", help="data spec (default fashion-mnist)")
     ap.add_argument("--data-dir", default=None)
@@ -261,8 +261,8 @@ def train_dense(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_variant(task: dict[str, Any]) -> dict[str, Any]:
-    """One pruning run through ``compressor.pipeline.prune`` + ONNX export; failures are recorded, not raised."""
-    from compressor.pipeline import PruneConfig, prune
+    """One pruning run through ``compressor.jobs.prune.prune`` + ONNX export; failures are recorded, not raised."""
+    from compressor.jobs.prune import PruneConfig, prune
 
     out = Path(task["out"])
     shutil.rmtree(out, ignore_errors=True)  # no stale report.json from an earlier invocation
@@ -298,7 +298,7 @@ def run_variant(task: dict[str, Any]) -> dict[str, Any]:
 def export_fields(run_dir: Path) -> dict[str, Any]:
     """Export a finished run to ONNX and verify it against PyTorch: the row's verified / max_abs_diff (or the
     export error, recorded: a failed export must not end a study)."""
-    from compressor.pipeline import export
+    from compressor.jobs.prune import export
 
     try:
         exported = export(run_dir)
@@ -369,9 +369,9 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
     """
     from compressor.budget import Budget
     from compressor.graph import PruningGraph
+    from compressor.jobs.prune import PruneConfig
     from compressor.methods import Context, build_method
     from compressor.models import build_model
-    from compressor.pipeline import PruneConfig
     from compressor.train import Progress, TrainConfig, Trainer, pick_device, seed_everything
 
     k = args.overhead_epochs
@@ -392,7 +392,7 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
         if name == "plain":
             trainers[name] = Trainer(model, data.train, None, train_cfg, device=device, progress=quiet, phase=name)
             continue
-        # as compressor.pipeline.prune builds it
+        # as compressor.jobs.prune.prune builds it
         graph = PruningGraph(model, torch.zeros(1, *data.input_shape), round_to=cfg.round_to, arch=model_spec)
         budget = Budget(graph)
         method = build_method(method_name, **cfg.method_options())
@@ -786,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # Fail fast on the data spec; the full train size is for stating a reduced subset.
     full = load_data(args.data, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seeds[0])
-    command = "python -m benchmarks.accuracy" + ("" if not argv else " " + shlex.join(argv))
+    command = "python -m benchmarks.suites.accuracy" + ("" if not argv else " " + shlex.join(argv))
     device = device_name(args.device)
     settings = dict(vars(args))
     settings["full_train_size"] = full.sizes["train"]

@@ -25,8 +25,8 @@ from torch import nn
 from torch_pruning import ops as tp_ops
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 
-from compressor.bounded import LimitExceeded, available_bytes, bounded
 from compressor.errors import BadInput, one_line
+from compressor.runtime.bounded import LimitExceeded, available_bytes, bounded
 
 Masks = dict[int, torch.Tensor]
 
@@ -171,7 +171,7 @@ class PruningGraph:
     Layers are left alone (never pruned) when they are the classifier, match ``ignore`` (names, globs or
     ``type:ClassName``), are the stem with ``ignore_stem``, or are coupled to such a layer, to an op Torch-Pruning
     cannot map (channel shuffle, grouped convolutions) or to too few channels; :meth:`left_alone` says which and
-    why. Building is bounded by ``seconds`` and ``memory_gb`` (see :mod:`compressor.bounded`).
+    why. Building is bounded by ``seconds`` and ``memory_gb`` (see :mod:`compressor.runtime.bounded`).
     """
 
     def __init__(

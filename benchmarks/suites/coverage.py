@@ -1,7 +1,7 @@
 """Coverage: every torchvision classification model through masks -> materialize -> ONNX export -> verify.
 
-    python -m benchmarks.coverage                              # all models, l2/psap/aster + raw Torch-Pruning
-    python -m benchmarks.coverage --models resnet18,vit_b_32 --methods l2 --out /tmp/cov
+    python -m benchmarks.suites.coverage                              # all models, l2/psap/aster + raw Torch-Pruning
+    python -m benchmarks.suites.coverage --models resnet18,vit_b_32 --methods l2 --out /tmp/cov
 
 Per model (random-init weights, one child process each, so a crash or a runaway cannot take the suite down):
 build our channel groups once (bounded in time and memory), then per method take the method's one-step mask
@@ -129,8 +129,8 @@ def _tp_raw_row(name: str, model: Any, shape: tuple[int, ...], exporter: str, tm
     import torch
     import torch_pruning as tp
 
-    from compressor.bounded import bounded
     from compressor.graph import GRAPH_SECONDS, _classifiers, _memory_limit
+    from compressor.runtime.bounded import bounded
 
     row: dict[str, Any] = {"model": name, "method": "tp-raw", "stage": "prune"}
     t0 = time.perf_counter()
@@ -226,7 +226,7 @@ def _peak_estimate_gb(name: str) -> float:
 
 
 def _child(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    cmd = [sys.executable, "-m", "benchmarks.coverage", "--child", name, "--methods", ",".join(args.methods),
+    cmd = [sys.executable, "-m", "benchmarks.suites.coverage", "--child", name, "--methods", ",".join(args.methods),
            "--size", str(args.size), "--target", str(args.target), "--exporter", args.exporter]  # fmt: skip
     if not args.tp_raw:
         cmd.append("--no-tp-raw")
@@ -341,8 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import torch_pruning  # noqa: F401  (version below)
 
-    from compressor.atomic import write_json, write_text
-    from compressor.bounded import available_bytes
+    from compressor.runtime.atomic import write_json, write_text
+    from compressor.runtime.bounded import available_bytes
 
     names = args.models.split(",") if args.models else all_models()
     out = Path(args.out)
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     skipped = [x for x in old.get("skipped", []) if x["model"] not in names]
     budget_gb = available_bytes() / 2**30 * args.memory_fraction
     estimates = {n: _peak_estimate_gb(n) for n in names}
-    command = " ".join(["python -m benchmarks.coverage", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m benchmarks.suites.coverage", *(argv if argv is not None else sys.argv[1:])])
     todo = [n for n in sorted(names, key=lambda n: estimates[n]) if n not in done]
     lock, room = threading.Lock(), threading.Condition()
     running = [0.0]  # estimated GB of the children running now

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.atomic import write_json
 from compressor.budget import Budget, reachable, solve_counts, solve_masks
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import Masks, PruningGraph, count_ops_and_params, tp_importances
+from compressor.runtime.atomic import write_json
 
 #: One-shot importances whose searched structure is exactly the run's (with one step and no training).
 ONE_SHOT = ("l1", "l2", "bn-scale", "random")

@@ -15,20 +15,21 @@ from typing import Any
 import torch
 import yaml
 
-from compressor import checkpoint, distributed, tool_version
+from compressor import tool_version
 from compressor.api import Pruner
 from compressor.artifacts import build_from_spec, load_pruned
-from compressor.atomic import atomic_path, check_writable_dir, write_json, write_text
 from compressor.budget import Budget
 from compressor.config import parse_patterns, parse_ratios
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, one_line
 from compressor.graph import PruningGraph, count_ops_and_params, pruned_payload
-from compressor.latency_alloc import ALLOCATION_FILE, allocation_for_run, check_allocation
-from compressor.latency_target import LatencySpec, final_record, load_search, save_search, search_for_run
+from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.methods import Method, build_method, method_parameters
 from compressor.models import init_bn_gamma, load_weights, read_checkpoint
-from compressor.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
+from compressor.runtime import checkpoint, distributed
+from compressor.runtime.atomic import atomic_path, check_writable_dir, write_json, write_text
+from compressor.search.latency_alloc import ALLOCATION_FILE, allocation_for_run, check_allocation
+from compressor.search.latency_target import LatencySpec, final_record, load_search, save_search, search_for_run
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, frozen_copy, pick_device, seed_everything
 
 TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
@@ -296,7 +297,7 @@ def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
 def prune(cfg: PruneConfig) -> dict[str, Any]:
     """Train (optionally), prune to the target, materialize, evaluate and write the run directory.
 
-    Under ``torchrun`` every rank runs this (see ``compressor.distributed``); only rank 0 writes.
+    Under ``torchrun`` every rank runs this (see ``compressor.runtime.distributed``); only rank 0 writes.
     """
     metric, target = cfg.target()
     cfg.check()

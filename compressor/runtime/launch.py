@@ -31,7 +31,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     torchrun reports any failed worker as its own failure with a traceback; each worker instead records its
     exit code in a temp directory, and the highest one (bad input 2 over a gate 1) is returned.
     """
-    from compressor import distributed  # torch: imported only when launching (not for `compress --help`)
+    from compressor.runtime import distributed  # torch: imported only when launching (not for `compress --help`)
 
     if nproc < 1:
         raise BadInput(f"--nproc must be >= 1, got {nproc}")
@@ -65,6 +65,6 @@ def record_exit(code: int) -> None:
     """Called by a worker on exit: leave its exit code for :func:`launch_torchrun`."""
     where = os.environ.get(EXIT_FILE_ENV)
     if where and Path(where).is_dir():
-        from compressor import distributed
+        from compressor.runtime import distributed
 
         Path(where, f"rank{distributed.rank()}").write_text(str(code))

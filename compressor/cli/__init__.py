@@ -22,7 +22,7 @@ from compressor.errors import BadInput, GateFailed, Interrupted, one_line
 def _rank() -> int:
     """This process's rank, without importing torch (``compress --help`` stays fast): before the distributed
     module is loaded no process group can exist, so torchrun's RANK says it."""
-    mod = sys.modules.get("compressor.distributed")
+    mod = sys.modules.get("compressor.runtime.distributed")
     if mod is not None:
         return mod.rank()
     return int(os.environ.get("RANK", 0)) if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")) else 0
@@ -45,7 +45,7 @@ class _Group(click.Group):
         try:
             self._main(args, *rest, **kwargs)
         except SystemExit as done:
-            from compressor.launch import record_exit
+            from compressor.runtime.launch import record_exit
 
             record_exit(done.code if isinstance(done.code, int) else 1)  # for prune --nproc, under torchrun
             raise
@@ -73,7 +73,7 @@ class _Group(click.Group):
                 raise
             _fail(f"internal error: {one_line(exc, 400, typed=True)} (rerun with --debug for the traceback)", 3)
         finally:
-            if (mod := sys.modules.get("compressor.distributed")) is not None:
+            if (mod := sys.modules.get("compressor.runtime.distributed")) is not None:
                 mod.teardown()
         sys.exit(rv if isinstance(rv, int) else 0)
 
@@ -443,11 +443,11 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
     Exit codes: 0 ok; 1 a gate failed (target, latency); 2 bad input; 3 internal error (--debug shows it);
     130/143 stopped by SIGINT/SIGTERM after saving a checkpoint (continue with --resume).
     """
-    from compressor.pipeline import PruneConfig
-    from compressor.pipeline import prune as run_prune
+    from compressor.jobs.prune import PruneConfig
+    from compressor.jobs.prune import prune as run_prune
 
     if nproc is not None:
-        from compressor.launch import launch_torchrun
+        from compressor.runtime.launch import launch_torchrun
 
         sys.exit(launch_torchrun(nproc, click.get_current_context().obj["argv"]))
     from compressor.train import STOP
@@ -509,8 +509,8 @@ def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export(run_dir: str, as_json: bool, **options: Any) -> None:
     """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs)."""
-    from compressor.atomic import check_output_file
-    from compressor.pipeline import export as run_export
+    from compressor.jobs.prune import export as run_export
+    from compressor.runtime.atomic import check_output_file
 
     if Path(run_dir).is_dir():  # a missing run directory is reported as such by run_export
         default = Path(run_dir) / ("dense.onnx" if options["dense"] else "pruned.onnx")
@@ -590,8 +590,8 @@ def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str |
 
     MODEL is an ONNX file, a pruned-model .pt (PyTorch backends) or a run directory.
     """
-    from compressor.atomic import check_output_file
-    from compressor.pipeline import bench_gate, bench_models
+    from compressor.jobs.prune import bench_gate, bench_models
+    from compressor.runtime.atomic import check_output_file
 
     for option, path in (("--json", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
         if path and not (option == "--json" and path == "-"):
@@ -605,7 +605,7 @@ def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str |
 def _emit_bench(result: dict[str, Any], json_out: str | None, *, csv_out: str | None = None,
                 md_out: str | None = None, plot_out: str | None = None) -> None:  # fmt: skip
     from benchmarks.bench_output import plot_distributions, render_csv, render_markdown
-    from compressor.atomic import write_json, write_text
+    from compressor.runtime.atomic import write_json, write_text
 
     table = render_markdown(result)
     if json_out == "-":
@@ -630,7 +630,7 @@ def _emit_bench(result: dict[str, Any], json_out: str | None, *, csv_out: str | 
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def run(recipe: str, out: str | None, as_json: bool) -> None:
     """Run a YAML recipe: prune -> export (pruned + dense) -> verify -> bench, then print one summary."""
-    from compressor.recipe import run_recipe
+    from compressor.jobs.run import run_recipe
     from compressor.train import STOP
 
     if not Path(recipe).is_file():
@@ -701,7 +701,7 @@ def info(model: str | None, list_models: str | None, list_methods: bool, data: s
         return
     if not model:
         raise BadInput("give a MODEL spec (or --list-models)")
-    from compressor.info import model_info, render_info
+    from compressor.jobs.info import model_info, render_info
 
     result = model_info(model, data=data, input_shape=input_shape, num_classes=num_classes, round_to=round_to,
                         max_ratio=max_layer_ratio, target_flops=target_flops, trust_code=trust_code,

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from compressor.atomic import atomic_path
 from compressor.errors import BadInput, one_line
+from compressor.runtime.atomic import atomic_path
 
 FORMAT = "compress-checkpoint/1"
 

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.bench_output import load_previous, render_markdown
-from compressor.atomic import write_json, write_text
 from compressor.errors import BadInput, GateFailed
-from compressor.pipeline import BENCH_DEFAULTS, PruneConfig, bench_gate, bench_models, export, prune
+from compressor.jobs.prune import BENCH_DEFAULTS, PruneConfig, bench_gate, bench_models, export, prune
+from compressor.runtime.atomic import write_json, write_text
 
 SECTIONS = ("prune", "export", "bench")
 EXPORT_KEYS = ("opset", "exporter", "dynamic_batch", "simplify", "fp16", "rtol", "atol", "external_data")

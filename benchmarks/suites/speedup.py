@@ -1,8 +1,8 @@
 """MACs ratio vs measured speedup: one-shot l2 masks at several FLOPs drops, dense and pruned timed interleaved.
 
-    python -m benchmarks.speedup                                   # the suite below, ORT CPU + PyTorch eager
-    python -m benchmarks.speedup --models resnet18 --drops 0.5 --providers cpu --iters 50
-    python -m benchmarks.speedup --providers cpu,torch,cuda,tensorrt   # on a GPU machine
+    python -m benchmarks.suites.speedup                                   # the suite below, ORT CPU + PyTorch eager
+    python -m benchmarks.suites.speedup --models resnet18 --drops 0.5 --providers cpu --iters 50
+    python -m benchmarks.suites.speedup --providers cpu,torch,cuda,tensorrt   # on a GPU machine
 
 Every model is pruned with ``compress prune --method l2 --epochs 0`` at each drop and round-to, exported
 with ``compress export`` (verified), and all variants of one model are timed in ONE ``compress bench`` run
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.latency import bench
-from compressor.atomic import write_json, write_text
 from compressor.errors import GateFailed
-from compressor.pipeline import PruneConfig, export, prune
+from compressor.jobs.prune import PruneConfig, export, prune
+from compressor.runtime.atomic import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
 SUITE = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "cifar:resnet56")
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     rounds = [int(r) for r in args.round_to.split(",")]
     providers, batches = args.providers.split(","), [int(b) for b in args.batch.split(",")]
 
-    doc: dict[str, Any] = {"command": "python -m benchmarks.speedup " + " ".join(argv or sys.argv[1:]), "models": {},
-                           "rows": []}  # fmt: skip
+    command = "python -m benchmarks.suites.speedup " + " ".join(argv or sys.argv[1:])
+    doc: dict[str, Any] = {"command": command, "models": {}, "rows": []}
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             files, variants = _variants(name, drops, rounds, Path(tmp))

@@ -1,0 +1,1 @@
+"""The jobs behind the CLI commands: validate everything first, then work, then write atomically."""

@@ -1,0 +1,1 @@
+"""Runtime services: atomic writes, checkpoints, bounded calls, distributed training, torchrun launch."""

@@ -1,0 +1,1 @@
+"""Latency-targeted pruning and latency-aware allocation (they time real exported models)."""
