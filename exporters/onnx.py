@@ -67,8 +67,8 @@ from onnx.external_data_helper import uses_external_data
 from torch import nn
 
 from compressor import tool_version
-from compressor.atomic import check_output_file
 from compressor.errors import BadInput, one_line
+from compressor.runtime.atomic import check_output_file
 
 log = logging.getLogger("compress.export")
 
