@@ -402,26 +402,32 @@ def bench(
         "schema": SCHEMA,
         "kind": "compress.bench",
         "env": environment(any(is_gpu(k) for k in keys)),
-        "settings": {
-            "providers": keys,
-            "batches": batch_list,
-            "threads": threads,
-            "inter_threads": inter_threads,
-            "warmup": max(int(warmup), 1),
-            "iters": None if duration is not None else int(iters),
-            "min_iters": int(min_iters),
-            "duration": duration,
-            "seed": seed,
-            "io": io_modes,
-            "trt_fp16": bool(trt_fp16),
-            "trt_cache": trt_cache,
-            "cov_warn": COV_WARN,
-            "session_config": dict(SESSION_CONFIG),
-        },  # fmt: skip
+        "settings": _settings(keys, batch_list, io_modes, opts, warmup, iters, min_iters, duration, seed),
         "models": {i.label: {"onnx": i.onnx and str(i.onnx), "torch": i.torch and str(i.torch)} for i in infos},
         "baseline": baseline,
         "results": results,
         "warnings": warnings,
+    }
+
+
+def _settings(keys: list[str], batch_list: list[int], io_modes: list[str], opts: Options, warmup: int,
+              iters: int | None, min_iters: int, duration: float | None, seed: int) -> dict[str, Any]:  # fmt: skip
+    """The ``settings`` block of a bench result: what was asked for, as run."""
+    return {
+        "providers": keys,
+        "batches": batch_list,
+        "threads": opts.threads,
+        "inter_threads": opts.inter_threads,
+        "warmup": max(int(warmup), 1),
+        "iters": None if duration is not None else int(iters),
+        "min_iters": int(min_iters),
+        "duration": duration,
+        "seed": seed,
+        "io": io_modes,
+        "trt_fp16": bool(opts.trt_fp16),
+        "trt_cache": opts.trt_cache,
+        "cov_warn": COV_WARN,
+        "session_config": dict(SESSION_CONFIG),
     }
 
 

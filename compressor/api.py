@@ -32,7 +32,8 @@ from torch import nn
 from compressor.budget import Budget, solve_counts
 from compressor.errors import BadInput
 from compressor.graph import Masks, PruningGraph, pruned_payload
-from compressor.methods import METHODS, Context, Method, build_method, method_parameters
+from compressor.methods.base import Context, Method
+from compressor.methods.registry import METHODS, build_method, method_parameters
 
 
 class Pruner:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import accuracy
+from benchmarks.suites import accuracy
 from compressor.errors import BadInput
 
 DATA = "synthetic:1x28x28:10:256:64"

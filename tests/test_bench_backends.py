@@ -15,10 +15,11 @@ from benchmarks import latency
 from benchmarks.backends import Runner
 from benchmarks.latency import bench
 from compressor.errors import BadInput, GateFailed
-from compressor.jobs.prune import PruneConfig, export, prune
+from compressor.jobs.export import export
+from compressor.jobs.prune import PruneConfig, prune
 
 HAS_CUDA = torch.cuda.is_available()
-needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+needs_gpu = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")

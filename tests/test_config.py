@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from compressor.jobs.prune import RESUME_FIXED, RESUME_FREE, PruneConfig
+import pytest
+
+from compressor.jobs.config import RESUME_FIXED, RESUME_FREE, PruneConfig
 
 
 def test_every_option_is_resume_fixed_unless_declared_free() -> None:
@@ -15,20 +17,80 @@ def test_every_option_is_resume_fixed_unless_declared_free() -> None:
         assert new in RESUME_FIXED, new
 
 
-def test_method_option_defaults_agree_with_the_methods() -> None:
-    """A psap_*/aster_* default in PruneConfig is the default of the method's own option (None: "from the
-    variant", resolved by the method)."""
-    import inspect
+def test_method_options_are_the_methods_defaults() -> None:
+    """A psap_*/aster_* field of PruneConfig is the method's own option field (one default, one help); a method
+    built with no options holds those defaults."""
+    from compressor.methods.options import METHOD_OPTIONS
+    from compressor.methods.registry import build_method, method_parameters
 
-    from compressor.methods.aster import ASTER
-    from compressor.methods.psap import PSAP
+    config = {f.name: f for f in fields(PruneConfig)}
+    for method, cls in METHOD_OPTIONS.items():
+        for f in fields(cls):
+            mine = config[f"{method}_{f.name}"]
+            assert (mine.default, mine.metadata) == (f.default, f.metadata), f.name
+            assert f.name in method_parameters(method), f.name
+    psap, aster = build_method("psap"), build_method("aster")
+    o = METHOD_OPTIONS["psap"]()
+    assert (psap.beta, psap.gamma, psap.pulse_iters, psap.variant) == (o.beta, o.gamma, o.pulse_iters, o.variant)
+    a = METHOD_OPTIONS["aster"]()
+    assert (aster.tau, aster.x, aster.variant, aster.eta0_fixed) == (a.tau0, a.x, a.variant, a.eta0)
 
-    defaults = {f.name: f.default for f in fields(PruneConfig)}
-    for prefix, cls in (("psap_", PSAP), ("aster_", ASTER)):
-        params = inspect.signature(cls.__init__).parameters
-        for name, value in defaults.items():
-            if name.startswith(prefix) and name[len(prefix):] in params:
-                assert params[name[len(prefix):]].default == value, name
-    shared = {"max_prune_fraction": ASTER}
-    for name, cls in shared.items():
-        assert inspect.signature(cls.__init__).parameters[name].default == defaults[name], name
+
+def test_variant_choices_are_the_variants() -> None:
+    from compressor.methods import aster, psap
+    from compressor.methods.options import ASTEROptions, PSAPOptions
+
+    for cls, module in ((PSAPOptions, psap), (ASTEROptions, aster)):
+        variant = next(f for f in fields(cls) if f.name == "variant")
+        assert set(variant.metadata["choices"]) == set(module.VARIANTS)
+        assert variant.default in module.VARIANTS
+
+
+def test_unknown_or_invalid_method_options_raise() -> None:
+    from compressor.api import make_method
+    from compressor.errors import BadInput
+    from compressor.methods.options import PSAPOptions
+    from compressor.methods.registry import build_method
+
+    with pytest.raises(BadInput, match="has no option 'gama'"):
+        make_method("psap", {"gama": 2.0})
+    with pytest.raises(ValueError, match="psap has no option 'gama'"):
+        PSAPOptions.of({"gama": 2.0})
+    with pytest.raises(BadInput, match="psap mode must be one of gate, filter"):
+        build_method("psap", mode="soft")
+    with pytest.raises(BadInput, match="aster reduce must be one of"):
+        build_method("aster", reduce="median")
+
+
+def test_cli_recipe_and_api_defaults_are_one_object() -> None:
+    """Every click option of prune/export/bench/info is generated from a dataclass field with the same default;
+    the recipe sections take exactly those fields."""
+    from compressor.cli import main
+    from compressor.config import BenchOptions, ExportOptions, PruneOptions, defaults
+    from compressor.jobs.bench import BENCH_DEFAULTS
+    from compressor.jobs.run import EXPORT_KEYS
+
+    for command, cls, extra in (("prune", PruneConfig, {"nproc"}), ("export", ExportOptions, {"out", "dense",
+                                "trust_code", "run_dir"}), ("bench", BenchOptions, {"model", "baseline", "trust_code",
+                                "json_out", "csv_out", "md_out", "plot_out"})):  # fmt: skip
+        want = defaults(cls)
+        params = {p.name: p for p in main.commands[command].params if p.name not in ("config", "as_json")}
+        assert set(params) - extra == {f.name for f in fields(cls)}, command
+        for name, p in params.items():
+            if name in want and not p.multiple:
+                plain = p.is_flag and not p.secondary_opts and not isinstance(p.default, bool)
+                default = False if plain else p.default  # a plain flag left out is False
+                assert default == want[name], (command, name, default, want[name])
+                assert p.help == (next(f for f in fields(cls) if f.name == name).metadata["help"] or None)
+    assert BENCH_DEFAULTS == defaults(BenchOptions)
+    assert set(EXPORT_KEYS) == set(defaults(ExportOptions))
+    info = {p.name: p.default for p in main.commands["info"].params}
+    assert info["round_to"] == defaults(PruneOptions)["round_to"]
+    assert info["max_layer_ratio"] == defaults(PruneOptions)["max_layer_ratio"]
+
+
+def test_provider_names_agree_with_the_harness() -> None:
+    from benchmarks.backends import ORT_PROVIDERS
+    from compressor.config import PROVIDERS
+
+    assert tuple(ORT_PROVIDERS) == PROVIDERS

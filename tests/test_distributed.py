@@ -40,6 +40,8 @@ def make(num_classes=10, in_channels=1):
 WEIGHT_ATOL = 1e-5
 LOSS_RTOL = 1e-5
 
+pytestmark = pytest.mark.ddp  # every test here launches or emulates several ranks
+
 
 def _compress(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "compressor", *args], cwd=cwd, env=ENV, capture_output=True,

@@ -166,7 +166,8 @@ def test_commands_use_existing_options(path: Path) -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
 def test_recipes_use_existing_keys(path: Path) -> None:
-    from compressor.jobs.prune import BENCH_DEFAULTS, PruneConfig
+    from compressor.jobs.bench import BENCH_DEFAULTS
+    from compressor.jobs.config import PruneConfig
     from compressor.jobs.run import EXPORT_KEYS
 
     allowed = {
@@ -188,3 +189,13 @@ def test_recipes_use_existing_keys(path: Path) -> None:
             unknown = {str(k).replace("-", "_") for k in keys or {}} - allowed[section]
             problems += [f"{section}: unknown key {k!r}" for k in sorted(unknown)]
     assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+def test_cli_reference_is_generated_from_the_option_definitions() -> None:
+    """docs/cli-reference.md is the output of `python -m compressor.cli.reference` (regenerate it after an
+    option change)."""
+    from compressor.cli import main
+    from compressor.cli.reference import render
+
+    committed = (ROOT / "docs" / "cli-reference.md").read_text()
+    assert committed == render(main), "stale: run python -m compressor.cli.reference docs/cli-reference.md"

@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from compressor.errors import BadInput
+from exporters import export as torch_to_onnx
 from exporters import onnx as onnx_export
 from exporters.onnx import export_onnx, read_metadata, verify
 
@@ -115,7 +116,7 @@ def test_auto_falls_back_on_any_dynamo_exception(tmp_path, monkeypatch):
     def dynamo_crash(*args, **kwargs):
         raise RuntimeError("simulated torch.export failure\nwith a second line")
 
-    monkeypatch.setattr(onnx_export, "_EXPORT_FNS", {**onnx_export._EXPORT_FNS, "dynamo": dynamo_crash})
+    monkeypatch.setattr(torch_to_onnx, "_EXPORT_FNS", {**torch_to_onnx._EXPORT_FNS, "dynamo": dynamo_crash})
     res = export_onnx(_tiny(), SHAPE, tmp_path / "m.onnx", opset=18)
     assert res["exporter"] == "legacy" and res["verification"]["passed"]
     assert res["fallback_reason"] == "RuntimeError: simulated torch.export failure with a second line"
@@ -133,7 +134,7 @@ def test_forced_legacy_exporter(tmp_path):
 
 
 def test_forced_dynamo_that_cannot_meet_the_opset_is_bad_input(tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_export, "_default_opset_version", lambda proto: 99)  # as if the opset drifted
+    monkeypatch.setattr(torch_to_onnx, "_default_opset_version", lambda proto: 99)  # as if the opset drifted
     with pytest.raises(BadInput, match="opset"):
         export_onnx(_tiny(), SHAPE, tmp_path / "m.onnx", opset=18, exporter="dynamo")
     assert list(tmp_path.iterdir()) == []
@@ -491,7 +492,7 @@ def test_cli_auto_fallback_reason_in_result_metadata_and_summary_line(tiny_run, 
     def dynamo_crash(*args, **kwargs):
         raise RuntimeError("simulated torch.export failure")
 
-    monkeypatch.setattr(onnx_export, "_EXPORT_FNS", {**onnx_export._EXPORT_FNS, "dynamo": dynamo_crash})
+    monkeypatch.setattr(torch_to_onnx, "_EXPORT_FNS", {**torch_to_onnx._EXPORT_FNS, "dynamo": dynamo_crash})
     res = _cli_json([*base, "--opset", "18", "--out", tmp_path / "b.onnx"])
     assert res["exporter"] == "legacy" and res["fallback_reason"] == "RuntimeError: simulated torch.export failure"
     assert read_metadata(tmp_path / "b.onnx")["exporter_fallback"] == res["fallback_reason"]

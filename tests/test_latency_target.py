@@ -19,16 +19,15 @@ from click.testing import CliRunner
 
 from compressor.budget import Budget
 from compressor.cli import main
+from compressor.config import LatencySpec, parse_latency
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph
 from compressor.jobs.prune import PruneConfig
 from compressor.models import build_model
 from compressor.search.latency_target import (
     SEARCH_FILE,
-    LatencySpec,
     Meter,
     find_drop,
-    parse_latency,
     proxy_importance,
     search_drop,
     search_for_run,

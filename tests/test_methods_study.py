@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from benchmarks import methods
+from benchmarks.suites import methods
 from compressor.errors import BadInput
 
 MODEL = "cifar:resnet20"

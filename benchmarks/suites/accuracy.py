@@ -34,12 +34,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from compressor.errors import BadInput, GateFailed, one_line
 from compressor.runtime.atomic import atomic_path, write_json, write_text
+
+if TYPE_CHECKING:
+    from compressor.jobs.prune import PruneConfig
+    from compressor.train import Progress, Trainer
 
 SCHEMA = 1
 RESULTS = Path(__file__).parent / "results" / "accuracy"
@@ -298,7 +302,7 @@ def run_variant(task: dict[str, Any]) -> dict[str, Any]:
 def export_fields(run_dir: Path) -> dict[str, Any]:
     """Export a finished run to ONNX and verify it against PyTorch: the row's verified / max_abs_diff (or the
     export error, recorded: a failed export must not end a study)."""
-    from compressor.jobs.prune import export
+    from compressor.jobs.export import export
 
     try:
         exported = export(run_dir)
@@ -367,12 +371,8 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
     is a warm-up and not counted (PSAP's first epoch has no gradient pulse yet: it is the cheap one). Seconds are the
     Trainer's per-epoch ``seconds``: the training loop plus the method's epoch-end work, no validation.
     """
-    from compressor.budget import Budget
-    from compressor.graph import PruningGraph
     from compressor.jobs.prune import PruneConfig
-    from compressor.methods import Context, build_method
-    from compressor.models import build_model
-    from compressor.train import Progress, TrainConfig, Trainer, pick_device, seed_everything
+    from compressor.train import Progress, pick_device
 
     k = args.overhead_epochs
     seed = args.seeds[0]
@@ -382,6 +382,31 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
     device = pick_device(args.device)
     quiet = Progress(enabled=False)
     task = _common_task(args)
+    trainers = _overhead_trainers(model_spec, method_name, cfg, args, task, device, quiet)
+    seconds = _interleaved_seconds(trainers, k, model_spec, method_name, progress)
+    plain, timed = statistics.median(seconds["plain"]), statistics.median(seconds[method_name])
+    ratio = timed / plain if plain > 0 else None
+    return {
+        "model": model_spec, "method": method_name, "options": OVERHEAD_OPTIONS.get(method_name, {}), "epochs": k,
+        "warmup_epochs": 1, "target": target, "seed": seed,
+        "batch_size": args.batch_size, "steps_per_epoch": len(trainers["plain"].train_loader),
+        "plain_epoch_s": seconds["plain"], "method_epoch_s": seconds[method_name],
+        "plain_median_s": plain, "method_median_s": timed, "ratio": ratio,
+        "limit": OVERHEAD_LIMIT, "passed": ratio is not None and ratio <= OVERHEAD_LIMIT,
+        "device": device_name(args.device),
+    }  # fmt: skip
+
+
+def _overhead_trainers(model_spec: str, method_name: str, cfg: PruneConfig, args: argparse.Namespace,
+                       task: dict[str, Any], device: torch.device, quiet: Progress) -> dict[str, Trainer]:  # fmt: skip
+    """One-epoch Trainers, ``plain`` and ``method_name``, on the same init and batches (seeded alike)."""
+    from compressor.budget import Budget
+    from compressor.graph import PruningGraph
+    from compressor.methods import Context, build_method
+    from compressor.models import build_model
+    from compressor.train import TrainConfig, Trainer, seed_everything
+
+    k, seed, target = args.overhead_epochs, args.seeds[0], max(args.targets)
     trainers = {}
     for name in ("plain", method_name):
         seed_everything(seed)  # the same init and batches for both
@@ -404,6 +429,12 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
         trainers[name] = Trainer(model, data.train, None, train_cfg, method=method, device=device, progress=quiet,
                                  phase=name)  # fmt: skip
         ctx.optimizer = trainers[name].optimizer
+    return trainers
+
+
+def _interleaved_seconds(trainers: dict[str, Trainer], k: int, model_spec: str, method_name: str,
+                         progress: Callable[[str], None]) -> dict[str, list[float]]:  # fmt: skip
+    """``k + 1`` epochs of each trainer in turn; the seconds of every epoch after the first (the warm-up)."""
     seconds: dict[str, list[float]] = {"plain": [], method_name: []}
     for epoch in range(k + 1):
         for name, trainer in trainers.items():
@@ -414,17 +445,7 @@ def measure_overhead(model_spec: str, args: argparse.Namespace, progress: Callab
         if epoch > 0:
             progress(f"[accuracy] overhead {model_spec} epoch {epoch}/{k}: plain {seconds['plain'][-1]:.2f}s, "
                      f"{method_name} {seconds[method_name][-1]:.2f}s")  # fmt: skip
-    plain, timed = statistics.median(seconds["plain"]), statistics.median(seconds[method_name])
-    ratio = timed / plain if plain > 0 else None
-    return {
-        "model": model_spec, "method": method_name, "options": OVERHEAD_OPTIONS.get(method_name, {}), "epochs": k,
-        "warmup_epochs": 1, "target": target, "seed": seed,
-        "batch_size": args.batch_size, "steps_per_epoch": len(trainers["plain"].train_loader),
-        "plain_epoch_s": seconds["plain"], "method_epoch_s": seconds[method_name],
-        "plain_median_s": plain, "method_median_s": timed, "ratio": ratio,
-        "limit": OVERHEAD_LIMIT, "passed": ratio is not None and ratio <= OVERHEAD_LIMIT,
-        "device": device_name(args.device),
-    }  # fmt: skip
+    return seconds
 
 
 # --------------------------------------------------------------------------------------------- scheduling
@@ -605,18 +626,38 @@ def render_markdown(result: dict[str, Any]) -> str:
     st = result["settings"]
     if not result["rows"]:  # --overhead-only into a results file of its own
         lines = ["# Epoch-time overhead", "", "Produced by:", ""]
-        for inv in result["invocations"]:
-            lines += ["```", inv["command"], "```", f"({inv['created']}, {inv['device']})", ""]
+        lines += _invocation_lines(result["invocations"])
         return "\n".join(lines + _overhead_lines(result)) + "\n"
     lines = ["# Accuracy study: pruning methods at the same FLOPs budget", ""]
     lines += ["Produced by" + (" (merged invocations, latest last):" if len(result["invocations"]) > 1 else ":"), ""]
-    for inv in result["invocations"]:
+    lines += _invocation_lines(result["invocations"])
+    lines += _settings_lines(st)
+    summary = result["summary"]
+    rows = result["rows"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for start in [name for name in STARTS if any(r["model"] == model and r["start"] == name for r in rows)]:
+            lines += _section_lines(model, start, rows, summary)
+    lines += _failed_lines(rows)
+    lines += _aster_lines(result)
+    lines += _overhead_lines(result)
+    return "\n".join(lines)
+
+
+def _invocation_lines(invocations: list[dict[str, Any]]) -> list[str]:
+    """Each invocation's command (a code block), when and where it ran."""
+    lines: list[str] = []
+    for inv in invocations:
         lines += ["```", inv["command"], "```", f"({inv['created']}, {inv['device']})", ""]
+    return lines
+
+
+def _settings_lines(st: dict[str, Any]) -> list[str]:
+    """The settings of the latest invocation as a Markdown list."""
     sizes = st.get("data_sizes") or {}
     full = st.get("full_train_size")
     train_note = (f"**reduced training set: {sizes.get('train')} of the {full} training images** (seeded subset)"
                   if st["train_subset"] else f"full training split ({sizes.get('train')} images)")  # fmt: skip
-    lines += [
+    return [
         "Settings (latest invocation):", "",
         f"- data `{st['data']}`: {train_note}; validation {sizes.get('val')} images (carved from train, used by "
         f"nothing but the per-epoch log); test {sizes.get('test')} images"
@@ -640,57 +681,62 @@ def render_markdown(result: dict[str, Any]) -> str:
            if st["jobs"] > 1 else ""),
         "",
     ]  # fmt: skip
-    summary = result["summary"]
-    rows = result["rows"]
-    for model in dict.fromkeys(r["model"] for r in rows):
-        for start in [name for name in STARTS if any(r["model"] == model and r["start"] == name for r in rows)]:
-            entries = {(s["target"], s["variant"]): s for s in summary if s["model"] == model and s["start"] == start}
-            targets: list[float | None] = sorted({t for t, _ in entries if t is not None}) or [None]
-            variants = _order(v for _, v in entries)
-            lines += [f"## {model}, `{start}` start", ""]
-            head = ["variant"]
-            for t in targets:
-                p = "dense" if t is None else f"{round(100 * t)}%"
-                head += [f"{p} top-1 %", f"{p} FLOPs↓", f"{p} params↓", f"{p} wall s", f"{p} epoch ×", f"{p} verified"]
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for v in variants:
-                cells = [v]
-                for t in targets:
-                    s = entries.get((t, v)) or entries.get((None, v))
-                    if s is None:
-                        cells += [""] * 6
-                        continue
-                    overhead = (
-                        "1 (ref)"
-                        if v == DENSE
-                        else ("–" if s["epoch_overhead_mean"] is None else f"{s['epoch_overhead_mean']:.2f}")
-                    )
-                    flops = _pct(s["flops_drop_mean"]) + ("" if s["target_met_all"] in (None, True) else " (missed)")
-                    wall = (
-                        "–"
-                        if s["wall_s_mean"] is None
-                        else f"{s['wall_s_mean']:.{0 if s['wall_s_mean'] >= 10 else 1}f}"
-                    )
-                    cells += [_acc_cell(s), flops, _pct(s["params_drop_mean"]), wall, overhead,
-                              _flag(s["verified_all"])]  # fmt: skip
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
-            these = [r for r in rows if r["model"] == model and r["start"] == start]
-            dense_rows = [r for r in these if r["variant"] == DENSE]
-            if dense_rows:
-                lines.append(f"Dense: {dense_rows[0]['epochs']} epochs from random init (per seed).")
-            devices = ", ".join(sorted({str(r.get("device")) for r in these}))
-            lines += [f"Run on: {devices}.", ""]
+
+
+def _section_lines(model: str, start: str, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[str]:
+    """One (model, start) section: a table of variants by target, then the dense epochs and the devices."""
+    entries = {(s["target"], s["variant"]): s for s in summary if s["model"] == model and s["start"] == start}
+    targets: list[float | None] = sorted({t for t, _ in entries if t is not None}) or [None]
+    variants = _order(v for _, v in entries)
+    lines = [f"## {model}, `{start}` start", ""]
+    head = ["variant"]
+    for t in targets:
+        p = "dense" if t is None else f"{round(100 * t)}%"
+        head += [f"{p} top-1 %", f"{p} FLOPs↓", f"{p} params↓", f"{p} wall s", f"{p} epoch ×", f"{p} verified"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in variants:
+        lines.append("| " + " | ".join(_variant_cells(v, targets, entries)) + " |")
+    lines.append("")
+    these = [r for r in rows if r["model"] == model and r["start"] == start]
+    dense_rows = [r for r in these if r["variant"] == DENSE]
+    if dense_rows:
+        lines.append(f"Dense: {dense_rows[0]['epochs']} epochs from random init (per seed).")
+    devices = ", ".join(sorted({str(r.get("device")) for r in these}))
+    lines += [f"Run on: {devices}.", ""]
+    return lines
+
+
+def _variant_cells(v: str, targets: list[float | None], entries: dict[tuple, dict[str, Any]]) -> list[str]:
+    """A variant's table row: its name, then six cells per target (empty where it has no entry)."""
+    cells = [v]
+    for t in targets:
+        s = entries.get((t, v)) or entries.get((None, v))
+        if s is None:
+            cells += [""] * 6
+            continue
+        overhead = (
+            "1 (ref)"
+            if v == DENSE
+            else ("–" if s["epoch_overhead_mean"] is None else f"{s['epoch_overhead_mean']:.2f}")
+        )
+        flops = _pct(s["flops_drop_mean"]) + ("" if s["target_met_all"] in (None, True) else " (missed)")
+        wall = "–" if s["wall_s_mean"] is None else f"{s['wall_s_mean']:.{0 if s['wall_s_mean'] >= 10 else 1}f}"
+        cells += [_acc_cell(s), flops, _pct(s["params_drop_mean"]), wall, overhead,
+                  _flag(s["verified_all"])]  # fmt: skip
+    return cells
+
+
+def _failed_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows that failed (run or export), with their error, as a Markdown section."""
     failed = [r for r in rows if r.get("error") or r.get("export_error")]
+    lines: list[str] = []
     if failed:
         lines += ["## Failed rows", ""]
         for r in failed:
             lines.append(f"- {r['model']} {r['start']} {r['target']} {r['variant']} seed {r['seed']}: "
                          f"{r.get('error') or r.get('export_error')}")  # fmt: skip
         lines.append("")
-    lines += _aster_lines(result)
-    lines += _overhead_lines(result)
-    return "\n".join(lines)
+    return lines
 
 
 def _aster_lines(result: dict[str, Any]) -> list[str]:
@@ -773,15 +819,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     json_path, md_path = results.with_name(results.name + ".json"), results.with_name(results.name + ".md")
     base = _load_existing(json_path) if args.merge else None
     if base is not None:
-        old = base.get("settings") or {}
-        differ = [k for k in STUDY_KEYS if k in old and old[k] != getattr(args, k)]
-        if differ:
-            raise BadInput(
-                f"--merge: {json_path} was made with other settings ("
-                + ", ".join(f"--{k.replace('_', '-')} {old[k]} vs {getattr(args, k)}" for k in differ)
-                + "): rows would not be comparable; rerun with the same settings or write to another --results"
-            )
+        _check_same_settings(base, args, json_path)
+    invocation = _invocation(args, argv)
+    dense_tasks, run_tasks = ([], []) if args.overhead_only else _plan(args)
+    rows: list[dict[str, Any]] = []
+    dense: dict[tuple, dict[str, Any]] = {}
+    overhead: dict[str, Any] = {}
 
+    def write() -> dict[str, Any]:
+        return _write_results(json_path, md_path, base, invocation, rows, dense, overhead)
+
+    _run_all(args, dense_tasks, run_tasks, rows, dense, log, write)
+    if args.overhead_epochs:
+        for model in args.models:
+            for name in args.overhead_methods:
+                overhead[overhead_key(model, name)] = measure_overhead(model, args, log, name)
+    out = write()
+    if not args.quiet:
+        print(md_path.read_text())
+    return out
+
+
+def _check_same_settings(base: dict[str, Any], args: argparse.Namespace, json_path: Path) -> None:
+    """BadInput when ``--merge`` would mix rows made with other study settings."""
+    old = base.get("settings") or {}
+    differ = [k for k in STUDY_KEYS if k in old and old[k] != getattr(args, k)]
+    if differ:
+        raise BadInput(
+            f"--merge: {json_path} was made with other settings ("
+            + ", ".join(f"--{k.replace('_', '-')} {old[k]} vs {getattr(args, k)}" for k in differ)
+            + "): rows would not be comparable; rerun with the same settings or write to another --results"
+        )
+
+
+def _invocation(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """This invocation: command, time, device and settings (with the data sizes); loads the data spec first."""
     from compressor.data import load_data
 
     # Fail fast on the data spec; the full train size is for stating a reduced subset.
@@ -792,28 +864,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings["full_train_size"] = full.sizes["train"]
     subsets = {"train": args.train_subset, "val": args.val_subset, "test": args.test_subset}
     settings["data_sizes"] = {k: min(n, subsets[k] or n) for k, n in full.sizes.items()}  # what load_data keeps
-    invocation = {"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device,
-                  "settings": settings}  # fmt: skip
-    dense_tasks, run_tasks = ([], []) if args.overhead_only else _plan(args)
-    rows: list[dict[str, Any]] = []
-    dense: dict[tuple, dict[str, Any]] = {}
-    overhead: dict[str, Any] = {}
+    return {"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device,
+            "settings": settings}  # fmt: skip
 
-    def write() -> dict[str, Any]:
-        _finalize(rows, dense)
-        merged = rows
-        if base is not None:
-            new = {row_key(r) for r in rows}
-            merged = [r for r in base["rows"] if row_key(r) not in new] + rows
-        merged = sorted(merged, key=_sort_key)
-        over = {**((base or {}).get("overhead") or {}), **overhead}
-        out = {"schema": SCHEMA, "command": command, "created": invocation["created"], "device": device,
-               "settings": settings, "invocations": [*((base or {}).get("invocations") or []), invocation],
-               "rows": merged, "overhead": over, "summary": summarize(merged)}  # fmt: skip
-        write_json(json_path, out)
-        write_text(md_path, render_markdown(out))
-        return out
 
+def _write_results(json_path: Path, md_path: Path, base: dict[str, Any] | None, invocation: dict[str, Any],
+                   rows: list[dict[str, Any]], dense: dict[tuple, dict[str, Any]], overhead: dict[str, Any]
+                   ) -> dict[str, Any]:  # fmt: skip
+    """Merge this invocation's rows and overhead into ``base``; write ``<results>.json`` and ``.md``."""
+    _finalize(rows, dense)
+    merged = rows
+    if base is not None:
+        new = {row_key(r) for r in rows}
+        merged = [r for r in base["rows"] if row_key(r) not in new] + rows
+    merged = sorted(merged, key=_sort_key)
+    over = {**((base or {}).get("overhead") or {}), **overhead}
+    out = {"schema": SCHEMA, "command": invocation["command"], "created": invocation["created"],
+           "device": invocation["device"], "settings": invocation["settings"],
+           "invocations": [*((base or {}).get("invocations") or []), invocation],
+           "rows": merged, "overhead": over, "summary": summarize(merged)}  # fmt: skip
+    write_json(json_path, out)
+    write_text(md_path, render_markdown(out))
+    return out
+
+
+def _run_all(args: argparse.Namespace, dense_tasks: list[dict[str, Any]], run_tasks: list[dict[str, Any]],
+             rows: list[dict[str, Any]], dense: dict[tuple, dict[str, Any]], log: Callable[[str], None],
+             write: Callable[[], Any]) -> None:  # fmt: skip
+    """The dense trainings, then the runs, ``--jobs`` at a time; scratch runs do not wait for a dense training."""
     executor: Any = _Inline() if args.jobs == 1 else ProcessPoolExecutor(
         max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
         initargs=(args.jobs,))  # fmt: skip
@@ -834,15 +912,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for future in pending:
                 future.cancel()
             raise
-
-    if args.overhead_epochs:
-        for model in args.models:
-            for name in args.overhead_methods:
-                overhead[overhead_key(model, name)] = measure_overhead(model, args, log, name)
-    out = write()
-    if not args.quiet:
-        print(md_path.read_text())
-    return out
 
 
 def _collect(pending: dict[Future, tuple[str, dict[str, Any]]], executor: Any, run_tasks: list[dict[str, Any]],

@@ -310,7 +310,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=None, help="Comma list (default: every torchvision classification model).")
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -325,31 +325,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-done", action="store_true", help="With --merge: only run models without rows yet.")
     ap.add_argument("--jobs", type=int, default=2, help="Children side by side (most of the work is one thread).")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every model in a child process (``--child``: one model, rows printed); write the results as they come."""
+    args = _parser().parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
 
     if args.child:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("COVERAGE_THREADS", "1")))
-        rows = run_model(args.child, args.methods, args.size, args.target, args.exporter, args.tp_raw)
-        print("ROWS " + json.dumps(rows, default=str), flush=True)
+        _run_child(args)
         return
 
-    from importlib.metadata import version
+    import torch_pruning  # noqa: F401  (version in _save)
 
-    import torch
-    import torch_pruning  # noqa: F401  (version below)
-
-    from compressor.runtime.atomic import write_json, write_text
     from compressor.runtime.bounded import available_bytes
 
     names = args.models.split(",") if args.models else all_models()
     out = Path(args.out)
-    old = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").exists() else {}
-    done = {r["model"] for r in old.get("rows", [])} if args.skip_done else set()
-    rows = [_migrate(r) for r in old.get("rows", []) if r["model"] not in names or r["model"] in done]
-    skipped = [x for x in old.get("skipped", []) if x["model"] not in names]
+    old, done, rows, skipped = _previous(out, names, args)
     budget_gb = available_bytes() / 2**30 * args.memory_fraction
     estimates = {n: _peak_estimate_gb(n) for n in names}
     command = " ".join(["python -m benchmarks.suites.coverage", *(argv if argv is not None else sys.argv[1:])])
@@ -358,26 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     running = [0.0]  # estimated GB of the children running now
 
     def save() -> None:
-        rows.sort(key=lambda r: (r["model"], r["method"]))
-        result = {
-            "command": command.strip(),
-            "commands": [*old.get("commands", []), command.strip()] if args.merge else [command.strip()],
-            "machine": {
-                "processor": platform.processor() or platform.machine(),
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-            },  # fmt: skip
-            "torch": torch.__version__,
-            "torch_pruning": version("torch-pruning"),
-            "target": args.target,
-            "size": args.size,
-            "exporter": args.exporter,
-            "summary": _summary(rows),
-            "rows": rows,
-            "skipped": sorted(skipped, key=lambda x: x["model"]),
-        }
-        write_json(out.with_suffix(".json"), result)
-        write_text(out.with_suffix(".md"), render_markdown(result))
+        _save(out, rows, skipped, old, command, args)
 
     def one(name: str) -> None:
         need = estimates[name]
@@ -396,13 +371,69 @@ def main(argv: list[str] | None = None) -> None:
                              f"{r.get('reason', '')[:100]}" for r in new), flush=True)  # fmt: skip
             save()
 
+    _skip_too_big(todo, estimates, budget_gb, skipped)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(one, [n for n in todo if estimates[n] <= budget_gb]))
+    save()
+
+
+def _run_child(args: argparse.Namespace) -> None:
+    """``--child``: one model's rows, printed as a ``ROWS <json>`` line for the parent."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("COVERAGE_THREADS", "1")))
+    rows = run_model(args.child, args.methods, args.size, args.target, args.exporter, args.tp_raw)
+    print("ROWS " + json.dumps(rows, default=str), flush=True)
+
+
+def _previous(out: Path, names: list[str], args: argparse.Namespace
+              ) -> tuple[dict[str, Any], set[str], list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """With --merge, the results file so far, the models done (--skip-done), the rows and skips to keep."""
+    old = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").exists() else {}
+    done = {r["model"] for r in old.get("rows", [])} if args.skip_done else set()
+    rows = [_migrate(r) for r in old.get("rows", []) if r["model"] not in names or r["model"] in done]
+    skipped = [x for x in old.get("skipped", []) if x["model"] not in names]
+    return old, done, rows, skipped
+
+
+def _save(out: Path, rows: list[dict[str, Any]], skipped: list[dict[str, Any]], old: dict[str, Any], command: str,
+          args: argparse.Namespace) -> None:  # fmt: skip
+    """Sort ``rows`` (in place) and write ``<out>.json`` and ``<out>.md``."""
+    from importlib.metadata import version
+
+    import torch
+
+    from compressor.runtime.atomic import write_json, write_text
+
+    rows.sort(key=lambda r: (r["model"], r["method"]))
+    result = {
+        "command": command.strip(),
+        "commands": [*old.get("commands", []), command.strip()] if args.merge else [command.strip()],
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },  # fmt: skip
+        "torch": torch.__version__,
+        "torch_pruning": version("torch-pruning"),
+        "target": args.target,
+        "size": args.size,
+        "exporter": args.exporter,
+        "summary": _summary(rows),
+        "rows": rows,
+        "skipped": sorted(skipped, key=lambda x: x["model"]),
+    }
+    write_json(out.with_suffix(".json"), result)
+    write_text(out.with_suffix(".md"), render_markdown(result))
+
+
+def _skip_too_big(todo: list[str], estimates: dict[str, float], budget_gb: float, skipped: list[dict[str, Any]]
+                  ) -> None:  # fmt: skip
+    """Record in ``skipped`` (and print) the models whose estimated peak memory exceeds ``budget_gb``."""
     for name in [n for n in todo if estimates[n] > budget_gb]:
         params_m = round(estimates[name] * 2**30 / 4 / PEAK_FACTOR / 1e6, 1)
         skipped.append({"model": name, "params_m": params_m, "peak_gb": round(estimates[name], 1)})
         print(f"{name}: skipped (estimated {estimates[name]:.1f} GB > {budget_gb:.1f} GB)", flush=True)
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(one, [n for n in todo if estimates[n] <= budget_gb]))
-    save()
 
 
 if __name__ == "__main__":

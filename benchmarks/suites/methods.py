@@ -16,7 +16,7 @@ What the protocol fixes (tier numbers in ``TIERS``, the one source of truth):
   fine-tuning (``PruneConfig(epochs=E, finetune_epochs=0, schedule="cosine")``), the same optimizer (SGD, momentum
   0.9, nesterov, weight decay 5e-4), batch and augmentation; ``round_to=1`` for every row.
 * FLOPs drop within [target, target + 0.5%]: ``flops_in_band`` per row. Every pruned row is exported to ONNX and
-  verified against PyTorch (``compressor.jobs.prune.export``).
+  verified against PyTorch (``compressor.jobs.export.export``).
 * Controls run after the row they copy: ``l1-matched-*`` is L1 pruned at the epoch where the method's mask last
   changed (``E - epochs_final``), ``random-alloc-*`` keeps random channels at the method's per-group kept counts.
   ``<variant>+distill`` adds knowledge distillation from the dense checkpoint (trained start only).
@@ -624,6 +624,19 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entries of three kinds: ``variant`` (per tier, model, start, target, variant: n, mean ± sample std of test
     accuracy, means, flags and, for a method, the paired differences vs the best baseline), ``noise`` (per tier,
     model, start, target) and ``cost`` (per tier)."""
+    pruned, groups = _summary_groups(rows)
+    out: list[dict[str, Any]] = [_variant_entry(key, groups[key]) for key in sorted(groups, key=_group_order)]
+    _add_paired(out, pruned)
+    out += _noise_entries(out, pruned)
+    out += agreement(rows)
+    out += _cost_entries(rows)
+    return out
+
+
+def _summary_groups(rows: list[dict[str, Any]]) -> tuple[dict[tuple, list[dict[str, Any]]],
+                                                         dict[tuple, list[dict[str, Any]]]]:  # fmt: skip
+    """(pruned rows per (tier, model, start, target), rows per (tier, model, start, target, variant)); a dense
+    row's group has target None."""
     pruned: dict[tuple, list[dict[str, Any]]] = {}
     dense: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -635,29 +648,34 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault((*g, r["variant"]), []).append(r)
     for (tier, model, start, _), members in dense.items():
         groups[(tier, model, start, None, DENSE)] = members
-    out: list[dict[str, Any]] = []
-    for key in sorted(groups, key=_group_order):
-        tier, model, start, target, variant = key
-        members = groups[key]
-        ok = _ok(members)
-        accs = [float(r["acc"]) for r in ok]
+    return pruned, groups
 
-        def mean_of(field: str, rs: list[dict[str, Any]] = ok) -> float | None:
-            return _mean(float(r[field]) for r in rs if r.get(field) is not None)
 
-        verified = [r.get("verified") for r in members]
-        entry: dict[str, Any] = {
-            "kind": "variant", "tier": tier, "model": model, "start": start, "target": target, "variant": variant,
-            "seeds": sorted(int(r["seed"]) for r in ok), "n": len(accs), "failed": len(members) - len(ok),
-            "acc_mean": _mean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-            "last_val_acc_mean": mean_of("last_val_acc"), "flops_drop_mean": mean_of("flops_drop"),
-            "params_drop_mean": mean_of("params_drop"), "epochs_final_mean": mean_of("epochs_final"),
-            "verified_all": bool(members) and all(v is True for v in verified),
-            "in_band_all": None if variant == DENSE else all(r.get("flops_in_band") is True for r in members),
-            "fallback_rate": mean_of("aster_fallback"),
-        }  # fmt: skip
-        out.append(entry)
-    # paired comparisons against the best baseline (by validation) of each (tier, model, start, target)
+def _variant_entry(key: tuple, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``variant`` entry of one (tier, model, start, target, variant) group."""
+    tier, model, start, target, variant = key
+    ok = _ok(members)
+    accs = [float(r["acc"]) for r in ok]
+
+    def mean_of(field: str, rs: list[dict[str, Any]] = ok) -> float | None:
+        return _mean(float(r[field]) for r in rs if r.get(field) is not None)
+
+    verified = [r.get("verified") for r in members]
+    entry: dict[str, Any] = {
+        "kind": "variant", "tier": tier, "model": model, "start": start, "target": target, "variant": variant,
+        "seeds": sorted(int(r["seed"]) for r in ok), "n": len(accs), "failed": len(members) - len(ok),
+        "acc_mean": _mean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+        "last_val_acc_mean": mean_of("last_val_acc"), "flops_drop_mean": mean_of("flops_drop"),
+        "params_drop_mean": mean_of("params_drop"), "epochs_final_mean": mean_of("epochs_final"),
+        "verified_all": bool(members) and all(v is True for v in verified),
+        "in_band_all": None if variant == DENSE else all(r.get("flops_in_band") is True for r in members),
+        "fallback_rate": mean_of("aster_fallback"),
+    }  # fmt: skip
+    return entry
+
+
+def _add_paired(out: list[dict[str, Any]], pruned: dict[tuple, list[dict[str, Any]]]) -> None:
+    """Paired comparisons against the best baseline (by validation) of each (tier, model, start, target)."""
     for g, members in pruned.items():
         base = best_baseline(members)
         for entry in out:
@@ -670,7 +688,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             theirs = [r for r in members if r["variant"] == base] if base else []
             entry["vs_best"] = None if base is None else {"baseline": base, "test": paired(mine, theirs, "acc"),
                                                           "val": paired(mine, theirs, "last_val_acc")}  # fmt: skip
-    # noise floor: binomial standard error of the test split at the mean accuracy; the mean seed std
+
+
+def _noise_entries(out: list[dict[str, Any]], pruned: dict[tuple, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Noise floor: binomial standard error of the test split at the mean accuracy; the mean seed std."""
+    noise: list[dict[str, Any]] = []
     for g, members in pruned.items():
         ok = _ok(members)
         p = _mean(float(r["acc"]) for r in ok)
@@ -678,12 +700,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n_test = max(sizes) if sizes else None
         stds = [e["acc_std"] for e in out if e["kind"] == "variant" and e["acc_std"] is not None
                 and (e["tier"], e["model"], e["start"], e["target"]) == g]  # fmt: skip
-        out.append({"kind": "noise", "tier": g[0], "model": g[1], "start": g[2], "target": g[3], "acc_mean": p,
-                    "n_test": n_test,
-                    "binomial_se": math.sqrt(p * (1 - p) / n_test) if p is not None and n_test else None,
-                    "mean_seed_std": _mean(stds)})  # fmt: skip
-    out += agreement(rows)
-    # cost: total wall time per tier (a dense training counted once, though it is the dense row of both starts)
+        noise.append({"kind": "noise", "tier": g[0], "model": g[1], "start": g[2], "target": g[3], "acc_mean": p,
+                      "n_test": n_test,
+                      "binomial_se": math.sqrt(p * (1 - p) / n_test) if p is not None and n_test else None,
+                      "mean_seed_std": _mean(stds)})  # fmt: skip
+    return noise
+
+
+def _cost_entries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cost: total wall time per tier (a dense training counted once, though it is the dense row of both starts)."""
+    cost: list[dict[str, Any]] = []
     for tier in sorted({r["tier"] for r in rows}, key=_tier_order):
         these = [r for r in rows if r["tier"] == tier]
         seen: set[str] = set()
@@ -694,10 +720,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     continue
                 seen.add(r.get("run_dir"))
             total += float(r.get("wall_s") or 0.0)
-        out.append({"kind": "cost", "tier": tier, "rows": len(these), "wall_s_total": round(total, 1),
-                    "cpu_kinds": sorted({str(r.get("cpu_kind")) for r in these}),
-                    "devices": sorted({str(r.get("device")) for r in these})})  # fmt: skip
-    return out
+        cost.append({"kind": "cost", "tier": tier, "rows": len(these), "wall_s_total": round(total, 1),
+                     "cpu_kinds": sorted({str(r.get("cpu_kind")) for r in these}),
+                     "devices": sorted({str(r.get("device")) for r in these})})  # fmt: skip
+    return cost
 
 
 def removed_channels(run_dir: str | Path) -> set[tuple[str, int]] | None:
@@ -1059,7 +1085,7 @@ def _protocol(tiers: dict[str, dict[str, Any]], tier_settings: dict[str, Any], c
                     "fine-tuning: PruneConfig(epochs=E, finetune_epochs=0, schedule='cosine')",
         "optimizer": "SGD momentum 0.9, nesterov, weight decay 5e-4; batch per tier; random crop + horizontal flip",
         "round_to": ROUND_TO, "flops_band": f"target <= flops_drop <= target + {BAND}",
-        "verification": "every pruned row exported (compressor.jobs.prune.export) and verified against PyTorch",
+        "verification": "every pruned row exported (compressor.jobs.export.export) and verified against PyTorch",
         "baselines": list(BASELINES),
         "best_baseline": "the baseline with the higher mean validation accuracy (last_val_acc) of the (tier, start, "
                          "target); never test",
@@ -1088,36 +1114,15 @@ def main(argv: Sequence[str] | None = None, *, tiers: dict[str, dict[str, Any]] 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = Path(args.results)
     json_path, md_path = results.with_name(results.name + ".json"), results.with_name(results.name + ".md")
-    try:
-        base = load_results(json_path)
-    except BadInput:
-        if args.merge:
-            raise
-        base = None  # not a methods results file: a fresh study overwrites it
-    if args.merge and base is not None:
-        check_same_tier(base, tier_name, tier, json_path)
+    base = _load_base(json_path, args, tier_name, tier)
     done = {row_key(r): r for r in (base or {}).get("rows", []) if args.merge and not r.get("error")}
     plan = build_plan(tier_name, tier, args)
     missing = missing_options(dict.fromkeys(r["variant"] for r in plan))
     command = PROG + ("" if not argv else " " + shlex.join(argv))
 
     if args.dry_run:
-        print(f"{command}: {len(plan)} row(s), {sum(r['key'] in done for r in plan)} done")
-        for i, r in enumerate(plan, 1):
-            target = "-" if r["target"] is None else f"{round(100 * r['target'])}%"
-            notes = [n for n in ("done" if r["key"] in done else "", "dependency" if r["added"] else "",
-                                 f"after {r['dep']}" if r["dep"] else "",
-                                 "resolved when it runs" if r["variant"] == BEST_DISTILL else "") if n]  # fmt: skip
-            print(f"{i:4d}  {r['tier']:7s} {r['model']} {r['start']:7s} {target:>4s} {r['variant']:22s} seed "
-                  f"{r['seed']}  E={tier['dense_epochs'] if r['variant'] == DENSE else tier['epochs'][r['start']]}"
-                  + (f"  ({', '.join(notes)})" if notes else ""))  # fmt: skip
-        for v, names in missing.items():
-            print(f"note: {v}: PruneConfig has no option(s) {', '.join(names)} in this checkout")
-        return {"plan": plan, "done": list(done), "missing_options": missing}
-    if missing:
-        v, names = next(iter(missing.items()))
-        raise BadInput(f"variant {v}: PruneConfig has no option(s) {', '.join(names)} in this checkout"
-                       + (f" ({len(missing)} variants lack options)" if len(missing) > 1 else ""))  # fmt: skip
+        return _dry_run(command, plan, done, tier, missing)
+    _check_missing(missing)
     check_writable_dir(results.parent, "--results")
     check_writable_dir(Path(args.out_dir), "--out-dir")
 
@@ -1134,36 +1139,89 @@ def main(argv: Sequence[str] | None = None, *, tiers: dict[str, dict[str, Any]] 
     new_rows: list[dict[str, Any]] = []
 
     def write() -> dict[str, Any]:
-        fresh = {row_key(r) for r in new_rows}
-        rows = sorted([r for r in kept if row_key(r) not in fresh] + new_rows, key=_sort_key)
-        out = {"schema": SCHEMA, "kind": KIND, "protocol": _protocol(tiers, tier_settings, commands),
-               "machine": machine, "rows": rows, "summary": summarize(rows), "overhead": overhead}  # fmt: skip
-        out = _normal(out)
-        write_json(json_path, out)
-        write_text(md_path, render_markdown(out))
-        return out
+        protocol = _protocol(tiers, tier_settings, commands)
+        return _write_results(json_path, md_path, kept, new_rows, protocol, machine, overhead)
 
     if not args.overhead_only:
         _execute(plan, done, tier, args, new_rows, write, log)
     if args.overhead or args.overhead_only:
-        conf = tiers.get("confirm", tier)
-        ns = argparse.Namespace(overhead_epochs=OVERHEAD_EPOCHS, seeds=[0], targets=[0.7],
-                                scratch_lr=conf["lr"]["scratch"], device=args.device, batch_size=conf["batch_size"],
-                                data=conf["data"], data_dir=conf.get("data_dir"), train_subset=conf["train_subset"],
-                                val_subset=conf["val_subset"], test_subset=conf["test_subset"],
-                                quiet=args.quiet)  # fmt: skip
-        for model in args.models:
-            for method in OVERHEAD_METHODS:
-                try:
-                    overhead[f"{model} · {method}"] = measure_overhead(model, ns, log, method)
-                except Exception as exc:
-                    overhead[f"{model} · {method}"] = {"model": model, "method": method,
-                                                       "error": one_line(exc, typed=True)}  # fmt: skip
+        _measure_overheads(args, tiers.get("confirm", tier), overhead, log)
     out = write()
     log(f"[methods] wrote {json_path} and {md_path}")
     if not args.quiet:
         print(md_path.read_text())
     return out
+
+
+def _load_base(json_path: Path, args: argparse.Namespace, tier_name: str, tier: dict[str, Any]
+               ) -> dict[str, Any] | None:  # fmt: skip
+    """The existing results file (None when absent, or not a methods file and not --merge); checked for --merge."""
+    try:
+        base = load_results(json_path)
+    except BadInput:
+        if args.merge:
+            raise
+        base = None  # not a methods results file: a fresh study overwrites it
+    if args.merge and base is not None:
+        check_same_tier(base, tier_name, tier, json_path)
+    return base
+
+
+def _dry_run(command: str, plan: list[dict[str, Any]], done: dict[tuple, dict[str, Any]], tier: dict[str, Any],
+             missing: dict[str, list[str]]) -> dict[str, Any]:  # fmt: skip
+    """--dry-run: print the plan (one line per row) and the variants whose options are missing; return the plan."""
+    print(f"{command}: {len(plan)} row(s), {sum(r['key'] in done for r in plan)} done")
+    for i, r in enumerate(plan, 1):
+        target = "-" if r["target"] is None else f"{round(100 * r['target'])}%"
+        notes = [n for n in ("done" if r["key"] in done else "", "dependency" if r["added"] else "",
+                             f"after {r['dep']}" if r["dep"] else "",
+                             "resolved when it runs" if r["variant"] == BEST_DISTILL else "") if n]  # fmt: skip
+        print(f"{i:4d}  {r['tier']:7s} {r['model']} {r['start']:7s} {target:>4s} {r['variant']:22s} seed "
+              f"{r['seed']}  E={tier['dense_epochs'] if r['variant'] == DENSE else tier['epochs'][r['start']]}"
+              + (f"  ({', '.join(notes)})" if notes else ""))  # fmt: skip
+    for v, names in missing.items():
+        print(f"note: {v}: PruneConfig has no option(s) {', '.join(names)} in this checkout")
+    return {"plan": plan, "done": list(done), "missing_options": missing}
+
+
+def _check_missing(missing: dict[str, list[str]]) -> None:
+    """BadInput when a variant needs PruneConfig options this checkout lacks."""
+    if missing:
+        v, names = next(iter(missing.items()))
+        raise BadInput(f"variant {v}: PruneConfig has no option(s) {', '.join(names)} in this checkout"
+                       + (f" ({len(missing)} variants lack options)" if len(missing) > 1 else ""))  # fmt: skip
+
+
+def _write_results(json_path: Path, md_path: Path, kept: list[dict[str, Any]], new_rows: list[dict[str, Any]],
+                   protocol: dict[str, Any], machine: dict[str, Any], overhead: dict[str, Any]
+                   ) -> dict[str, Any]:  # fmt: skip
+    """The kept rows (less those run again) and the new ones, summarized; written to ``<results>.json``/``.md``."""
+    fresh = {row_key(r) for r in new_rows}
+    rows = sorted([r for r in kept if row_key(r) not in fresh] + new_rows, key=_sort_key)
+    out = {"schema": SCHEMA, "kind": KIND, "protocol": protocol,
+           "machine": machine, "rows": rows, "summary": summarize(rows), "overhead": overhead}  # fmt: skip
+    out = _normal(out)
+    write_json(json_path, out)
+    write_text(md_path, render_markdown(out))
+    return out
+
+
+def _measure_overheads(args: argparse.Namespace, conf: dict[str, Any], overhead: dict[str, Any],
+                       log: Callable[[str], None]) -> None:  # fmt: skip
+    """The interleaved epoch-time measurement of each model and overhead method, in ``conf``'s (confirm) settings;
+    a failed measurement is recorded as its error."""
+    ns = argparse.Namespace(overhead_epochs=OVERHEAD_EPOCHS, seeds=[0], targets=[0.7],
+                            scratch_lr=conf["lr"]["scratch"], device=args.device, batch_size=conf["batch_size"],
+                            data=conf["data"], data_dir=conf.get("data_dir"), train_subset=conf["train_subset"],
+                            val_subset=conf["val_subset"], test_subset=conf["test_subset"],
+                            quiet=args.quiet)  # fmt: skip
+    for model in args.models:
+        for method in OVERHEAD_METHODS:
+            try:
+                overhead[f"{model} · {method}"] = measure_overhead(model, ns, log, method)
+            except Exception as exc:
+                overhead[f"{model} · {method}"] = {"model": model, "method": method,
+                                                   "error": one_line(exc, typed=True)}  # fmt: skip
 
 
 def _execute(plan: list[dict[str, Any]], done: dict[tuple, dict[str, Any]], tier: dict[str, Any],
@@ -1175,36 +1233,8 @@ def _execute(plan: list[dict[str, Any]], done: dict[tuple, dict[str, Any]], tier
     planned = {r["key"] for r in plan}
     todo = [r for r in plan if r["key"] not in done]
     dense_results: dict[tuple, dict[str, Any]] = {}
-    # the dense trainings: the (model, seed)s of the trained rows to run and of the dense rows to run
-    dense_need: dict[tuple, list[str]] = {}
-    for r in todo:
-        if r["variant"] == DENSE or r["start"] == "trained":
-            starts = dense_need.setdefault((r["model"], r["seed"]), [])
-            if r["variant"] == DENSE:
-                starts.append(r["start"])
-    queue: list[tuple[str, Any]] = []
-    queued_dense: set[tuple] = set()
-    for r in todo:
-        ms = (r["model"], r["seed"])
-        if ms in dense_need and ms not in queued_dense:
-            queued_dense.add(ms)
-            queue.append(("dense", ms))
-        if r["variant"] != DENSE:
-            queue.append(("row", r))
-
-    def state(item: tuple[str, Any]) -> str:
-        kind, r = item
-        if kind == "dense":
-            return "ready"
-        if r["start"] == "trained" and (r["model"], r["seed"]) not in dense_results:
-            return "wait"
-        deps = []
-        if r["dep"]:
-            deps.append(_key(r["tier"], r["model"], r["start"], r["target"], r["dep"], r["seed"]))
-        if r["variant"] == BEST_DISTILL:  # every planned baseline row of its (tier, model, start, target)
-            deps += [k for k in planned if k[:4] == r["key"][:4] and k[4] in BASELINES]
-        return "ready" if all(k in finished for k in deps) else "wait"
-
+    dense_need = _dense_need(todo)
+    queue = _queue(todo, dense_need)
     executor: Any = _Inline() if args.jobs == 1 else ProcessPoolExecutor(
         max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
         initargs=(args.jobs,))  # fmt: skip
@@ -1214,48 +1244,105 @@ def _execute(plan: list[dict[str, Any]], done: dict[tuple, dict[str, Any]], tier
             while queue or running:
                 submitted = True
                 while submitted and len(running) < args.jobs:
-                    submitted = False
-                    for item in queue:
-                        if state(item) != "ready":
-                            continue
-                        queue.remove(item)
-                        kind, r = item
-                        if kind == "dense":
-                            task = _dense_task(plan[0]["tier"], r[0], r[1], tier, args, dense_need[r])
-                            running[executor.submit(dense_job, task)] = ("dense", r, task)
-                        else:
-                            task = _prepare(r, tier, args, finished, dense_results, planned)
-                            if task is None:  # resolved to a row already done or planned
-                                submitted = True
-                                break
-                            running[executor.submit(run_row, task)] = ("row", r, task)
-                        submitted = True
-                        break
+                    submitted = _submit_next(queue, running, executor, plan, tier, args, dense_need, finished,
+                                             dense_results, planned)  # fmt: skip
                 if not running:
                     for kind, r in queue:  # cannot happen (dependencies come first in the plan); never hang
                         if kind == "row":
                             task = {**_task(r, tier, args), "error": "dependency never finished"}
                             _finish_row(run_row(task), finished, new_rows, write, log)
                     break
-                ready, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in ready:
-                    kind, r, task = running.pop(future)
-                    result = future.result()
-                    if kind == "dense":
-                        dense_results[r] = result
-                        state_msg = "failed: " + result["error"] if result["error"] else f"test acc {result['acc']:.4f}"
-                        log(f"[methods] dense {r[0]} seed {r[1]} ({task['epochs']} epochs): {state_msg}")
-                        rows = dense_rows(task, result, task["starts"])
-                        for row in rows:
-                            finished[row_key(row)] = row
-                        new_rows.extend(rows)
-                        write()
-                    else:
-                        _finish_row(result, finished, new_rows, write, log)
+                _collect_done(running, dense_results, finished, new_rows, write, log)
         except BaseException:
             for future in running:
                 future.cancel()
             raise
+
+
+def _dense_need(todo: list[dict[str, Any]]) -> dict[tuple, list[str]]:
+    """The dense trainings: the (model, seed)s of the trained rows to run and of the dense rows to run, with the
+    starts whose dense rows they give."""
+    dense_need: dict[tuple, list[str]] = {}
+    for r in todo:
+        if r["variant"] == DENSE or r["start"] == "trained":
+            starts = dense_need.setdefault((r["model"], r["seed"]), [])
+            if r["variant"] == DENSE:
+                starts.append(r["start"])
+    return dense_need
+
+
+def _queue(todo: list[dict[str, Any]], dense_need: dict[tuple, list[str]]) -> list[tuple[str, Any]]:
+    """The work items in plan order: ``("dense", (model, seed))`` before the first row that needs it, ``("row", r)``."""
+    queue: list[tuple[str, Any]] = []
+    queued_dense: set[tuple] = set()
+    for r in todo:
+        ms = (r["model"], r["seed"])
+        if ms in dense_need and ms not in queued_dense:
+            queued_dense.add(ms)
+            queue.append(("dense", ms))
+        if r["variant"] != DENSE:
+            queue.append(("row", r))
+    return queue
+
+
+def _state(item: tuple[str, Any], dense_results: dict[tuple, dict[str, Any]], finished: dict[tuple, dict[str, Any]],
+           planned: set[tuple]) -> str:  # fmt: skip
+    """``ready`` when the item's dense checkpoint and dependency rows are finished, else ``wait``."""
+    kind, r = item
+    if kind == "dense":
+        return "ready"
+    if r["start"] == "trained" and (r["model"], r["seed"]) not in dense_results:
+        return "wait"
+    deps = []
+    if r["dep"]:
+        deps.append(_key(r["tier"], r["model"], r["start"], r["target"], r["dep"], r["seed"]))
+    if r["variant"] == BEST_DISTILL:  # every planned baseline row of its (tier, model, start, target)
+        deps += [k for k in planned if k[:4] == r["key"][:4] and k[4] in BASELINES]
+    return "ready" if all(k in finished for k in deps) else "wait"
+
+
+def _submit_next(queue: list[tuple[str, Any]], running: dict[Future, tuple[str, Any, dict[str, Any]]], executor: Any,
+                 plan: list[dict[str, Any]], tier: dict[str, Any], args: argparse.Namespace,
+                 dense_need: dict[tuple, list[str]], finished: dict[tuple, dict[str, Any]],
+                 dense_results: dict[tuple, dict[str, Any]], planned: set[tuple]) -> bool:  # fmt: skip
+    """Take the first ready item off ``queue`` and submit it (a row that resolves to one done or planned is
+    dropped); False when no item is ready."""
+    for item in queue:
+        if _state(item, dense_results, finished, planned) != "ready":
+            continue
+        queue.remove(item)
+        kind, r = item
+        if kind == "dense":
+            task = _dense_task(plan[0]["tier"], r[0], r[1], tier, args, dense_need[r])
+            running[executor.submit(dense_job, task)] = ("dense", r, task)
+        else:
+            task = _prepare(r, tier, args, finished, dense_results, planned)
+            if task is None:  # resolved to a row already done or planned
+                return True
+            running[executor.submit(run_row, task)] = ("row", r, task)
+        return True
+    return False
+
+
+def _collect_done(running: dict[Future, tuple[str, Any, dict[str, Any]]], dense_results: dict[tuple, dict[str, Any]],
+                  finished: dict[tuple, dict[str, Any]], new_rows: list[dict[str, Any]], write: Callable[[], Any],
+                  log: Callable[[str], None]) -> None:  # fmt: skip
+    """Wait for at least one submitted item; record what finished (a dense training gives its dense rows)."""
+    ready, _ = wait(list(running), return_when=FIRST_COMPLETED)
+    for future in ready:
+        kind, r, task = running.pop(future)
+        result = future.result()
+        if kind == "dense":
+            dense_results[r] = result
+            state_msg = "failed: " + result["error"] if result["error"] else f"test acc {result['acc']:.4f}"
+            log(f"[methods] dense {r[0]} seed {r[1]} ({task['epochs']} epochs): {state_msg}")
+            rows = dense_rows(task, result, task["starts"])
+            for row in rows:
+                finished[row_key(row)] = row
+            new_rows.extend(rows)
+            write()
+        else:
+            _finish_row(result, finished, new_rows, write, log)
 
 
 def _finish_row(row: dict[str, Any], finished: dict[tuple, dict[str, Any]], new_rows: list[dict[str, Any]],

@@ -20,7 +20,8 @@ from typing import Any
 
 from benchmarks.latency import bench
 from compressor.errors import GateFailed
-from compressor.jobs.prune import PruneConfig, export, prune
+from compressor.jobs.export import export
+from compressor.jobs.prune import PruneConfig, prune
 from compressor.runtime.atomic import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"

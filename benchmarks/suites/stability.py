@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.latency import environment
-from compressor.jobs.prune import PruneConfig, export, prune
+from compressor.jobs.export import export
+from compressor.jobs.prune import PruneConfig, prune
 from compressor.runtime.atomic import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,6 +37,7 @@ def _run_bench(run: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Prune and export the model once, bench it ``--runs`` times; write and print the results."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="torchvision:resnet18")
     ap.add_argument("--size", type=int, default=224)
@@ -44,7 +46,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
-    rows = []
+    rows = _bench_runs(args)
+    summary = _summary(rows)
+    speedups = [r["speedup"] for r in rows]
+    doc = {"command": "python -m benchmarks.suites.stability " + " ".join(argv or sys.argv[1:]), "model": args.model,
+           "env": environment(False), "runs": rows, "summary": summary,
+           "speedup": {"min": min(speedups), "max": max(speedups), "median": statistics.median(speedups)}}  # fmt: skip
+    md = _markdown(doc, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / "stability.json", doc)
+    write_text(RESULTS / "stability.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def _bench_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Prune (l2 50%) and export the model in a temporary run directory; one row per ``compress bench`` run."""
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         prune(PruneConfig(model=args.model, data=f"synthetic:3x{args.size}x{args.size}:1000:32:32", out=str(run),
@@ -57,8 +74,13 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({label: {"p50_ms": st["p50_ms"], "cov": st["cov"]} for label, st in row["models"].items()})
             rows[-1]["speedup"] = row["speedup"]["model"]["p50"]
             print(f"run {i + 1}: {rows[-1]}", flush=True)
+    return rows
 
-    summary = {}
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per label (pruned ``model``, dense ``baseline``): median p50, the largest deviation from it, CoV range and
+    how many runs fall within their own CoV."""
+    summary: dict[str, Any] = {}
     for label in ("model", "baseline"):
         p50s = [r[label]["p50_ms"] for r in rows]
         med = statistics.median(p50s)
@@ -67,11 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         summary[label] = {"median_p50_ms": med, "max_rel_dev": max(devs), "max_cov": max(r[label]["cov"] for r in rows),
                           "min_cov": min(r[label]["cov"] for r in rows), "runs_within_own_cov": sum(agree),
                           "runs": len(rows)}  # fmt: skip
-    speedups = [r["speedup"] for r in rows]
-    doc = {"command": "python -m benchmarks.suites.stability " + " ".join(argv or sys.argv[1:]), "model": args.model,
-           "env": environment(False), "runs": rows, "summary": summary,
-           "speedup": {"min": min(speedups), "max": max(speedups), "median": statistics.median(speedups)}}  # fmt: skip
-    md = [
+    return summary
+
+
+def _markdown(doc: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The results as Markdown lines: one table of the runs, one of the summary, the speedup range."""
+    rows, summary = doc["runs"], doc["summary"]
+    return [
         f"# Repeatability of `compress bench` ({args.model}, l2 50% r16 vs dense, ORT CPU batch 1)",
         "",
         f"`{doc['command']}` — {args.runs} separate `compress bench` processes, {args.iters} interleaved rounds each, "
@@ -92,10 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         f"Speedup over the runs: {doc['speedup']['min']:.3f}–{doc['speedup']['max']:.3f}× "
         f"(median {doc['speedup']['median']:.3f}×).",
     ]  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "stability.json", doc)
-    write_text(RESULTS / "stability.md", "\n".join(md) + "\n")
-    print("\n".join(md))
 
 
 if __name__ == "__main__":

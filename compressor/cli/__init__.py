@@ -16,6 +16,8 @@ from typing import Any
 import click
 import yaml
 
+from compressor.cli.options import click_options
+from compressor.config import BenchOptions, ExportOptions, PruneOptions
 from compressor.errors import BadInput, GateFailed, Interrupted, one_line
 
 
@@ -119,317 +121,18 @@ def main() -> None:
     """compress: prune CNN filters, export verified ONNX, measure real latency."""
 
 
-# PSAP (see docs/methods.md): the paper fixes sparsity-set ratios and gradient protection; the rest is our reading.
-psap_options = [
-    click.option("--psap-beta", type=float, default=0.05, show_default=True,
-                 help="PSAP sparsity: a weight is sparse when |w| <= beta * mean|W_g| (our reading)."),
-    click.option("--psap-sparsity", type=click.Choice(["weight", "filter"]), default="weight", show_default=True,
-                 help="PSAP sparsity over weights, or over channel L2 norms (<= beta-filter * mean norm)."),
-    click.option("--psap-variant", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
-                 help="PSAP reading: v2 (BN gates, budget-neutral swaps, snapshot re-admission, early freeze, "
-                 "group magnitude; docs/methods.md) or v1 (the first implementation, kept for comparison)."),
-    click.option("--psap-mode", type=click.Choice(["gate", "filter"]), default=None,
-                 help="PSAP v2: switch channels off through BN gamma/beta held at 0, filters intact (gate), or "
-                 "by zeroing filters (filter). Default: gate; groups without BN always use filter."),
-    click.option("--psap-protection", type=click.Choice(["swap", "extra"]), default=None,
-                 help="PSAP v2: a protected channel swaps with its group's weakest kept one (swap, default) or is "
-                 "kept on top of the budget, other groups pruning more (extra, v1)."),
-    click.option("--psap-readmit", type=click.Choice(["snapshot", "norm"]), default=None,
-                 help="PSAP v2: score switched-off channels on their snapshot and restore it when they come back "
-                 "(snapshot, default), or on their held values (norm, v1)."),
-    click.option("--psap-score", type=click.Choice(["magnitude", "l2", "taylor"]), default=None,
-                 help="PSAP v2 channel selection: Torch-Pruning's group L1 magnitude (default), out-filter L2 (v1) "
-                 "or the BN-gate Taylor score."),
-    click.option("--psap-freeze-at", type=float, default=None,
-                 help="PSAP v2: fraction of the epochs after which the mask is frozen (default 0.4; the ramp ends "
-                 "there and the rest trains the final structure)."),
-    click.option("--psap-steps-per-epoch", type=int, default=None,
-                 help="PSAP v2: pruning steps per epoch until the freeze (default 2)."),
-    click.option("--psap-protect-steps", type=int, default=None,
-                 help="PSAP v2: a protected channel stays kept for this many steps (default 2; 1: the v1 churn, "
-                 "where it could be pruned again at the very next step)."),
-    click.option("--psap-sparsity-scope", type=click.Choice(["all", "kept"]), default=None,
-                 help="PSAP sparsity over all of a group's filters (v1) or only its kept ones (v2 default: "
-                 "held-zero filters otherwise make s_g echo the previous ratio)."),
-    click.option("--psap-bn-batches", type=int, default=20, show_default=True,
-                 help="PSAP: training batches used to re-estimate BN statistics after each step (0: off)."),
-    click.option("--psap-beta-filter", type=float, default=0.5, show_default=True,
-                 help="PSAP filter-level sparsity threshold (our choice; the spec leaves it open)."),
-    click.option("--psap-pulse-iters", type=int, default=20, show_default=True,
-                 help="PSAP protection: iterations after a step over which gradient pulses accumulate."),
-    click.option("--psap-gamma", type=float, default=1.0, show_default=True,
-                 help="PSAP protection: protect when pulse >= gamma * median pulse of kept channels."),
-    click.option("--psap-pulse", type=click.Choice(["bn", "raw", "scaled"]), default="bn", show_default=True,
-                 help="PSAP pulse: gradient norm x BN input std (fair behind BN, our reading), the spec's raw "
-                 "gradient norm, or ||grad||*||w|| (for --psap-regrow)."),
-    click.option("--psap-regrow/--no-psap-regrow", default=False, show_default=True,
-                 help="PSAP: let pruned filters train freely between steps (SFP, the spec); default holds them "
-                 "at zero so they come back only through protection (measured better, see docs/methods.md)."),
-    click.option("--psap-adaptive/--no-psap-adaptive", default=True, show_default=True,
-                 help="PSAP: sparsity-adaptive per-group ratios (off: uniform, as SFP)."),
-    click.option("--psap-protect/--no-psap-protect", default=True, show_default=True,
-                 help="PSAP: gradient-pulse protection of pruned channels."),
-    click.option("--psap-restore/--no-psap-restore", default=True, show_default=True,
-                 help="PSAP: restore protected channels' weights from their snapshot."),
-    click.option("--psap-zero-bn/--no-psap-zero-bn", default=False, show_default=True,
-                 help="PSAP: also zero BN gamma/beta of pruned channels (the spec; freezes them: no regrowth)."),
-]  # fmt: skip
-
-
-# ASTER (see docs/methods.md): a global BN-|gamma| threshold adapted from the loss sensitivity.
-aster_options = [
-    click.option("--aster-sensitivity", type=click.Choice(["lbfgs", "gradient"]), default="lbfgs",
-                 show_default=True, help="ASTER: direction d = -H g with H the L-BFGS inverse Hessian over BN "
-                 "gamma (no extra pass), or H = I."),
-    click.option("--aster-tau0", type=float, default=1e-4, show_default=True, help="ASTER: initial threshold."),
-    click.option("--aster-x", type=float, default=0.01, show_default=True,
-                 help="ASTER: loss change rate x in tau += lr0 * x * L / (B * S)."),
-    click.option("--aster-variant", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
-                 help="ASTER reading: v2 (prune exactly score < tau while searching, 4 times an epoch, BN "
-                 "re-estimation, rounding at the freeze, eta0 0.1; docs/methods.md) or v1 (the first implementation)."),
-    click.option("--aster-search", type=click.Choice(["exact", "rounded"]), default=None,
-                 help="ASTER: while searching prune exactly score < tau (exact, v2) or round kept counts up to "
-                 "--round-to (rounded, v1)."),
-    click.option("--aster-eta", type=click.Choice(["fixed", "lr"]), default=None,
-                 help="ASTER: eta0 in the tau update is --aster-eta0 (fixed, v2) or the phase's LR (lr, v1)."),
-    click.option("--aster-eta0", type=float, default=0.1, show_default=True,
-                 help="ASTER: eta0 with --aster-eta fixed (the authors' value)."),
-    click.option("--aster-prunes-per-epoch", type=int, default=None,
-                 help="ASTER: prune score < tau this many times an epoch while searching (v2 4, v1 1)."),
-    click.option("--aster-normalize/--no-aster-normalize", default=False, show_default=True,
-                 help="ASTER: score each BN's |gamma| relative to that BN's mean (per-BN allocation)."),
-    click.option("--aster-curvature", type=click.Choice(["consecutive", "same-batch"]), default=None,
-                 help="ASTER L-BFGS pairs: consecutive training iterates (no extra pass) or one fixed batch's "
-                 "gradient every --aster-curvature-every steps (one extra pass each)."),
-    click.option("--aster-curvature-every", type=int, default=20, show_default=True,
-                 help="ASTER: steps between same-batch curvature pairs."),
-    click.option("--aster-reduce", type=click.Choice(["max", "mean", "min"]), default="max", show_default=True,
-                 help="ASTER: a channel's score over its coupled BNs (max: pruned only when every BN agrees; min: "
-                 "when any does)."),
-    click.option("--aster-history", type=int, default=10, show_default=True, help="ASTER: L-BFGS pairs kept."),
-    click.option("--aster-update-every", type=int, default=1, show_default=True,
-                 help="ASTER: adapt tau in every Nth epoch."),
-    click.option("--aster-search-epochs", type=int, default=None,
-                 help="ASTER: epochs to reach the target by adaptation before the fallback sets tau "
-                 "(default: half the epochs)."),
-    click.option("--aster-loss", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
-                 help="ASTER: L in the tau update is the batch's summed loss (our reading) or its mean."),
-    click.option("--aster-eps", type=float, default=1e-12, show_default=True,
-                 help="ASTER: tau moves only when the sensitivity S exceeds this."),
-    click.option("--max-prune-fraction", type=float, default=0.8, show_default=True,
-                 help="ASTER: tau never prunes more than this fraction of all scored channels."),
-    click.option("--bn-init", type=float, default=None,
-                 help="Initialise every BN gamma to this value (from-scratch runs; the ASTER authors use 0.5)."),
-]  # fmt: skip
-
-
-graph_rule_options = [
-    click.option("--ignore", multiple=True,
-                 help="Never prune these layers (and what is coupled to them): a name, a glob like 'layer4.*', or "
-                      "type:ClassName. Repeatable or comma list. The classifier is always left alone."),
-    click.option("--ignore-stem", is_flag=True, help="Also leave the first conv (the stem) alone."),
-    click.option("--group-max-ratio", multiple=True, metavar="PATTERN=RATIO",
-                 help="Cap the pruned fraction of groups whose layers match PATTERN (0 = leave alone). Repeatable; "
-                      "in a recipe, a mapping."),
-]  # fmt: skip
+#: The prune options ``compress info`` shares (what is prunable and how counts round).
+PRUNE_GRAPH_RULES = ("ignore", "ignore_stem", "group_max_ratio")
 
 
 def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option(
-            "--model",
-            required=True,
-            help="torchvision:NAME, cifar:resnet20|32|56|110, cifar:vgg16, "
-            "timm:NAME, path/file.py:factory or a pickled whole module FILE.pt (both need --trust-code).",
-        ),
-        click.option("--weights", default=None, help="state_dict checkpoint to start from (weights_only load)."),
-        click.option(
-            "--data",
-            default="fashion-mnist",
-            show_default=True,
-            help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic:CxHxW:classes.",
-        ),
-        click.option("--data-dir", default=None, help="Where the dataset lives (default: its standard place)."),
-        click.option("--download", is_flag=True, help="Download the dataset if missing (needs a network)."),
-        click.option(
-            "--method", default="psap", show_default=True, help="psap | aster | l1 | l2 | bn-scale | taylor | random."
-        ),  # fmt: skip
-        click.option(
-            "--from-scratch", is_flag=True, help="Random init, prune during the whole training (SFP style)."
-        ),  # fmt: skip
-        click.option("--target-flops", type=float, default=None, help="FLOPs (MACs) drop to reach, e.g. 0.5."),
-        click.option("--target-params", type=float, default=None, help="Parameter drop to reach."),
-        click.option(
-            "--target-latency",
-            default=None,
-            metavar="TIME",
-            help="ONNX Runtime p50 latency to reach, e.g. 4ms, 0.004s, 500us (a bare number: ms). Finds "
-            'the FLOPs drop by timing real exported models (see docs/cli.md "Latency-targeted pruning").',
-        ),
-        click.option(
-            "--latency-provider",
-            default="cpu",
-            show_default=True,
-            help="--target-latency: ONNX Runtime provider to time on (cpu, cuda, tensorrt).",
-        ),
-        click.option("--latency-batch", type=int, default=1, show_default=True, help="--target-latency: batch size."),
-        click.option(
-            "--latency-threads", type=int, default=None, help="--target-latency: ORT intra-op threads (default: ORT's)."
-        ),
-        click.option(
-            "--latency-tolerance",
-            type=float,
-            default=0.1,
-            show_default=True,
-            help="--target-latency: met when at most target x (1 + tolerance).",
-        ),
-        click.option(
-            "--latency-duration",
-            type=float,
-            default=1.0,
-            show_default=True,
-            help="--target-latency: seconds of timing per candidate model (at least 20 runs).",
-        ),
-        click.option(
-            "--allocation",
-            type=click.Choice(["uniform", "latency"]),
-            default="uniform",
-            show_default=True,
-            help="Baselines: the same pruned ratio in every group, or ratios weighted by the measured ms saved per "
-            "MAC removed in each group (times one-group probes on --latency-provider/--latency-batch).",
-        ),
-        click.option(
-            "--allocation-power",
-            type=float,
-            default=2.0,
-            show_default=True,
-            help="--allocation latency: weights are (ms saved per MAC, relative) ** POWER.",
-        ),
-        click.option(
-            "--epochs",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Epochs of pruning/fine-tuning (0 = one-shot prune of the given weights).",
-        ),
-        click.option(
-            "--pretrain-epochs",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Train the dense model from scratch for N epochs first.",
-        ),
-        click.option("--steps", type=int, default=1, show_default=True, help="Pruning steps (baselines, iterative)."),
-        click.option("--prune-every", type=int, default=1, show_default=True, help="PSAP: a step every N epochs."),
-        click.option("--prune-at", type=int, default=0, show_default=True,
-                     help="One-shot baselines: prune after this many epochs instead of before the first."),
-        click.option("--allocation-from", default=None, metavar="RUN",
-                     help="One-shot baselines: keep the per-group channel counts of another finished run (its "
-                     "report.json): the baseline then chooses only which channels."),
-        click.option(
-            "--prune-schedule",
-            type=click.Choice(["cubic", "constant"]),
-            default=None,
-            help="PSAP step targets: cubic ramp over the first half (default from weights) or the full "
-            "target at every step (default with --from-scratch).",
-        ),  # fmt: skip
-        click.option("--materialize-early/--no-materialize-early", default=False, show_default=True,
-                     help="Once the method's mask is final (one-shot baselines: at once; PSAP v2/ASTER: at the "
-                     "freeze), train the remaining --epochs on the physically pruned model under the same LR "
-                     "schedule (faster; the optimizer momentum restarts there)."),
-        click.option(
-            "--finetune-epochs",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Train the physically pruned model N more epochs.",
-        ),  # fmt: skip
-        click.option("--finetune-lr", type=float, default=None, help="Fine-tuning LR (default: --lr)."),
-        click.option(
-            "--round-to",
-            type=int,
-            default=8,
-            show_default=True,
-            help="Kept channel counts are multiples of this (faster kernels).",
-        ),
-        click.option(
-            "--max-layer-ratio",
-            type=float,
-            default=0.8,
-            show_default=True,
-            help="Never remove more than this fraction of any group.",
-        ),
-        *graph_rule_options,
-        click.option("--lr", type=float, default=0.05, show_default=True, help="Fine-tuning learning rate."),
-        click.option("--pretrain-lr", type=float, default=0.1, show_default=True),
-        click.option("--momentum", type=float, default=0.9, show_default=True),
-        click.option("--weight-decay", type=float, default=5e-4, show_default=True),
-        click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True),
-        click.option(
-            "--distill/--no-distill",
-            default=False,
-            show_default=True,
-            help="Pruning and fine-tuning learn from the dense model too (knowledge distillation): the teacher "
-            "is the dense model given by --weights or trained by --pretrain-epochs.",
-        ),
-        click.option(
-            "--distill-temperature",
-            type=float,
-            default=4.0,
-            show_default=True,
-            help="--distill: softmax temperature T of the teacher and student logits.",
-        ),
-        click.option(
-            "--distill-alpha",
-            type=float,
-            default=0.5,
-            show_default=True,
-            help="--distill: loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student).",
-        ),
-        click.option("--batch-size", type=int, default=128, show_default=True),
-        click.option("--train-subset", type=int, default=None, help="Use N training images (quick runs)."),
-        click.option("--val-subset", type=int, default=None),
-        click.option("--test-subset", type=int, default=None),
-        click.option("--image-size", type=int, default=None, help="Resize inputs to SIZE x SIZE."),
-        click.option("--num-classes", type=int, default=None, help="Default: the dataset's."),
-        click.option("--in-channels", type=int, default=None, help="Default: the dataset's."),
-        click.option(
-            "--trust-code",
-            is_flag=True,
-            help="Allow a user model file (path.py:factory) or a pickled whole module: loading either runs "
-            "arbitrary Python code, so it is off unless you trust the file. Our own files never need it.",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
-        click.option("--out", required=True, help="Run directory to write."),
-        click.option(
-            "--resume",
-            is_flag=True,
-            help="Continue a killed or interrupted run from its newest sound checkpoint (the previous one if "
-            "the newest is corrupt); a finished run is left as it is.",
-        ),
-        click.option(
-            "--checkpoint-every",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Also checkpoint every N training steps (0: at epoch ends only; SIGINT/SIGTERM always save one).",
-        ),
-        click.option(
-            "--nproc",
-            type=int,
-            default=None,
-            help="Train with N processes: launches torchrun --standalone --nproc-per-node N (DDP; NCCL on "
-            "CUDA, gloo on the CPU). --batch-size stays the global batch.",
-        ),
-        click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory."),
-        click.option("--quiet", is_flag=True, help="No progress output."),
-        *psap_options,
-        *aster_options,
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    """Every ``compress prune`` option, generated from ``compressor.jobs.config.PruneConfig``, plus ``--nproc``."""
+    from compressor.jobs.config import PruneConfig
+
+    f = click.option("--nproc", type=int, default=None,
+                     help="Train with N processes: launches torchrun --standalone --nproc-per-node N (DDP; NCCL on "
+                     "CUDA, gloo on the CPU). --batch-size stays the global batch.")(f)  # fmt: skip
+    return click_options(PruneConfig)(f)
 
 
 @main.command()
@@ -443,7 +146,7 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
     Exit codes: 0 ok; 1 a gate failed (target, latency); 2 bad input; 3 internal error (--debug shows it);
     130/143 stopped by SIGINT/SIGTERM after saving a checkpoint (continue with --resume).
     """
-    from compressor.jobs.prune import PruneConfig
+    from compressor.jobs.config import PruneConfig
     from compressor.jobs.prune import prune as run_prune
 
     if nproc is not None:
@@ -477,39 +180,17 @@ TRUST_HELP = (
 )
 
 
-def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed([
-        click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, pinned and checked."),
-        click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True,
-                     help="torch.export-based (dynamo, opset >= 18) or TorchScript (legacy) exporter; auto tries "
-                     "dynamo and falls back to legacy, recording why."),
-        click.option("--dynamic-batch/--static-batch", default=True, show_default=True),
-        click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxslim."),
-        click.option("--fp16", is_flag=True, help="Convert to float16 (float32 inputs/outputs) for GPU runtimes; "
-                     "verified against the fp32 PyTorch model with the fp16 tolerance. Needs --opset >= 9."),
-        click.option("--rtol", type=float, default=None,
-                     help="Verification rtol: max|diff| <= atol + rtol * max|ref|. Default: 1e-3, with --fp16 2e-2 "
-                     "(measured, see docs/export.md)."),
-        click.option("--atol", type=float, default=None, help="Verification atol. Default: 1e-4, with --fp16 5e-2."),
-        click.option("--external-data/--no-external-data", default=None,
-                     help="Weights in FILE.onnx.data next to the model. Default: only when the model reaches "
-                     "~1.9 GB (protobuf's 2 GB limit)."),
-    ]):  # fmt: skip
-        f = opt(f)
-    return f
-
-
 @main.command()
 @config_option
 @click.argument("run_dir")
 @click.option("--out", default=None, help="ONNX file to write (default RUN_DIR/pruned.onnx).")
 @click.option("--dense", is_flag=True, help="Export the run's dense model instead (RUN_DIR/dense.onnx).")
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
-@export_options
+@click_options(ExportOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export(run_dir: str, as_json: bool, **options: Any) -> None:
     """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs)."""
-    from compressor.jobs.prune import export as run_export
+    from compressor.jobs.export import export as run_export
     from compressor.runtime.atomic import check_output_file
 
     if Path(run_dir).is_dir():  # a missing run directory is reported as such by run_export
@@ -541,44 +222,12 @@ def _diff_text(v: dict[str, Any]) -> str:
     return f"max abs diff {v['max_abs_diff']:.2e}"
 
 
-def bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed([
-        click.option("--provider", default="cpu", show_default=True,
-                     help="Backends, comma list: cpu, cuda, tensorrt (ONNX Runtime); torch, torch-compile, "
-                     "torch-cuda, torch-compile-cuda (PyTorch, needs the .pt)."),
-        click.option("--batch", default="1", show_default=True, help="Batch sizes, comma list (a sweep)."),
-        click.option("--threads", type=int, default=None, help="Intra-op threads (default: the runtime's)."),
-        click.option("--inter-threads", type=int, default=None,
-                     help="Inter-op threads (ORT then runs its graph in parallel mode)."),
-        click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs, reported apart."),
-        click.option("--iters", type=int, default=100, show_default=True, help="Measured rounds."),
-        click.option("--duration", type=float, default=None, help="Measure for SECONDS instead of --iters..."),
-        click.option("--min-iters", type=int, default=10, show_default=True, help="...and at least this many rounds."),
-        click.option("--io", default="device,host", show_default=True,
-                     help="GPU backends: inputs/outputs resident on the device, and/or host copies included "
-                     "(each reported as its own row)."),
-        click.option("--trt-fp16", is_flag=True, help="TensorRT: build fp16 engines."),
-        click.option("--trt-cache", default="auto", show_default=True,
-                     help="TensorRT engine cache directory ('auto': ~/.cache/compress/tensorrt, 'off': none)."),
-        click.option("--fail-below-speedup", type=float, default=None,
-                     help="Gate: exit 1 when the p50 speedup over --baseline is below X (any setting)."),
-        click.option("--fail-above-p50", type=float, default=None, metavar="MS",
-                     help="Gate: exit 1 when the model's p50 exceeds MS milliseconds (any setting)."),
-        click.option("--compare", default=None, metavar="PREVIOUS.json",
-                     help="Gate: compare with a previous --json result (same provider, io, batch, model)."),
-        click.option("--max-regression", type=float, default=10.0, show_default=True, metavar="PCT",
-                     help="With --compare: exit 1 when a p50 is more than PCT percent slower."),
-    ]):  # fmt: skip
-        f = opt(f)
-    return f
-
-
 @main.command(epilog="Exit codes: 0 ok; 1 a gate failed or a requested provider is not the one running; "
               "2 bad input.")  # fmt: skip
 @config_option
 @click.argument("model")
 @click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
-@bench_options
+@click_options(BenchOptions)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "json_out", default=None, help="Write the result JSON here ('-': stdout, no table).")
 @click.option("--csv", "csv_out", default=None, help="Write one CSV row per setting and model here.")
@@ -590,7 +239,7 @@ def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str |
 
     MODEL is an ONNX file, a pruned-model .pt (PyTorch backends) or a run directory.
     """
-    from compressor.jobs.prune import bench_gate, bench_models
+    from compressor.jobs.bench import bench_gate, bench_models
     from compressor.runtime.atomic import check_output_file
 
     for option, path in (("--json", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
@@ -648,12 +297,6 @@ def _read_yaml_or_bad(path: str) -> dict[str, Any]:
         raise BadInput(exc.message) from None
 
 
-def _graph_rules(f: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed(graph_rule_options):
-        f = opt(f)
-    return f
-
-
 @main.command()
 @click.argument("model", required=False)
 @click.option("--list-models", "list_models", flag_value="*", default=None, is_flag=False,
@@ -662,24 +305,10 @@ def _graph_rules(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--data", default="fashion-mnist", show_default=True, help="Sets input shape and classes.")
 @click.option("--input-shape", default=None, help="CxHxW instead of --data, e.g. 3x224x224.")
 @click.option("--num-classes", type=int, default=10, show_default=True, help="With --input-shape.")
-@click.option(
-    "--round-to",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Kept channel counts are multiples of this (1: no rounding).",
-)
-@click.option(
-    "--max-layer-ratio",
-    type=float,
-    default=0.8,
-    show_default=True,
-    help="Never remove more than this fraction of any group (strictly between 0 and 1).",
-)
 @click.option("--target-flops", type=float, default=None, help="Dry run: can this FLOPs drop be reached?")
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True)
-@_graph_rules
+@click_options(PruneOptions, only=("round_to", "max_layer_ratio", *PRUNE_GRAPH_RULES))
 def info(model: str | None, list_models: str | None, list_methods: bool, data: str, input_shape: str | None,
          num_classes: int, round_to: int, max_layer_ratio: float, target_flops: float | None, trust_code: bool,
          as_json: bool, ignore: tuple[str, ...], ignore_stem: bool,

@@ -52,6 +52,8 @@ def model_info(
 ) -> dict[str, Any]:
     if not 0 < max_ratio < 1:
         raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {max_ratio}")
+    if round_to < 1:
+        raise BadInput(f"--round-to must be >= 1 (1: no rounding), got {round_to}")
     shape, classes = _shape(data, input_shape, num_classes)
     net = build_model(model, num_classes=classes, in_channels=shape[0], trust_code=trust_code).eval()
     graph = PruningGraph(net, torch.zeros(1, *shape), round_to=round_to, arch=model, ignore=parse_patterns(ignore),

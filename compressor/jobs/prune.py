@@ -1,14 +1,13 @@
-"""The prune and export jobs behind the CLI: validate everything first, then work, then write atomically."""
+"""The prune job behind ``compress prune``: validate everything first, then work, then write atomically."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,222 +18,21 @@ from compressor import tool_version
 from compressor.api import Pruner
 from compressor.artifacts import build_from_spec, load_pruned
 from compressor.budget import Budget
-from compressor.config import parse_patterns, parse_ratios
 from compressor.data import load_data
-from compressor.errors import BadInput, GateFailed, one_line
+from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params, pruned_payload
+from compressor.jobs.config import RESUME_FIXED, PruneConfig
 from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
-from compressor.methods import Method, build_method, method_parameters
+from compressor.methods.base import Method
+from compressor.methods.registry import build_method, method_parameters
 from compressor.models import init_bn_gamma, load_weights, read_checkpoint
 from compressor.runtime import checkpoint, distributed
 from compressor.runtime.atomic import atomic_path, check_writable_dir, write_json, write_text
-from compressor.search.latency_alloc import ALLOCATION_FILE, allocation_for_run, check_allocation
-from compressor.search.latency_target import LatencySpec, final_record, load_search, save_search, search_for_run
+from compressor.search.latency_alloc import ALLOCATION_FILE, allocation_for_run
+from compressor.search.latency_target import final_record, load_search, save_search, search_for_run
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, frozen_copy, pick_device, seed_everything
 
 TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "yes", "1", "on"):
-        return True
-    if str(value).lower() in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(value)
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool) or float(value) != int(float(value)):
-        raise ValueError(value)
-    return int(float(value))
-
-
-_COERCE: dict[str, Any] = {"int": _to_int, "float": float, "str": str, "bool": _to_bool}
-
-
-@dataclass
-class PruneConfig:
-    """Every option of ``compress prune`` (the CLI and YAML recipes fill it)."""
-
-    model: str
-    out: str
-    data: str = "fashion-mnist"
-    method: str = "psap"
-    weights: str | None = None
-    from_scratch: bool = False
-    target_flops: float | None = None
-    target_params: float | None = None
-    target_latency: str | None = None
-    latency_provider: str = "cpu"
-    latency_batch: int = 1
-    latency_threads: int | None = None
-    latency_tolerance: float = 0.1
-    latency_duration: float = 1.0
-    allocation: str = "uniform"
-    allocation_power: float = 2.0
-    epochs: int = 0
-    pretrain_epochs: int = 0
-    steps: int = 1
-    prune_every: int = 1
-    prune_schedule: str | None = None
-    prune_at: int = 0
-    allocation_from: str | None = None
-    finetune_epochs: int = 0
-    finetune_lr: float | None = None
-    materialize_early: bool = False
-    round_to: int = 8
-    max_layer_ratio: float = 0.8
-    lr: float = 0.05
-    pretrain_lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    distill: bool = False
-    distill_temperature: float = 4.0
-    distill_alpha: float = 0.5
-    batch_size: int = 128
-    data_dir: str | None = None
-    download: bool = False
-    train_subset: int | None = None
-    val_subset: int | None = None
-    test_subset: int | None = None
-    image_size: int | None = None
-    num_classes: int | None = None
-    in_channels: int | None = None
-    trust_code: bool = False
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    checkpoint_every: int = 0
-    overwrite: bool = False
-    quiet: bool = False
-    psap_beta: float = 0.05
-    psap_sparsity: str = "weight"
-    psap_beta_filter: float = 0.5
-    psap_pulse_iters: int = 20
-    psap_gamma: float = 1.0
-    psap_pulse: str = "bn"
-    psap_adaptive: bool = True
-    psap_protect: bool = True
-    psap_restore: bool = True
-    psap_zero_bn: bool = False
-    psap_regrow: bool = False
-    psap_sparsity_scope: str | None = None
-    psap_variant: str = "v2"
-    psap_mode: str | None = None
-    psap_protection: str | None = None
-    psap_readmit: str | None = None
-    psap_score: str | None = None
-    psap_freeze_at: float | None = None
-    psap_steps_per_epoch: int | None = None
-    psap_protect_steps: int | None = None
-    psap_bn_batches: int = 20
-    aster_sensitivity: str = "lbfgs"
-    aster_tau0: float = 1e-4
-    aster_x: float = 0.01
-    aster_reduce: str = "max"
-    aster_history: int = 10
-    aster_update_every: int = 1
-    aster_search_epochs: int | None = None
-    aster_loss: str = "sum"
-    aster_eps: float = 1e-12
-    aster_variant: str = "v2"
-    aster_search: str | None = None
-    aster_eta: str | None = None
-    aster_eta0: float = 0.1
-    aster_prunes_per_epoch: int | None = None
-    aster_normalize: bool = False
-    aster_curvature: str | None = None
-    aster_curvature_every: int = 20
-    max_prune_fraction: float = 0.8
-    bn_init: float | None = None
-    ignore: list[str] = field(default_factory=list)
-    ignore_stem: bool = False
-    group_max_ratio: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        """Recipes give raw YAML values: coerce each to its field's type or fail with BadInput."""
-        self.ignore = parse_patterns(self.ignore)
-        self.group_max_ratio = parse_ratios(self.group_max_ratio)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = str(f.type).replace(" | None", "")
-            if value is None or kind not in _COERCE:
-                continue
-            try:
-                setattr(self, f.name, _COERCE[kind](value))
-            except (TypeError, ValueError):
-                raise BadInput(f"{f.name.replace('_', '-')}: expected {kind}, got {value!r}") from None
-
-    def target(self) -> tuple[str, float]:
-        """(metric, value): a FLOPs/params drop fraction, or ("latency", milliseconds) for --target-latency."""
-        given = [(m, v) for m, v in (("flops", self.target_flops), ("params", self.target_params),
-                                     ("latency", self.target_latency)) if v is not None]  # fmt: skip
-        if len(given) != 1:
-            raise BadInput("give exactly one of --target-flops, --target-params and --target-latency")
-        metric, value = given[0]
-        if metric == "latency":
-            return metric, LatencySpec.of(self).target_ms
-        if not 0.0 < float(value) < 1.0:
-            raise BadInput(f"--target-{metric} must be a drop fraction strictly between 0 and 1, got {value}")
-        return metric, float(value)
-
-    def check(self) -> None:
-        """Options that contradict each other are BadInput before any work."""
-        check_allocation(self.allocation, self.method)
-        if self.from_scratch and self.weights:
-            raise BadInput("--from-scratch starts from random weights: drop --weights")
-        if self.from_scratch and self.pretrain_epochs:
-            raise BadInput("--from-scratch prunes during training from random init: drop --pretrain-epochs")
-        if self.from_scratch and self.epochs < 1:
-            raise BadInput("--from-scratch needs --epochs >= 1")
-        for name in ("epochs", "pretrain_epochs", "finetune_epochs", "psap_pulse_iters", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise BadInput(f"--{name.replace('_', '-')} must be >= 0")
-        if self.prune_every < 1 or self.steps < 1:
-            raise BadInput("--prune-every and --steps must be >= 1")
-        if (self.prune_at or self.allocation_from) and self.method in ("psap", "aster"):
-            raise BadInput(f"--prune-at and --allocation-from are for the one-shot baselines, not {self.method}")
-        if not 0 <= self.prune_at < max(self.epochs, 1):
-            raise BadInput(f"--prune-at must be in [0, --epochs), got {self.prune_at} with --epochs {self.epochs}")
-        if self.bn_init is not None and self.weights:
-            raise BadInput("--bn-init initialises BN gamma of a randomly initialised model: drop --weights")
-        for name in ("lr", "pretrain_lr", "finetune_lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise BadInput(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
-        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
-            raise BadInput(f"--momentum must be in [0, 1), got {self.momentum}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise BadInput(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.round_to < 1:
-            raise BadInput(f"--round-to must be >= 1 (1: no rounding), got {self.round_to}")
-        if not 0 < self.max_layer_ratio < 1:
-            raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {self.max_layer_ratio}")
-        if not 0 <= self.seed < 2**32:
-            raise BadInput(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
-        if self.distill and not (self.weights or self.pretrain_epochs > 0):
-            raise BadInput("--distill learns from the trained dense model: give --weights or --pretrain-epochs"
-                           + (" (not --from-scratch)" if self.from_scratch else ""))  # fmt: skip
-        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
-            raise BadInput(f"--distill-temperature must be a finite number > 0, got {self.distill_temperature}")
-        if not 0 <= self.distill_alpha <= 1:
-            raise BadInput(f"--distill-alpha must be in [0, 1], got {self.distill_alpha}")
-        for name in ("num_classes", "in_channels"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-    def method_options(self) -> dict[str, Any]:
-        """Every method option; each method's factory takes the ones it uses."""
-        own = f"{self.method}_"  # psap_* options go to PSAP, aster_* to ASTER (both have e.g. a variant)
-        prefixed = {k[len(own):]: getattr(self, k) for k in vars(self) if k.startswith(own)}
-        return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every, "prune_at": self.prune_at,
-                "allocation_from": self.allocation_from,
-                "from_scratch": self.from_scratch, "schedule": self.prune_schedule,
-                "max_prune_fraction": self.max_prune_fraction, **prefixed}  # fmt: skip
 
 
 def graph_options(cfg: PruneConfig) -> dict[str, Any]:
@@ -272,13 +70,6 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
 CHECKPOINT = "checkpoint.pt"
 
 
-# Options that may differ on --resume (where and how the run executes, not what it computes); every other option
-# changes what a checkpoint means and is fixed: a new PruneConfig field is resume-fixed unless listed here.
-RESUME_FREE = ("out", "latency_duration", "data_dir", "download", "trust_code", "device", "resume",
-               "checkpoint_every", "overwrite", "quiet")  # fmt: skip
-RESUME_FIXED = tuple(f.name for f in fields(PruneConfig) if f.name not in RESUME_FREE)
-
-
 def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
     saved_path = out / "config.yaml"
     try:
@@ -298,37 +89,19 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     """Train (optionally), prune to the target, materialize, evaluate and write the run directory.
 
     Under ``torchrun`` every rank runs this (see ``compressor.runtime.distributed``); only rank 0 writes.
+    Every input is checked before the run directory changes: options, data, model, target, method.
     """
     metric, target = cfg.target()
     cfg.check()
     method = build_method(cfg.method, **cfg.method_options())  # an unknown name or option value is BadInput
     out = Path(cfg.out)
     _prepare_out(out, cfg)
-    main = distributed.is_main()
-    progress = Progress(enabled=not cfg.quiet and main)
+    progress = Progress(enabled=not cfg.quiet and distributed.is_main())
     if cfg.resume and (finished := _finished_report(out)) is not None:
         progress.log(f"{out}: the run is complete; nothing to resume")
         return finished
-    ranks = int(os.environ.get("WORLD_SIZE", 1)) if distributed.launched() else 1
-    if cfg.batch_size % ranks:
-        raise BadInput(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the {ranks} processes")
-    device = distributed.setup(pick_device(cfg.device))  # joins the torchrun process group, if any
-    seed_everything(cfg.seed)
-    data = load_data(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size // ranks,
-                     train_subset=cfg.train_subset, val_subset=cfg.val_subset, test_subset=cfg.test_subset,
-                     seed=cfg.seed, download=cfg.download, image_size=cfg.image_size)  # fmt: skip
-    if ranks > 1:
-        for loader in (data.train, data.val, data.test):
-            if loader is not None:
-                loader.set_distributed(distributed.rank(), ranks, pad=loader is data.train)
-    num_classes = cfg.num_classes or data.num_classes
-    in_channels = cfg.in_channels or data.input_shape[0]
-    spec = model_spec(cfg, num_classes, in_channels)
-    model = build_from_spec(spec)
-    if cfg.weights:
-        load_weights(model, cfg.weights)
-    if cfg.bn_init is not None:
-        init_bn_gamma(model, cfg.bn_init)
+    device, data = _load_inputs(cfg)
+    spec, model = _build_model(cfg, data)
     input_shape = tuple(data.input_shape)
     example = torch.zeros(1, *input_shape)
     graph = PruningGraph(model, example, **graph_options(cfg))
@@ -346,8 +119,48 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                     steps_per_epoch=len(data.train), max_layer_ratio=cfg.max_layer_ratio, graph=graph, budget=budget,
                     weights=weights, train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(), lr=cfg.lr,
                     device=device, log=progress.log, start=False)  # fmt: skip
+    resume_state, history_rows = _open_run_dir(cfg, out, search, alloc)  # inputs are valid: rank 0 writes now
+    run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape, {}, (0.0, 0.0),
+               time.perf_counter(), _trainer_io(cfg, out, device, progress))  # fmt: skip
+    phase = resume_state["phase"] if resume_state else "pretrain"
+    history_rows += _dense_phase(run, model, resume_state, phase)
+    if phase in SLIM_PHASES:
+        return _finetune(run, resume_state, history_rows, phase)
+    return _prune_phase(run, pruner, model, resume_state, phase, history_rows)
 
-    # Inputs are valid: from here on rank 0 writes into the run directory.
+
+def _load_inputs(cfg: PruneConfig) -> tuple[torch.device, Any]:
+    """The device (joining the torchrun process group, if any) and the data, sharded over the ranks."""
+    ranks = int(os.environ.get("WORLD_SIZE", 1)) if distributed.launched() else 1
+    if cfg.batch_size % ranks:
+        raise BadInput(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the {ranks} processes")
+    device = distributed.setup(pick_device(cfg.device))
+    seed_everything(cfg.seed)
+    data = load_data(cfg.data, data_dir=cfg.data_dir, batch_size=cfg.batch_size // ranks,
+                     train_subset=cfg.train_subset, val_subset=cfg.val_subset, test_subset=cfg.test_subset,
+                     seed=cfg.seed, download=cfg.download, image_size=cfg.image_size)  # fmt: skip
+    if ranks > 1:
+        for loader in (data.train, data.val, data.test):
+            if loader is not None:
+                loader.set_distributed(distributed.rank(), ranks, pad=loader is data.train)
+    return device, data
+
+
+def _build_model(cfg: PruneConfig, data: Any) -> tuple[dict[str, Any], torch.nn.Module]:
+    """The model spec (classes and channels from the data unless given) and the model, weights loaded."""
+    spec = model_spec(cfg, cfg.num_classes or data.num_classes, cfg.in_channels or data.input_shape[0])
+    model = build_from_spec(spec)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    if cfg.bn_init is not None:
+        init_bn_gamma(model, cfg.bn_init)
+    return spec, model
+
+
+def _open_run_dir(cfg: PruneConfig, out: Path, search: dict[str, Any] | None,
+                  alloc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:  # fmt: skip
+    """Create (or clear, or reopen) the run directory; the resume state and the history rows it keeps."""
+    main = distributed.is_main()
     distributed.barrier()  # every rank has checked the directory before it changes
     if main:
         if cfg.overwrite and out.exists() and not cfg.resume:
@@ -364,58 +177,64 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
             save_search(out, search)
         if alloc is not None:
             write_json(out / ALLOCATION_FILE, alloc)
-    t_start = time.perf_counter()
+    return resume_state, history_rows
 
-    phase = resume_state["phase"] if resume_state else "pretrain"
-    trainer_io = {"device": device, "checkpoint": out / CHECKPOINT, "history": out / "history.jsonl",
-                  "progress": progress, "checkpoint_every": cfg.checkpoint_every}  # fmt: skip
-    # 1. dense training (from scratch) when asked
+
+def _trainer_io(cfg: PruneConfig, out: Path, device: torch.device, progress: Progress) -> dict[str, Any]:
+    return {"device": device, "checkpoint": out / CHECKPOINT, "history": out / "history.jsonl",
+            "progress": progress, "checkpoint_every": cfg.checkpoint_every}  # fmt: skip
+
+
+def _dense_phase(run: _Run, model: torch.nn.Module, resume_state: dict[str, Any] | None,
+                 phase: str) -> list[dict[str, Any]]:  # fmt: skip
+    """Train the dense model when asked (or reload it on --resume), evaluate it, save ``dense.pt`` and set the
+    run's dense figures and teacher; the history rows of the pretraining."""
+    cfg, out, rows = run.cfg, run.out, []
     if cfg.pretrain_epochs > 0 and phase == "pretrain":
-        trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.pretrain_epochs, cfg.pretrain_lr),
-                          phase="pretrain", **trainer_io)  # fmt: skip
+        trainer = Trainer(model, run.data.train, run.data.val, _train_cfg(cfg, cfg.pretrain_epochs, cfg.pretrain_lr),
+                          phase="pretrain", **run.trainer_io)  # fmt: skip
         if resume_state and resume_state["phase"] == "pretrain":
             trainer.resume(resume_state)
         trainer.fit()
-        history_rows += trainer.history
+        rows = trainer.history
     elif resume_state and (out / "dense.pt").is_file():
         model.load_state_dict(read_checkpoint(out / "dense.pt", "dense model")["state_dict"])
-    dense_eval = evaluate(model, data.test, device)
-    dense_flops, dense_params = count_ops_and_params(model.cpu(), input_shape)
-    if main and not (out / "dense.pt").is_file():
+    run.dense_eval = evaluate(model, run.data.test, run.device)
+    run.dense_counts = count_ops_and_params(model.cpu(), run.input_shape)
+    if distributed.is_main() and not (out / "dense.pt").is_file():
         with atomic_path(out / "dense.pt") as tmp:
-            torch.save(pruned_payload(spec, input_shape, [], model), tmp)
-    progress.log(f"dense: acc={dense_eval['acc']:.4f} MACs={dense_flops / 1e6:.2f}M params={dense_params / 1e6:.3f}M")
+            torch.save(pruned_payload(run.spec, run.input_shape, [], model), tmp)
+    flops, params = run.dense_counts
+    run.progress.log(f"dense: acc={run.dense_eval['acc']:.4f} MACs={flops / 1e6:.2f}M params={params / 1e6:.3f}M")
     # --distill: the teacher of the prune and finetune phases is the dense model as dense.pt holds it (on --resume
     # past the pretraining, the model was just loaded from dense.pt), copied before the method touches the model
-    teacher = frozen_copy(model) if cfg.distill else None
+    run.teacher = frozen_copy(model) if cfg.distill else None
+    return rows
 
-    # 2. prune with the method (and fine-tune for cfg.epochs)
-    run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape, dense_eval,
-               (dense_flops, dense_params), t_start, trainer_io, teacher=teacher)  # fmt: skip
-    if phase in SLIM_PHASES:
-        return _finetune(run, resume_state, history_rows, phase)
-    model.to(device)
+
+def _prune_phase(run: _Run, pruner: Pruner, model: torch.nn.Module, resume_state: dict[str, Any] | None,
+                 phase: str, history_rows: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """Prune with the method for ``--epochs``, materialize, then fine-tune the slim model or finish."""
+    cfg, method = run.cfg, pruner.method
+    model.to(run.device)
     pruner.start()  # the method sets up on the (pretrained) weights
-    trainer = Trainer(model, data.train, data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
-                      phase="prune", teacher=teacher, stop_when_finished=cfg.materialize_early,
-                      **trainer_io)  # fmt: skip
+    trainer = Trainer(model, run.data.train, run.data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
+                      phase="prune", teacher=run.teacher, stop_when_finished=cfg.materialize_early,
+                      **run.trainer_io)  # fmt: skip
     pruner.attach(trainer.optimizer)
     if phase == "prune":
         trainer.resume(resume_state)  # the checkpoint holds the (soft-masked) model exactly
     trainer.fit()
-    masks = method.masks()
-    distributed.check_agree(distributed.digest(masks), "the final masks")
-
-    # 3. materialize (then fine-tune the slim model when asked)
+    distributed.check_agree(distributed.digest(method.masks()), "the final masks")
     slim = pruner.materialize(model)
     history = pruner.history
     history_rows += trainer.history
     holder = Finished.of(method, cfg.steps)
     frozen = cfg.materialize_early and trainer.epochs_done < cfg.epochs  # the mask was final before the last epoch
     if frozen or cfg.finetune_epochs > 0:
-        if main:
-            with atomic_path(out / "pruned.pt") as tmp:  # the slim architecture, for resuming the later phases
-                torch.save(pruned_payload(spec, input_shape, history, slim), tmp)
+        if distributed.is_main():
+            with atomic_path(run.out / "pruned.pt") as tmp:  # the slim architecture, for resuming the later phases
+                torch.save(pruned_payload(run.spec, run.input_shape, history, slim), tmp)
         distributed.barrier()
         state = {"holder": holder, "slim": slim, "history": history, "start_epoch": trainer.epochs_done}
         return _finetune(run, state, history_rows, "frozen" if frozen else "finetune")
@@ -445,7 +264,7 @@ def _finished_report(out: Path) -> dict[str, Any] | None:
 
 @dataclass
 class _Run:
-    """What the phases after pruning share."""
+    """What the phases share (the dense phase sets ``dense_eval``, ``dense_counts`` and ``teacher``)."""
 
     cfg: PruneConfig
     out: Path
@@ -533,69 +352,10 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
 def _write_run(run: _Run, slim: torch.nn.Module, history: list, method: Finished, history_rows: list[dict[str, Any]],
                pruned_eval: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Measure and write the run directory (report, pruned.pt, plot); the report is written last."""
-    cfg, out, data, graph, budget, metric, target = (
-        run.cfg,
-        run.out,
-        run.data,
-        run.graph,
-        run.budget,
-        run.metric,
-        run.target,
-    )
-    spec, input_shape, dense_eval, (dense_flops, dense_params) = (
-        run.spec,
-        run.input_shape,
-        run.dense_eval,
-        run.dense_counts,
-    )
-    masks = method.masks()
-    num_classes, in_channels = spec["num_classes"], spec["in_channels"]
-    flops, params = count_ops_and_params(slim, input_shape)
-    achieved = 1 - (flops if metric == "flops" else params) / (dense_flops if metric == "flops" else dense_params)
-    latency = None
-    if cfg.target_latency is not None:  # the final model, exported and timed as the search timed its candidates
-        latency = final_record(cfg, load_search(out), slim, input_shape, run.progress.log)
-    report = build_report(
-        tool={"name": "compress", "version": tool_version()},
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        model={
-            "spec": cfg.model,
-            "num_classes": num_classes,
-            "in_channels": in_channels,
-            "input_shape": list(input_shape),
-            "weights": cfg.weights,
-        },  # fmt: skip
-        data={"spec": cfg.data, "sizes": getattr(data, "sizes", None)},
-        method={"name": cfg.method, "options": _method_report_options(cfg), "steps": method.steps, "log": method.log,
-                "mask_final_epoch": method.mask_final_epoch, "epochs": cfg.epochs},
-        distill={"enabled": cfg.distill, "temperature": cfg.distill_temperature, "alpha": cfg.distill_alpha},
-        target={
-            "metric": metric,
-            "value": target,
-            "achieved": achieved,
-            "met": achieved >= target - TARGET_TOL,
-        },  # fmt: skip
-        **({"latency": latency} if latency is not None else {}),
-        **({"allocation": _allocation_record(out)} if cfg.allocation != "uniform" else {}),
-        **({"distributed": _distributed_record()} if distributed.active() else {}),
-        dense={
-            "flops": dense_flops,
-            "params": dense_params,
-            "acc": dense_eval["acc"],
-            "loss": dense_eval["loss"],
-        },
-        pruned={"flops": flops, "params": params, "acc": pruned_eval["acc"], "loss": pruned_eval["loss"]},
-        flops_drop=1 - flops / dense_flops,
-        params_drop=1 - params / dense_params,
-        analytic_flops_drop=budget.drop(masks, "flops"),
-        round_to=cfg.round_to,
-        groups=group_table(graph, masks),
-        skipped=graph.skipped + [tuple(x) for x in method.skipped],
-        history=history_rows,
-        seconds=round(time.perf_counter() - run.t_start, 1),
-    )
+    cfg, out = run.cfg, run.out
+    report = _report(run, slim, method, history_rows, pruned_eval)
     with atomic_path(out / "pruned.pt") as tmp:
-        torch.save(pruned_payload(spec, input_shape, history, slim, {"report": _summary(report)}), tmp)
+        torch.save(pruned_payload(run.spec, run.input_shape, history, slim, {"report": _summary(report)}), tmp)
     write_text(out / "report.md", render_markdown(report))
     if cfg.method in PLOTS and method.log:
         plot, name = PLOTS[cfg.method]
@@ -603,6 +363,43 @@ def _write_run(run: _Run, slim: torch.nn.Module, history: list, method: Finished
     write_json(out / "report.json", report)  # last: its presence marks the run finished (see _finished_report)
     checkpoint.remove(out / CHECKPOINT)
     return report
+
+
+def _report(run: _Run, slim: torch.nn.Module, method: Finished, history_rows: list[dict[str, Any]],
+            pruned_eval: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """``report.json``: what was pruned, to what, how well, and how (see docs/run-directory.md)."""
+    cfg, metric, target, spec = run.cfg, run.metric, run.target, run.spec
+    (dense_flops, dense_params), masks = run.dense_counts, method.masks()
+    flops, params = count_ops_and_params(slim, run.input_shape)
+    achieved = 1 - (flops if metric == "flops" else params) / (dense_flops if metric == "flops" else dense_params)
+    latency = None
+    if cfg.target_latency is not None:  # the final model, exported and timed as the search timed its candidates
+        latency = final_record(cfg, load_search(run.out), slim, run.input_shape, run.progress.log)
+    return build_report(
+        tool={"name": "compress", "version": tool_version()},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        model={"spec": cfg.model, "num_classes": spec["num_classes"], "in_channels": spec["in_channels"],
+               "input_shape": list(run.input_shape), "weights": cfg.weights},
+        data={"spec": cfg.data, "sizes": getattr(run.data, "sizes", None)},
+        method={"name": cfg.method, "options": _method_report_options(cfg), "steps": method.steps, "log": method.log,
+                "mask_final_epoch": method.mask_final_epoch, "epochs": cfg.epochs},
+        distill={"enabled": cfg.distill, "temperature": cfg.distill_temperature, "alpha": cfg.distill_alpha},
+        target={"metric": metric, "value": target, "achieved": achieved, "met": achieved >= target - TARGET_TOL},
+        **({"latency": latency} if latency is not None else {}),
+        **({"allocation": _allocation_record(run.out)} if cfg.allocation != "uniform" else {}),
+        **({"distributed": _distributed_record()} if distributed.active() else {}),
+        dense={"flops": dense_flops, "params": dense_params, "acc": run.dense_eval["acc"],
+               "loss": run.dense_eval["loss"]},
+        pruned={"flops": flops, "params": params, "acc": pruned_eval["acc"], "loss": pruned_eval["loss"]},
+        flops_drop=1 - flops / dense_flops,
+        params_drop=1 - params / dense_params,
+        analytic_flops_drop=run.budget.drop(masks, "flops"),
+        round_to=cfg.round_to,
+        groups=group_table(run.graph, masks),
+        skipped=run.graph.skipped + [tuple(x) for x in method.skipped],
+        history=history_rows,
+        seconds=round(time.perf_counter() - run.t_start, 1),
+    )  # fmt: skip
 
 
 def _gate(report: dict[str, Any]) -> None:
@@ -671,142 +468,3 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def _plain(cfg: PruneConfig) -> dict[str, Any]:
     return dict(vars(cfg))
-
-
-def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = False, opset: int = 17,
-           trust_code: bool = False, dynamic_batch: bool = True, simplify: bool = True,
-           rtol: float | None = None, atol: float | None = None, exporter: str = "auto", fp16: bool = False,
-           external_data: bool | None = None) -> dict[str, Any]:  # fmt: skip
-    """Export a run's pruned (or dense) model to ONNX, verified against PyTorch (see ``exporters.onnx``).
-
-    ``rtol``/``atol`` None: the exporter's default for the precision (fp32 1e-3/1e-4, fp16 2e-2/5e-2).
-    """
-    from exporters.onnx import check_options, export_onnx
-
-    check_options(opset=opset, exporter=exporter, fp16=fp16, rtol=rtol, atol=atol, external_data=external_data)
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise BadInput(f"run directory {run_dir} does not exist")
-    name = "dense" if dense else "pruned"
-    model, payload = load_pruned(run_dir / f"{name}.pt", trust_code=trust_code)
-    out = Path(out) if out else run_dir / f"{name}.onnx"
-    meta = {"source_run": str(run_dir), "model_spec": payload["spec"]["model"], "variant": name}
-    summary = payload.get("report") or {}
-    meta.update({k: str(v) for k, v in summary.items()})
-    meta.update(_report_figures(run_dir, name))
-    result = export_onnx(model.eval(), tuple(payload["input_shape"]), out, opset=opset,
-                         dynamic_batch=dynamic_batch, simplify=simplify, metadata=meta, rtol=rtol,
-                         atol=atol, exporter=exporter, fp16=fp16, external_data=external_data)  # fmt: skip
-    return result
-
-
-def _report_figures(run_dir: Path, variant: str) -> dict[str, str]:
-    """The report's key figures for the ONNX metadata: target and FLOPs/params (the dense model: its own only).
-
-    Read from ``report.json`` when the run has one (``pruned.pt`` keeps a short summary only).
-    """
-    path = run_dir / "report.json"
-    if not path.is_file():
-        return {}
-    try:
-        report = json.loads(path.read_text())
-        figures = {"dense_flops": report["dense"]["flops"], "dense_params": report["dense"]["params"]}
-        if variant == "dense":
-            figures["dense_acc"] = report["dense"]["acc"]
-        else:
-            target, pruned = report["target"], report["pruned"]
-            figures.update({"target_metric": target["metric"], "target_value": target["value"],
-                            "target_achieved": target["achieved"], "target_met": target["met"],
-                            "pruned_flops": pruned["flops"], "pruned_params": pruned["params"]})  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        import logging
-
-        logging.getLogger("compress.export").warning("%s: no report figures in the ONNX metadata (%s)", path,
-                                                     one_line(exc, typed=True))  # fmt: skip
-        return {}
-    return {k: _meta_text(v) for k, v in figures.items()}
-
-
-def _meta_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return str(value)
-
-
-def _csv(value: Any) -> list[str]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return [str(v).strip() for v in items if str(v).strip()]
-
-
-#: Every ``compress bench`` option (CLI and recipe ``bench:`` section) and its default.
-BENCH_DEFAULTS: dict[str, Any] = {
-    "provider": "cpu", "batch": "1", "threads": None, "inter_threads": None, "warmup": 10, "iters": 100,
-    "min_iters": 10, "duration": None, "io": "device,host", "trt_fp16": False, "trt_cache": "auto",
-    "fail_below_speedup": None, "fail_above_p50": None, "compare": None, "max_regression": 10.0,
-}  # fmt: skip
-
-
-def bench_models(models: dict[str, str], baseline: str | None, *, label: str | None = None,
-                 trust_code: bool = False, **options: Any) -> dict[str, Any]:  # fmt: skip
-    """Benchmark model files with options as the CLI/recipes give them (comma lists or YAML lists).
-
-    ``label`` is the model the gates judge (default: the first non-baseline one). The gate outcome is in
-    ``result["gates"]``; :func:`bench_gate` raises on it once the outputs are written.
-    """
-    from benchmarks.bench_output import load_previous
-    from benchmarks.latency import bench
-
-    unknown = sorted(set(options) - set(BENCH_DEFAULTS))
-    if unknown:
-        raise BadInput(f"unknown bench option(s): {', '.join(unknown)}")
-    o = {**BENCH_DEFAULTS, **{k: v for k, v in options.items() if v is not None or k == "compare"}}
-    if o["fail_below_speedup"] is not None and baseline is None:
-        raise BadInput("--fail-below-speedup needs --baseline")
-    if o["max_regression"] is None or float(o["max_regression"]) < 0:
-        raise BadInput(f"--max-regression must be a percentage >= 0, got {o['max_regression']}")
-    previous = load_previous(o["compare"]) if o["compare"] else None  # bad file: exit 2 before any timing
-    result = bench(models, baseline=baseline, providers=_csv(o["provider"]), batches=_csv(o["batch"]),
-                   threads=o["threads"], inter_threads=o["inter_threads"], warmup=o["warmup"],
-                   iters=None if o["duration"] else o["iters"], min_iters=o["min_iters"], duration=o["duration"],
-                   io=_csv(o["io"]), trt_fp16=o["trt_fp16"], trt_cache=_trt_cache(o["trt_cache"]),
-                   trust_code=trust_code)  # fmt: skip
-    label = label or next((k for k in models if k != baseline), baseline)
-    result["gates"] = _gates(result, label, previous, o)
-    return result
-
-
-def _trt_cache(value: Any) -> str | None:
-    """``auto``: the user cache directory; ``off``/``none``: no engine cache; else a directory."""
-    text = str(value).strip()
-    if text.lower() in ("off", "none", "false", ""):
-        return None
-    if text.lower() == "auto":
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return str(base / "compress" / "tensorrt")
-    return text
-
-
-def _gates(result: dict[str, Any], label: str, previous: dict[str, Any] | None, o: dict[str, Any]) -> dict[str, Any]:
-    from benchmarks.bench_output import p50_failures, regression_failures, speedup_failures
-
-    failures, notes = [], []
-    if o["fail_below_speedup"] is not None:
-        failures += speedup_failures(result, float(o["fail_below_speedup"]), label)
-    if o["fail_above_p50"] is not None:
-        failures += p50_failures(result, float(o["fail_above_p50"]), label)
-    if previous is not None:
-        regressions, compare_notes = regression_failures(result, previous, float(o["max_regression"]))
-        failures += regressions
-        notes += compare_notes
-    return {"label": label, "passed": not failures, "failures": failures, "notes": notes,
-            "fail_below_speedup": o["fail_below_speedup"], "fail_above_p50": o["fail_above_p50"],
-            "compare": o["compare"] and str(o["compare"]), "max_regression": float(o["max_regression"])}  # fmt: skip
-
-
-def bench_gate(result: dict[str, Any]) -> None:
-    """GateFailed (exit 1) naming the first failed bench gate (and how many failed)."""
-    from benchmarks.bench_output import raise_on_failures
-
-    raise_on_failures(result.get("gates", {}).get("failures") or [])

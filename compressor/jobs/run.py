@@ -11,12 +11,16 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.bench_output import load_previous, render_markdown
+from compressor.config import ExportOptions, defaults
 from compressor.errors import BadInput, GateFailed
-from compressor.jobs.prune import BENCH_DEFAULTS, PruneConfig, bench_gate, bench_models, export, prune
+from compressor.jobs.bench import BENCH_DEFAULTS, bench_gate, bench_models
+from compressor.jobs.config import PruneConfig
+from compressor.jobs.export import export
+from compressor.jobs.prune import prune
 from compressor.runtime.atomic import write_json, write_text
 
 SECTIONS = ("prune", "export", "bench")
-EXPORT_KEYS = ("opset", "exporter", "dynamic_batch", "simplify", "fp16", "rtol", "atol", "external_data")
+EXPORT_KEYS = tuple(defaults(ExportOptions))  # a recipe's export: section takes exactly these
 OPSETS = range(7, 26)
 
 

@@ -1,48 +1,21 @@
-"""Pruning methods: one registry of factories, each called with every method option; it takes what it uses."""
+"""Pruning methods (callbacks on the training loop) and their registry.
+
+Names load lazily so that ``compressor.methods.options`` (the option dataclasses) stays torch-free.
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+import importlib
+from typing import Any
 
-from compressor.errors import BadInput
-from compressor.methods.aster import ASTER
-from compressor.methods.base import Context, Method
-from compressor.methods.baselines import ImportanceBaseline
-from compressor.methods.psap import PSAP
+_LAZY = {"METHODS": "registry", "build_method": "registry", "method_parameters": "registry",
+         "Context": "base", "Method": "base"}  # fmt: skip
 
 
-def _accepting(cls: type[Method], *args: object) -> Callable[..., Method]:
-    """A factory passing on only the keyword options ``cls`` takes (methods share one option namespace)."""
-    params = inspect.signature(cls.__init__).parameters
-
-    def factory(**kw: object) -> Method:
-        return cls(*args, **{k: v for k, v in kw.items() if k in params})  # type: ignore[call-arg]
-
-    bound = list(params)[1 : 1 + len(args)]  # after self: the positional arguments the factory fixes
-    factory.parameters = frozenset(p for p in params if p != "self" and p not in bound)  # type: ignore[attr-defined]
-    return factory
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
-METHODS: dict[str, Callable[..., Method]] = {
-    "psap": _accepting(PSAP),
-    "aster": _accepting(ASTER),
-    **{name: _accepting(ImportanceBaseline, name) for name in ("l1", "l2", "bn-scale", "taylor", "random")},
-}
-
-
-def method_parameters(name: str) -> frozenset[str]:
-    """The option names method ``name`` takes."""
-    return getattr(METHODS.get(name), "parameters", frozenset())
-
-
-def build_method(name: str, **kwargs: object) -> Method:
-    if name not in METHODS:
-        raise BadInput(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    try:
-        return METHODS[name](**kwargs)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
-
-
-__all__ = ["METHODS", "Context", "Method", "build_method", "method_parameters"]
+__all__ = list(_LAZY)

@@ -31,14 +31,9 @@ from compressor.graph import Masks, PruningGraph
 from compressor.methods import channels as ch
 from compressor.methods.base import Context, Method
 from compressor.methods.lbfgs import TwoLoop
+from compressor.methods.options import ASTEROptions
 from compressor.runtime import distributed
 
-SENSITIVITIES = ("lbfgs", "gradient")
-REDUCES = ("max", "mean", "min")
-LOSSES = ("sum", "mean")
-SEARCHES = ("rounded", "exact")
-ETAS = ("lr", "fixed")
-CURVATURES = ("consecutive", "same-batch")
 BN_BATCHES = 10  # v2: batches that re-estimate BN statistics after a prune changed the mask
 #: v1: the first implementation (prune at epoch ends, kept counts rounded up while searching, eta0 = the phase LR).
 #: v2 (the default): ASTER.md's second reading: prune exactly score < tau while searching, several times an
@@ -47,7 +42,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "v1": {"search": "rounded", "eta": "lr", "curvature": "consecutive", "prunes_per_epoch": 1},
     "v2": {"search": "exact", "eta": "fixed", "curvature": "consecutive", "prunes_per_epoch": 4},
 }
-DEFAULT_VARIANT = "v2"
 TINY_GROUP = 0.05  # freeze when a group would keep <= 5% of its channels
 TRACE_POINTS = 64  # tau samples kept per epoch for the plot
 TRIM_TOL = 0.005  # the frozen mask's drop lies in [target, target + TRIM_TOL] when the rounding allows
@@ -58,39 +52,28 @@ class ASTER(Method):
 
     name = "aster"
 
-    def __init__(self, *, tau0: float = 1e-4, reduce: str = "max", sensitivity: str = "lbfgs", history: int = 10,
-                 x: float = 0.01, update_every: int = 1, search_epochs: int | None = None,
-                 max_prune_fraction: float = 0.8, eps: float = 1e-12, loss: str = "sum",
-                 variant: str = DEFAULT_VARIANT, search: str | None = None, eta: str | None = None,
-                 eta0: float = 0.1, normalize: bool = False, curvature: str | None = None,
-                 curvature_every: int = 20, prunes_per_epoch: int | None = None) -> None:  # fmt: skip
+    def __init__(self, *, max_prune_fraction: float = 0.8, **options: Any) -> None:
+        """``options``: the fields of :class:`~compressor.methods.options.ASTEROptions` (their defaults)."""
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"aster variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        chosen = {**VARIANTS[variant], **{k: v for k, v in {"search": search, "eta": eta,
-                  "curvature": curvature, "prunes_per_epoch": prunes_per_epoch}.items() if v is not None}}  # fmt: skip
-        for what, value, options in (("sensitivity", sensitivity, SENSITIVITIES), ("reduce", reduce, REDUCES),
-                                     ("loss", loss, LOSSES), ("search", chosen["search"], SEARCHES),
-                                     ("eta", chosen["eta"], ETAS),
-                                     ("curvature", chosen["curvature"], CURVATURES)):  # fmt: skip
-            if value not in options:
-                raise ValueError(f"aster {what} must be one of {', '.join(options)}, got {value!r}")
-        if tau0 < 0 or x <= 0 or not 0 < max_prune_fraction <= 1 or update_every < 1 or history < 1:
+        o = ASTEROptions.of(options)
+        given = {"search": o.search, "eta": o.eta, "curvature": o.curvature, "prunes_per_epoch": o.prunes_per_epoch}
+        chosen = {**VARIANTS[o.variant], **{k: v for k, v in given.items() if v is not None}}
+        if o.tau0 < 0 or o.x <= 0 or not 0 < max_prune_fraction <= 1 or o.update_every < 1 or o.history < 1:
             raise ValueError("aster: need tau0 >= 0, x > 0, 0 < max-prune-fraction <= 1, update-every >= 1, "
                              "history >= 1")  # fmt: skip
-        if eta0 <= 0 or curvature_every < 1 or int(chosen["prunes_per_epoch"]) < 1:
+        if o.eta0 <= 0 or o.curvature_every < 1 or int(chosen["prunes_per_epoch"]) < 1:
             raise ValueError("aster: need eta0 > 0, curvature-every >= 1, prunes-per-epoch >= 1")
-        if search_epochs is not None and search_epochs < 1:
-            raise ValueError(f"aster search epochs must be >= 1, got {search_epochs}")
-        self.variant, self.search, self.eta, self.eta0_fixed = variant, chosen["search"], chosen["eta"], eta0
-        self.normalize, self.curvature = bool(normalize), chosen["curvature"]
-        self.curvature_every = curvature_every
+        if o.search_epochs is not None and o.search_epochs < 1:
+            raise ValueError(f"aster search epochs must be >= 1, got {o.search_epochs}")
+        self.variant, self.search, self.eta, self.eta0_fixed = o.variant, chosen["search"], chosen["eta"], o.eta0
+        self.normalize, self.curvature = bool(o.normalize), chosen["curvature"]
+        self.curvature_every = o.curvature_every
         self.prunes_per_epoch = int(chosen["prunes_per_epoch"])
-        self.tau = float(tau0)
-        self.reduce, self.sensitivity, self.x, self.loss_mode = reduce, sensitivity, x, loss
-        self.update_every, self.search_epochs, self.eps = update_every, search_epochs, eps
+        self.tau = float(o.tau0)
+        self.reduce, self.sensitivity, self.x, self.loss_mode = o.reduce, o.sensitivity, o.x, o.loss
+        self.update_every, self.search_epochs, self.eps = o.update_every, o.search_epochs, o.eps
         self.max_prune_fraction = max_prune_fraction
-        self.lbfgs = TwoLoop(history)
+        self.lbfgs = TwoLoop(o.history)
         self.frozen = False
         self.freeze_epoch: int | None = None
         self.fallback: dict[str, Any] | None = None

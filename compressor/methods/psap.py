@@ -36,9 +36,9 @@ from compressor.graph import Masks, PruningGraph, tp_importances
 from compressor.methods import channels as ch
 from compressor.methods.base import Context, Method
 from compressor.methods.gates import Bank, ConsumerPulse, GateTaylor, gateable
+from compressor.methods.options import PSAPOptions
 from compressor.runtime import distributed
 
-PULSES = ("bn", "raw", "scaled")
 BN_EPS = 1e-5
 PROTECT_COOLDOWN = 4  # v2: a channel is protected at most once in this many steps
 #: The two readings. v1: the first implementation (epoch-end steps up to the last epoch, filters zeroed, L2
@@ -49,9 +49,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "v2": {"mode": "gate", "protection": "swap", "readmit": "snapshot", "score": "magnitude",
            "sparsity_scope": "kept", "freeze_at": 0.4, "steps_per_epoch": 2, "protect_steps": 2},
 }  # fmt: skip
-DEFAULT_VARIANT = "v2"
-CHOICES = {"sparsity_scope": ("all", "kept"), "mode": ("gate", "filter"), "protection": ("swap", "extra"),
-           "readmit": ("snapshot", "norm"), "score": ("magnitude", "l2", "taylor")}  # fmt: skip
 
 
 def weight_sparsity(weights: torch.Tensor, beta: float) -> float:
@@ -77,45 +74,30 @@ class PSAP(Method):
 
     name = "psap"
 
-    def __init__(self, *, seed: int = 0, steps: int = 1, prune_every: int = 1, beta: float = 0.05,
-                 sparsity: str = "weight", beta_filter: float = 0.5, pulse_iters: int = 20, gamma: float = 1.0,
-                 pulse: str = "bn", adaptive: bool = True, protect: bool = True, restore: bool = True,
-                 zero_bn: bool = False, from_scratch: bool = False,
-                 schedule: str | None = None, bn_batches: int = 20, regrow: bool = False,
-                 sparsity_scope: str | None = None, variant: str = DEFAULT_VARIANT, mode: str | None = None,
-                 protection: str | None = None, readmit: str | None = None, score: str | None = None,
-                 freeze_at: float | None = None, steps_per_epoch: int | None = None,
-                 protect_steps: int | None = None) -> None:  # fmt: skip
+    def __init__(self, *, seed: int = 0, steps: int = 1, prune_every: int = 1, from_scratch: bool = False,
+                 schedule: str | None = None, **options: Any) -> None:  # fmt: skip
+        """``options``: the fields of :class:`~compressor.methods.options.PSAPOptions` (their defaults)."""
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"psap variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        second = {"mode": mode, "protection": protection, "readmit": readmit, "score": score,
-                  "freeze_at": freeze_at, "steps_per_epoch": steps_per_epoch,
-                  "protect_steps": protect_steps}  # fmt: skip
-        if variant == "v1" and (given := [k for k, v in second.items() if v is not None]):
+        o = PSAPOptions.of(options)
+        second = {"mode": o.mode, "protection": o.protection, "readmit": o.readmit, "score": o.score,
+                  "freeze_at": o.freeze_at, "steps_per_epoch": o.steps_per_epoch,
+                  "protect_steps": o.protect_steps}  # fmt: skip
+        if o.variant == "v1" and (given := [k for k, v in second.items() if v is not None]):
             raise ValueError(f"psap {given[0].replace('_', '-')} belongs to the second reading: use --psap-variant v2")
-        chosen = {**VARIANTS[variant], **{k: v for k, v in {**second, "sparsity_scope": sparsity_scope}.items()
-                                          if v is not None}}  # fmt: skip
-        for what, options in CHOICES.items():
-            if what in chosen and chosen[what] not in options:
-                raise ValueError(f"psap {what.replace('_', ' ')} must be one of {', '.join(options)}, "
-                                 f"got {chosen[what]!r}")  # fmt: skip
-        self.variant = variant
+        chosen = {**VARIANTS[o.variant], **{k: v for k, v in {**second, "sparsity_scope": o.sparsity_scope}.items()
+                                            if v is not None}}  # fmt: skip
+        self.variant = o.variant
         self.sparsity_scope = chosen["sparsity_scope"]
-        if variant == "v2":
+        if o.variant == "v2":
             self.mode, self.protection, self.readmit = chosen["mode"], chosen["protection"], chosen["readmit"]
             self.score, self.freeze_at = chosen["score"], float(chosen["freeze_at"])
             self.per_epoch, self.protect_steps = int(chosen["steps_per_epoch"]), int(chosen["protect_steps"])
             if not 0 < self.freeze_at <= 1 or self.per_epoch < 1 or self.protect_steps < 1:
                 raise ValueError("psap: need 0 < freeze-at <= 1, steps-per-epoch >= 1 and protect-steps >= 1")
-        if sparsity not in ("weight", "filter"):
-            raise ValueError(f"psap sparsity must be weight or filter, got {sparsity!r}")
-        if pulse not in PULSES:
-            raise ValueError(f"psap pulse must be one of {', '.join(PULSES)}, got {pulse!r}")
-        self.prune_every, self.beta, self.sparsity, self.beta_filter = max(1, prune_every), beta, sparsity, beta_filter
-        self.pulse_iters, self.gamma, self.pulse_mode = pulse_iters, gamma, pulse
-        self.adaptive, self.protect, self.restore, self.zero_bn = adaptive, protect, restore, zero_bn
-        self.from_scratch, self.bn_batches, self.regrow = from_scratch, bn_batches, regrow
+        self.prune_every, self.beta, self.sparsity = max(1, prune_every), o.beta, o.sparsity
+        self.beta_filter, self.pulse_iters, self.gamma, self.pulse_mode = o.beta_filter, o.pulse_iters, o.gamma, o.pulse
+        self.adaptive, self.protect, self.restore, self.zero_bn = o.adaptive, o.protect, o.restore, o.zero_bn
+        self.from_scratch, self.bn_batches, self.regrow = from_scratch, o.bn_batches, o.regrow
         self.schedule = schedule or ("constant" if from_scratch else "cubic")
         if self.schedule not in ("cubic", "constant"):
             raise ValueError(f"psap schedule must be cubic or constant, got {self.schedule!r}")

@@ -10,15 +10,18 @@ next poll. Outside the main thread the step runs unbounded.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 _SIGNAL = signal.SIGUSR1
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PLUMBING = {contextlib.__file__, __file__}  # where an interrupt must not raise (see ``bounded``)
 
 
 class LimitExceeded(Exception):
@@ -56,9 +59,13 @@ def bounded(seconds: float | None, extra_bytes: int | None, *, poll: float = 0.0
     reason: list[str] = []
     done, stop = [False], threading.Event()
 
-    def handler(_signum: int, _frame: object) -> None:
-        if not done[0] and reason:
-            raise LimitExceeded(reason[0])
+    def handler(_signum: int, frame: FrameType | None) -> None:
+        if done[0] or not reason:
+            return
+        if frame is not None and frame.f_code.co_filename in _PLUMBING:
+            return  # entering or leaving the block (contextlib's code, ours): raised here, the cleanup below
+            # would never run and the watcher would go on interrupting after the block; the next poll raises
+        raise LimitExceeded(reason[0])
 
     def watch() -> None:
         while not stop.wait(poll):

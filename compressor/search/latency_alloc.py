@@ -29,7 +29,6 @@ from compressor.budget import Budget, masks_from_counts
 from compressor.errors import BadInput
 from compressor.graph import PruningGraph, tp_importances
 
-ALLOCATIONS = ("uniform", "latency")
 MIN_WEIGHT = 0.25  # floor (x mean) for groups whose probe saved nothing measurable
 
 
@@ -95,15 +94,6 @@ def latency_weights(graph: PruningGraph, budget: Budget, model: nn.Module, input
 
 
 ALLOCATION_FILE = "allocation.json"
-BASELINES = ("l1", "l2", "bn-scale", "taylor", "random")
-
-
-def check_allocation(allocation: str, method: str) -> None:
-    """BadInput for an unknown allocation, or ``latency`` with a method that sets its own per-group ratios."""
-    if allocation not in ALLOCATIONS:
-        raise BadInput(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if allocation == "latency" and method not in BASELINES:
-        raise BadInput(f"--allocation latency applies to {', '.join(BASELINES)}; {method} sets its own group ratios")
 
 
 def allocation_for_run(cfg: Any, out: Path, graph: PruningGraph, budget: Budget, model: nn.Module,

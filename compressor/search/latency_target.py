@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
-import re
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 from compressor.budget import Budget, reachable, solve_counts, solve_masks
+from compressor.config import LatencySpec
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import Masks, PruningGraph, count_ops_and_params, tp_importances
 from compressor.runtime.atomic import write_json
@@ -46,52 +45,6 @@ SEARCH_FILE = "latency_search.json"  # in the run directory: the search, reused 
 MAX_EVALS = 8  # candidate timings (re-timings included) besides the dense model
 MIN_ITERS = 20  # timed runs per measurement, at least
 WARMUP = 5
-_UNITS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
-_LATENCY = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(us|µs|ms|s)?\s*", re.IGNORECASE)
-
-
-def parse_latency(value: Any) -> float:
-    """``4ms``, ``4`` (ms), ``0.004s``, ``500us`` -> milliseconds; BadInput for anything else."""
-    m = _LATENCY.fullmatch(str(value)) if value is not None and not isinstance(value, bool) else None
-    ms = float(m.group(1)) * _UNITS[(m.group(2) or "ms").lower()] if m else math.nan
-    if not (math.isfinite(ms) and ms > 0):
-        raise BadInput(f"--target-latency must be a positive time like 4ms, 0.004s or 500us, got {value!r}")
-    return ms
-
-
-@dataclass
-class LatencySpec:
-    """What to measure: the target and how ``compress bench`` times a candidate."""
-
-    target_ms: float
-    provider: str = "cpu"
-    batch: int = 1
-    threads: int | None = None
-    tolerance: float = 0.1
-    duration: float = 1.0  # seconds of timing per candidate (at least MIN_ITERS runs)
-
-    @classmethod
-    def of(cls, cfg: Any) -> LatencySpec:
-        """The spec of a prune config's ``latency_*`` options, validated (BadInput)."""
-        from benchmarks.latency import PROVIDERS
-
-        spec = cls(parse_latency(cfg.target_latency), str(cfg.latency_provider).strip().lower(),
-                   cfg.latency_batch, cfg.latency_threads, cfg.latency_tolerance, cfg.latency_duration)  # fmt: skip
-        if spec.provider not in PROVIDERS:
-            raise BadInput(f"--latency-provider {cfg.latency_provider!r}: choose from {', '.join(PROVIDERS)}")
-        if spec.batch < 1:
-            raise BadInput(f"--latency-batch must be >= 1, got {spec.batch}")
-        if spec.threads is not None and spec.threads < 1:
-            raise BadInput(f"--latency-threads must be >= 1, got {spec.threads}")
-        if not 0 < spec.tolerance < 1:
-            raise BadInput(f"--latency-tolerance must be strictly between 0 and 1, got {spec.tolerance}")
-        if not 0 < spec.duration <= 60:
-            raise BadInput(f"--latency-duration must be in (0, 60] seconds, got {spec.duration}")
-        return spec
-
-    def met(self, ms: float) -> bool:
-        """At or below the target, or within the tolerance of it."""
-        return ms <= self.target_ms * (1 + self.tolerance)
 
 
 class Meter:
@@ -194,66 +147,80 @@ def search_drop(evaluate: Evaluate, spec: LatencySpec, dense: Point, top: float,
     The answer is the point that meets the target (at most target * (1 + tolerance)) closest to it, slower
     points counting double; the ``top`` drop must meet it (else GateFailed: out of reach).
     """
-    target, band = spec.target_ms, spec.tolerance * spec.target_ms
+    target = spec.target_ms
     dense_ms = dense["latency_ms"]
     if dense_ms <= target:
         raise BadInput(f"the dense model already runs in {dense_ms:.3f} ms <= target {target:.3f} ms "
                        f"({spec.provider}, batch {spec.batch}): nothing to prune")  # fmt: skip
-    curve: list[Point] = [{**dense, "flops_drop": 0.0, "requested_drop": 0.0}]
-
-    def timings() -> int:
-        return sum(len(p.get("runs") or [0]) for p in curve[1:])
-
-    visits: list[tuple[float, Point]] = [(0.0, curve[0])]  # every drop asked for and its architecture's point
-
-    def visit(drop: float, again: bool = False) -> Point:
-        point = evaluate(drop, again)
-        if all(point is not p for p in curve):
-            curve.append(point)
-        visits.append((drop, point))
-        log(_line(point, target, again))
-        return point
-
-    def bracket() -> tuple[tuple[float, Point], tuple[float, Point] | None]:
-        """(lo, hi): hi the smallest drop timed fast enough, lo the largest smaller drop timed too slow."""
-        fast = [v for v in visits if v[1]["latency_ms"] <= target]
-        hi = min(fast, key=lambda v: v[0], default=None)
-        lo = max((v for v in visits if v[1]["latency_ms"] > target and (hi is None or v[0] < hi[0])),
-                 key=lambda v: v[0])  # fmt: skip
-        return lo, hi
-
-    def runs(p: Point) -> int:
-        return len(p.get("runs") or [0])
-
-    point = visit(top)
+    search = _Search(evaluate, dense, target, log)
+    point = search.visit(top)
     if not spec.met(point["latency_ms"]):
         raise GateFailed(f"target latency {target:.3f} ms is out of reach: the fastest measured model (FLOPs drop "
                          f"{point['flops_drop']:.3f}, the most --max-layer-ratio and --round-to allow) runs in "
                          f"{point['latency_ms']:.3f} ms on {spec.provider} at batch {spec.batch}")  # fmt: skip
-    drop = top
-    while timings() < max_evals:
+    _narrow(search, spec, top, point, max_evals)
+    curve = search.curve
+    meeting = [p for p in curve[1:] if spec.met(p["latency_ms"])]
+    best = min(meeting or curve[1:], key=lambda p: _cost(p["latency_ms"], target))
+    return {"target_ms": target, "dense_ms": dense_ms, "curve": sorted(curve, key=lambda p: p["flops_drop"]),
+            "chosen_drop": best["requested_drop"], "chosen_flops_drop": best["flops_drop"],
+            "searched_ms": best["latency_ms"], "timings": search.timings()}  # fmt: skip
+
+
+class _Search:
+    """What :func:`search_drop` timed: the distinct points (``curve``, dense first) and every drop asked for."""
+
+    def __init__(self, evaluate: Evaluate, dense: Point, target: float, log: Callable[[str], None]) -> None:
+        self.evaluate, self.target, self.log = evaluate, target, log
+        self.curve: list[Point] = [{**dense, "flops_drop": 0.0, "requested_drop": 0.0}]
+        self.visits: list[tuple[float, Point]] = [(0.0, self.curve[0])]  # every drop asked for and its point
+
+    def timings(self) -> int:
+        return sum(len(p.get("runs") or [0]) for p in self.curve[1:])
+
+    def visit(self, drop: float, again: bool = False) -> Point:
+        point = self.evaluate(drop, again)
+        if all(point is not p for p in self.curve):
+            self.curve.append(point)
+        self.visits.append((drop, point))
+        self.log(_line(point, self.target, again))
+        return point
+
+    def bracket(self) -> tuple[tuple[float, Point], tuple[float, Point] | None]:
+        """(lo, hi): hi the smallest drop timed fast enough, lo the largest smaller drop timed too slow."""
+        target = self.target
+        fast = [v for v in self.visits if v[1]["latency_ms"] <= target]
+        hi = min(fast, key=lambda v: v[0], default=None)
+        lo = max((v for v in self.visits if v[1]["latency_ms"] > target and (hi is None or v[0] < hi[0])),
+                 key=lambda v: v[0])  # fmt: skip
+        return lo, hi
+
+
+def _runs(p: Point) -> int:
+    return len(p.get("runs") or [0])
+
+
+def _narrow(search: _Search, spec: LatencySpec, drop: float, point: Point, max_evals: int) -> None:
+    """:func:`search_drop`'s iterations from the ``top`` drop's ``point``: confirm, interpolate, re-time."""
+    target, band = spec.target_ms, spec.tolerance * spec.target_ms
+    while search.timings() < max_evals:
         if abs(point["latency_ms"] - target) <= band / 2:
-            if runs(point) > 1:
+            if _runs(point) > 1:
                 break  # close enough, and confirmed
-            point = visit(drop, again=True)  # confirm it: a burst of load may have slowed the first timing
+            point = search.visit(drop, again=True)  # confirm it: a burst of load may have slowed the first timing
             continue
-        (lo_f, lo), hi_v = bracket()
+        (lo_f, lo), hi_v = search.bracket()
         if hi_v is None or hi_v[0] - lo_f < 2e-3:
             break  # only the top meets the target (within the tolerance), or the bracket cannot narrow further
         hi_f, hi = hi_v
         width, lo_ms, hi_ms = hi_f - lo_f, lo["latency_ms"], hi["latency_ms"]
         guess = lo_f + width * (lo_ms - target) / max(lo_ms - hi_ms, 1e-12)
         drop = round(min(max(guess, lo_f + 0.1 * width), hi_f - 0.1 * width), 6)
-        point = visit(drop)
+        point = search.visit(drop)
         ms, margin = point["latency_ms"], 1 + spec.tolerance / 4
         suspect = (drop, point) if ms > lo_ms * margin else (hi_f, hi) if ms * margin < hi_ms else None
-        if suspect is not None and runs(suspect[1]) < 2 and timings() < max_evals:
-            visit(suspect[0], again=True)  # out of order: time the more-pruned point again
-    meeting = [p for p in curve[1:] if spec.met(p["latency_ms"])]
-    best = min(meeting or curve[1:], key=lambda p: _cost(p["latency_ms"], target))
-    return {"target_ms": target, "dense_ms": dense_ms, "curve": sorted(curve, key=lambda p: p["flops_drop"]),
-            "chosen_drop": best["requested_drop"], "chosen_flops_drop": best["flops_drop"],
-            "searched_ms": best["latency_ms"], "timings": timings()}  # fmt: skip
+        if suspect is not None and _runs(suspect[1]) < 2 and search.timings() < max_evals:
+            search.visit(suspect[0], again=True)  # out of order: time the more-pruned point again
 
 
 def _line(p: Point, target: float, again: bool = False) -> str:

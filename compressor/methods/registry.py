@@ -1,0 +1,52 @@
+"""One registry of method factories. A factory takes the shared options and its method's own options (the
+dataclass in ``compressor.methods.options``); ``method_parameters`` names them all."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
+
+from compressor.errors import BadInput
+from compressor.methods.aster import ASTER
+from compressor.methods.base import Context, Method
+from compressor.methods.baselines import ImportanceBaseline
+from compressor.methods.options import METHOD_OPTIONS
+from compressor.methods.psap import PSAP
+
+
+def _accepting(cls: type[Method], *args: object, options: type | None = None) -> Callable[..., Method]:
+    """A factory passing on only the keyword options ``cls`` takes (methods share one option namespace)."""
+    params = {p for p, v in inspect.signature(cls.__init__).parameters.items() if v.kind is not v.VAR_KEYWORD}
+    own = {f.name for f in fields(options)} if options else set()
+
+    def factory(**kw: object) -> Method:
+        return cls(*args, **{k: v for k, v in kw.items() if k in params or k in own})  # type: ignore[call-arg]
+
+    bound = list(inspect.signature(cls.__init__).parameters)[1 : 1 + len(args)]  # the arguments the factory fixes
+    factory.parameters = frozenset((params | own) - {"self", *bound})  # type: ignore[attr-defined]
+    return factory
+
+
+METHODS: dict[str, Callable[..., Method]] = {
+    "psap": _accepting(PSAP, options=METHOD_OPTIONS["psap"]),
+    "aster": _accepting(ASTER, options=METHOD_OPTIONS["aster"]),
+    **{name: _accepting(ImportanceBaseline, name) for name in ("l1", "l2", "bn-scale", "taylor", "random")},
+}
+
+
+def method_parameters(name: str) -> frozenset[str]:
+    """The option names method ``name`` takes."""
+    return getattr(METHODS.get(name), "parameters", frozenset())
+
+
+def build_method(name: str, **kwargs: object) -> Method:
+    if name not in METHODS:
+        raise BadInput(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    try:
+        return METHODS[name](**kwargs)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+__all__ = ["METHODS", "Context", "Method", "build_method", "method_parameters"]

@@ -1,0 +1,160 @@
+"""Model specs -> ``nn.Module``.
+
+One registry of factories (timm-style). A spec is one of:
+
+* ``torchvision:NAME`` -- every torchvision classification model
+  (``torchvision.models.list_models(module=torchvision.models)``), built with ``weights=None``;
+* ``cifar:resnet20|resnet32|resnet56|resnet110`` -- He et al. 2016 CIFAR ResNets;
+* ``cifar:vgg16`` -- the CIFAR VGG-16 with BatchNorm of the pruning literature;
+* ``timm:NAME`` -- any timm model, if timm is installed;
+* ``path/to/file.py:factory`` -- user code, only with ``trust_code=True`` (it runs arbitrary code).
+* ``path/to/model.pt`` (or ``.pth``) -- a whole module saved with ``torch.save(model)``, only with
+  ``trust_code=True``: unpickling it runs arbitrary code (``torch.load(weights_only=False)``). The classes it
+  was saved with must be importable. Its input channels are adapted like a user factory's.
+
+A bare name (``resnet20``, ``mobilenet_v2``) is accepted when exactly one registry entry has it.
+
+Every model accepts any ``num_classes`` and ``in_channels``. For torchvision models with
+``in_channels != 3`` the stem (the first ``Conv2d`` in module order, which is also the first one run
+in forward order for every torchvision classification model) is replaced by a conv with the same
+hyper-parameters and ``in_channels`` inputs; its weights are derived from the freshly initialised
+RGB ones the way timm adapts pretrained stems (1 channel: sum over RGB; otherwise: repeat RGB
+cyclically and scale by ``3 / in_channels``), so the initial function and scale are preserved.
+
+Building is deterministic given ``torch.manual_seed``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from compressor.errors import BadInput
+from compressor.models.builtin_sources import Factory, _build_timm, _cifar_factories, _torchvision_factories
+from compressor.models.user_code import PICKLED_SUFFIXES, _build_pickled, _build_user
+
+_REGISTRY: dict[str, Factory] = {}
+_BUILT_IN = [False]  # the built-in specs are added once, whatever a user registered before
+
+Builder = Callable[[str, int, int, bool], nn.Module]  # (spec, num_classes, in_channels, trust_code) -> model
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of spec: which specs it ``claims``, how it ``build``s one, and the built-in specs it ``lists``."""
+
+    claims: Callable[[str], bool]
+    build: Builder
+    lists: Callable[[], dict[str, Factory]] | None = None
+
+
+def _is_user_file(spec: str) -> bool:
+    """``path/to/file.py:factory``, or a bare ``path/to/file.py`` that forgot the factory."""
+    head, sep, _rest = spec.rpartition(":")
+    return (bool(sep) and head.endswith(".py")) or spec.endswith(".py")
+
+
+def _build_user_file(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
+    """A ``file.py:factory`` spec; a bare ``file.py`` is :class:`BadInput` asking for the factory's name."""
+    head, sep, _rest = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        return _build_user(spec, num_classes, in_channels, trust_code)
+    raise BadInput(f"model spec {spec!r}: name the factory function, e.g. {spec}:build")
+
+
+def _build_timm_spec(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
+    """A ``timm:NAME`` spec."""
+    return _build_timm(spec[len("timm:") :], num_classes, in_channels)
+
+
+def _build_registered(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
+    """A registered spec (built-in or :func:`register`-ed), or a bare name that exactly one of them has."""
+    _populate()
+    factory = _REGISTRY.get(spec)
+    if factory is None and ":" not in spec:
+        # Bare names are accepted when unambiguous (resnet20 -> cifar:resnet20, resnet18 -> torchvision:).
+        matches = [s for s in _REGISTRY if s.split(":", 1)[1] == spec]
+        if len(matches) == 1:
+            factory = _REGISTRY[matches[0]]
+        elif len(matches) > 1:
+            raise BadInput(f"ambiguous model name {spec!r}: use one of {', '.join(sorted(matches))}")
+    if factory is None:
+        raise BadInput(f"unknown model spec {spec!r}{_suggest(spec)}")
+    return factory(num_classes, in_channels)
+
+
+# The sources of models, tried in order: the first whose ``claims`` accepts a spec builds it (so ``x.py:f`` and
+# ``torchvision:x.pt`` are user code, not registry names). A spec none claims is looked up in the registry. Adding a
+# source is one entry; one with ``lists`` adds its specs to the registry (and to list_models).
+SOURCES: dict[str, Source] = {
+    "file.py:factory": Source(_is_user_file, _build_user_file),
+    ".pt": Source(lambda spec: spec.lower().endswith(PICKLED_SUFFIXES), _build_pickled),
+    "timm:": Source(lambda spec: spec.startswith("timm:"), _build_timm_spec),
+    "cifar:": Source(lambda spec: spec.startswith("cifar:"), _build_registered, _cifar_factories),
+    "torchvision:": Source(lambda spec: spec.startswith("torchvision:"), _build_registered, _torchvision_factories),
+}
+
+
+def register(spec: str) -> Callable[[Factory], Factory]:
+    """Register a factory ``f(num_classes, in_channels) -> nn.Module`` under ``spec``."""
+
+    def deco(fn: Factory) -> Factory:
+        _REGISTRY[spec] = fn
+        return fn
+
+    return deco
+
+
+def _populate() -> None:
+    """Add the built-in specs (once); a spec the user registered under the same name keeps the user's factory."""
+    if _BUILT_IN[0]:
+        return
+    built: dict[str, Factory] = {}
+    for source in SOURCES.values():
+        if source.lists is not None:
+            built.update(source.lists())
+    for spec, fn in built.items():
+        _REGISTRY.setdefault(spec, fn)
+    _BUILT_IN[0] = True
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """All registered specs (``cifar:*``, ``torchvision:*`` and any registered with :func:`register`; timm models
+    and user files are not listed), filtered by a glob such as ``'torchvision:resnet*'`` when given."""
+    import fnmatch
+
+    _populate()
+    return sorted(s for s in _REGISTRY if pattern is None or fnmatch.fnmatchcase(s, pattern))
+
+
+def _suggest(spec: str) -> str:
+    """A hint naming up to three registered specs close to ``spec`` (full or bare), or where to list them."""
+    names = list_models()
+    bare = {n.split(":", 1)[1]: n for n in names}
+    key = spec.split(":", 1)[-1]
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
+    close += [bare[b] for b in difflib.get_close_matches(key, list(bare), n=3, cutoff=0.6)]
+    close = list(dict.fromkeys(close))[:3]
+    return f"; did you mean {', '.join(close)}?" if close else "; `compress info --list-models` lists them"
+
+
+def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
+    """Build the model named by ``spec`` (see the module docstring) with fresh weights.
+
+    Raises :class:`BadInput` (one line) for an unknown/malformed spec, an untrusted user file, or bad
+    ``num_classes``/``in_channels``.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise BadInput("empty model spec; expected e.g. cifar:resnet20 or torchvision:resnet18")
+    spec = spec.strip()
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise BadInput(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise BadInput(f"in_channels must be a positive integer, got {in_channels!r}")
+
+    source = next((s for s in SOURCES.values() if s.claims(spec)), None)
+    build = _build_registered if source is None else source.build
+    return build(spec, num_classes, in_channels, trust_code)

@@ -1,0 +1,73 @@
+"""Input-channel adaptation: swap a model's first ``Conv2d`` for one with another number of inputs.
+
+The new weights follow timm's ``adapt_input_conv`` rule (1 channel: sum over RGB; otherwise: repeat RGB
+cyclically and scale by ``3 / in_channels``), so the initial function and scale are preserved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from compressor.errors import BadInput
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first ``Conv2d`` in module order, with its qualified name; ``None`` when the model has none."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    return None
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in ``model`` where the submodule named ``name`` (dotted) is."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+@torch.no_grad()
+def adapt_stem(model: nn.Module, in_channels: int) -> nn.Module:
+    """Replace the first ``Conv2d`` (module order) by one with ``in_channels`` inputs, in place.
+
+    The new conv keeps every other hyper-parameter (kernel, stride, padding, dilation, bias, padding
+    mode, dtype/device); its weights are derived from the old ones (timm's ``adapt_input_conv`` rule)
+    so the model's initialisation scale is preserved. Returns ``model``.
+    """
+    found = _first_conv(model)
+    if found is None:
+        raise BadInput("cannot adapt the input channels: the model has no Conv2d")
+    name, old = found
+    if old.in_channels == in_channels:
+        return model
+    if old.groups != 1:
+        raise BadInput(f"cannot adapt the input channels: first conv {name!r} is grouped")
+    new = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,  # type: ignore[arg-type]
+        stride=old.stride,  # type: ignore[arg-type]
+        padding=old.padding,  # type: ignore[arg-type]
+        dilation=old.dilation,  # type: ignore[arg-type]
+        groups=1,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    w = old.weight
+    c_old = old.in_channels
+    if in_channels == 1:
+        new_w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = math.ceil(in_channels / c_old)
+        new_w = w.repeat(1, reps, 1, 1)[:, :in_channels] * (c_old / in_channels)
+    new.weight.copy_(new_w)
+    if old.bias is not None:
+        new.bias.copy_(old.bias)  # type: ignore[union-attr]
+    new.train(old.training)
+    _set_submodule(model, name, new)
+    return model
