@@ -258,40 +258,17 @@ def _through_files(param_bytes: int, fp16: bool, external_data: bool | None) -> 
     return external_data is True or param_bytes >= EXTERNAL_DATA_THRESHOLD
 
 
-def _export_checked(
-    model: nn.Module,
-    shape: tuple[int, ...],
-    out: Path,
-    example: torch.Tensor,
-    output_names: list[str],
-    workdir: Path | None,
-    *,
-    opset: int,
-    dynamic_batch: bool,
-    simplify: bool,
-    metadata: dict[str, Any] | None,
-    verify_batches: Sequence[int],
-    rtol: float,
-    atol: float,
-    exporter: str,
-    precision: str,
-    external_data: bool | None,
-) -> dict:
+def _export_checked(model: nn.Module, shape: tuple[int, ...], out: Path, example: torch.Tensor,
+                    output_names: list[str], workdir: Path | None, *, opset: int, dynamic_batch: bool,
+                    simplify: bool, metadata: dict[str, Any] | None, verify_batches: Sequence[int], rtol: float,
+                    atol: float, exporter: str, precision: str, external_data: bool | None) -> dict:  # fmt: skip
     """Export, stamp, verify and write ``model`` (the pipeline of the module docstring); the result of the export.
 
     It stays this long because it hands every step its options by keyword and spells out the result's keys.
     """
     proto, used, fallback_reason, simplified, slim_error = _exported(
-        model,
-        example,
-        output_names,
-        workdir,
-        opset=opset,
-        dynamic_batch=dynamic_batch,
-        simplify=simplify,
-        exporter=exporter,
-        precision=precision,
-    )
+        model, example, output_names, workdir, opset=opset, dynamic_batch=dynamic_batch, simplify=simplify,
+        exporter=exporter, precision=precision)  # fmt: skip
     dynamic = _input_batch_is_symbolic(proto)
     batches = _verify_batch_sizes(dynamic, verify_batches)
     props = _export_props(
@@ -339,18 +316,9 @@ def _export_checked(
     }
 
 
-def _exported(
-    model: nn.Module,
-    example: torch.Tensor,
-    output_names: list[str],
-    workdir: Path | None,
-    *,
-    opset: int,
-    dynamic_batch: bool,
-    simplify: bool,
-    exporter: str,
-    precision: str,
-) -> tuple[onnx.ModelProto, str, str | None, bool, str | None]:
+def _exported(model: nn.Module, example: torch.Tensor, output_names: list[str], workdir: Path | None, *, opset: int,
+              dynamic_batch: bool, simplify: bool, exporter: str,
+              precision: str) -> tuple[onnx.ModelProto, str, str | None, bool, str | None]:  # fmt: skip
     """Export (with fallback), slim and convert to float16 as asked, each step checked.
 
     Returns (proto, exporter used, fallback reason, simplified, slim error). Through files, each step's input

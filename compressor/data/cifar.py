@@ -138,18 +138,8 @@ def _cifar_spec(canon: str, spec: str, request: LoadRequest) -> DataBundle:
     """``cifar10`` / ``cifar100`` (``canon``): the pickles as in-memory tensors."""
     xtr, ytr, xte, yte, classes, source = _cifar(canon, request.data_dir, request.download)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if canon == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    k = len(classes)
-    return in_memory_bundle(
-        spec,
-        request,
-        (xtr, ytr, xte, yte),
-        name=canon,
-        classes=classes,
-        num_classes=k,
-        mean=mean,
-        std=std,
-        source=source,
-    )
+    return in_memory_bundle(spec, request, (xtr, ytr, xte, yte), name=canon, classes=classes,
+                            num_classes=len(classes), mean=mean, std=std, source=source)  # fmt: skip
 
 
 def cifar10_spec(spec: str, rest: str, request: LoadRequest) -> DataBundle:

@@ -53,14 +53,5 @@ def synthetic_spec(spec: str, rest: str, request: LoadRequest) -> DataBundle:
     mean = tuple(float(v) for v in xf.mean(dim=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in xf.std(dim=(0, 2, 3)))
     classes, name, source = [str(i) for i in range(k)], f"synthetic:{'x'.join(map(str, shape))}:{k}", ""
-    return in_memory_bundle(
-        spec,
-        request,
-        (xtr, ytr, xte, yte),
-        name=name,
-        classes=classes,
-        num_classes=k,
-        mean=mean,
-        std=std,
-        source=source,
-    )
+    return in_memory_bundle(spec, request, (xtr, ytr, xte, yte), name=name, classes=classes, num_classes=k,
+                            mean=mean, std=std, source=source)  # fmt: skip
