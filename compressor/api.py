@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor.artifacts import pruned_payload
 from compressor.budget import Budget, solve_counts
 from compressor.errors import BadInput
-from compressor.graph import Masks, PruningGraph, pruned_payload
+from compressor.graph import Masks, PruningGraph
 from compressor.methods.base import Context, Method
 from compressor.methods.registry import METHODS, build_method, method_parameters
 
@@ -71,6 +72,9 @@ class Pruner:
                                            ignore_stem=ignore_stem, group_max_ratio=group_max_ratio,
                                            outputs=outputs)  # fmt: skip
         self.budget = budget or Budget(self.graph)
+        if isinstance(method, Method) and method_options:
+            raise BadInput(f"method options ({', '.join(sorted(method_options))}) go with a method name; this "
+                           f"{type(method).__name__} object is already built with its own")  # fmt: skip
         self.method = method if isinstance(method, Method) else make_method(method, method_options)
         self.weights = weights
         self._ctx_args = {"train_loader": train_loader, "loss_fn": loss_fn or nn.CrossEntropyLoss(), "lr": lr,

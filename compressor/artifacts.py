@@ -1,7 +1,7 @@
 """The pruned-model file format: plain spec dicts in, ``torch.load(weights_only=True)`` out.
 
 A file holds the model spec (``{"model", "num_classes", "in_channels", "trust_code"}``), the input shape, the
-DepGraph pruning history and the slim state_dict (see :func:`compressor.graph.pruned_payload`); loading rebuilds
+DepGraph pruning history and the slim state_dict (:func:`pruned_payload`); loading rebuilds
 the dense architecture from the spec, replays the history, then loads the weights.
 """
 
@@ -13,8 +13,24 @@ from typing import Any
 import torch
 
 from compressor.errors import BadInput, one_line
-from compressor.graph import PRUNED_FORMAT, rebuild_pruned
+from compressor.graph import TP_VERSION, rebuild_pruned
 from compressor.models import build_model, read_checkpoint
+
+PRUNED_FORMAT = "compress.pruned/1"
+
+
+def pruned_payload(spec: dict[str, Any], input_shape: tuple[int, ...], history: list, model: torch.nn.Module,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What a pruned-model file holds: plain types only, so ``torch.load(weights_only=True)`` reads it."""
+    return {
+        "format": PRUNED_FORMAT,
+        "spec": dict(spec),
+        "input_shape": list(input_shape),
+        "history": history,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "torch_pruning": TP_VERSION,
+        **(extra or {}),
+    }
 
 
 def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:

@@ -30,6 +30,7 @@ def opt(default: Any, help: str = "", *, choices: tuple[str, ...] | None = None,
     ``flag``: a bool's CLI form (``plain``: ``--x``; default ``--x/--no-x``, or ``--x/OFF`` with ``off``);
     ``resume``: ``free`` where ``--resume`` may change the value."""
     assert flag in (None, *FLAGS) and resume in RESUME, (flag, resume)
+    assert not (flag == "plain" and default is True), "a plain flag is off unless given: default False"
     meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "resume": resume,
             "show_default": show_default, "off": off}  # fmt: skip
     if default is REQUIRED:
@@ -37,6 +38,11 @@ def opt(default: Any, help: str = "", *, choices: tuple[str, ...] | None = None,
     if default in (list, dict):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def optional(f: dataclasses.Field) -> bool:
+    """Whether ``None`` is a value of the field (its type says ``| None``)."""
+    return str(f.type).endswith("| None")
 
 
 def option_kind(f: dataclasses.Field) -> str:
@@ -80,9 +86,11 @@ def coerce_fields(obj: Any, prefix: str = "--") -> None:
     for f in fields(obj):
         value = getattr(obj, f.name)
         kind = option_kind(f)
+        name = f"{prefix}{f.name.replace('_', '-')}"
+        if value is None and not optional(f) and f.default is not None:
+            raise BadInput(f"{name}: expected {kind}, got null")
         if value is None or kind not in _COERCE:
             continue
-        name = f"{prefix}{f.name.replace('_', '-')}"
         try:
             value = _COERCE[kind](value)
         except (TypeError, ValueError):
@@ -218,10 +226,10 @@ class PruneOptions:
         resume="free",
     )
     allocation: str = opt(
-        "uniform",
+        ALLOCATIONS[0],
         "Baselines: the same pruned ratio in every group, or ratios weighted by the measured ms saved per MAC removed "
         "in each group (times one-group probes on --latency-provider/--latency-batch).",
-        choices=("uniform", "latency"),
+        choices=ALLOCATIONS,
     )
     allocation_power: float = opt(2.0, "--allocation latency: weights are (ms saved per MAC, relative) ** POWER.")
     epochs: int = opt(0, "Epochs of pruning/fine-tuning (0 = one-shot prune of the given weights).")
@@ -339,12 +347,12 @@ class PruneOptions:
             raise BadInput("--from-scratch prunes during training from random init: drop --pretrain-epochs")
         if self.from_scratch and self.epochs < 1:
             raise BadInput("--from-scratch needs --epochs >= 1")
-        for name in ("epochs", "pretrain_epochs", "finetune_epochs", "psap_pulse_iters", "checkpoint_every"):
+        for name in ("epochs", "pretrain_epochs", "finetune_epochs", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= 0")
         if self.prune_every < 1 or self.steps < 1:
             raise BadInput("--prune-every and --steps must be >= 1")
-        if (self.prune_at or self.allocation_from) and self.method in ("psap", "aster"):
+        if (self.prune_at or self.allocation_from) and self.method not in BASELINES:
             raise BadInput(f"--prune-at and --allocation-from are for the one-shot baselines, not {self.method}")
         if not 0 <= self.prune_at < max(self.epochs, 1):
             raise BadInput(f"--prune-at must be in [0, --epochs), got {self.prune_at} with --epochs {self.epochs}")

@@ -94,3 +94,46 @@ def test_provider_names_agree_with_the_harness() -> None:
     from compressor.config import PROVIDERS
 
     assert tuple(ORT_PROVIDERS) == PROVIDERS
+
+
+def test_null_is_refused_where_an_option_has_no_none() -> None:
+    """A recipe's ``null`` for an option without a None meaning is bad input, not a silent other reading."""
+    from compressor.errors import BadInput
+    from compressor.methods.options import PSAPOptions
+
+    for key in ("psap_pulse", "aster_reduce", "aster_sensitivity", "lr"):
+        with pytest.raises(BadInput, match="got null"):
+            PruneConfig(model="m", out="o", **{key: None})
+    assert PruneConfig(model="m", out="o", psap_mode=None, finetune_lr=None).psap_mode is None  # "from the variant"
+    with pytest.raises(ValueError, match="psap pulse must be given"):
+        PSAPOptions(pulse=None)
+
+
+def test_shared_method_defaults_are_the_config_defaults() -> None:
+    """Options every method reads from the shared config (steps, seed, ...) default the same in the constructors."""
+    import inspect
+
+    from compressor.config import PruneOptions, defaults
+    from compressor.methods.aster import ASTER
+    from compressor.methods.baselines import ImportanceBaseline
+    from compressor.methods.psap import PSAP
+
+    shared = defaults(PruneOptions)
+    shared["schedule"] = shared.pop("prune_schedule")  # method_options() passes --prune-schedule as schedule
+    for cls in (PSAP, ASTER, ImportanceBaseline):
+        for name, p in inspect.signature(cls.__init__).parameters.items():
+            if name in shared and p.default is not inspect.Parameter.empty:
+                assert p.default == shared[name], (cls.__name__, name)
+
+
+def test_a_built_method_takes_no_more_options() -> None:
+    import torch
+
+    from compressor.api import Pruner
+    from compressor.errors import BadInput
+    from compressor.methods.registry import build_method
+    from compressor.models import build_model
+
+    with pytest.raises(BadInput, match="go with a method name"):
+        Pruner(build_model("cifar:resnet20"), torch.zeros(1, 3, 32, 32), method=build_method("psap"),
+               target_flops=0.5, epochs=1, steps_per_epoch=1, gama=2.0)  # fmt: skip

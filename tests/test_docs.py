@@ -171,7 +171,7 @@ def test_recipes_use_existing_keys(path: Path) -> None:
     from compressor.jobs.run import EXPORT_KEYS
 
     allowed = {
-        "prune": {f.name for f in dataclasses.fields(PruneConfig)} - {"extra"},
+        "prune": {f.name for f in dataclasses.fields(PruneConfig)},
         "export": set(EXPORT_KEYS),
         "bench": set(BENCH_DEFAULTS),
     }

@@ -410,7 +410,7 @@ def tiny_run(tmp_path_factory):
     """A run directory as `compress prune` writes it (pruned.pt, dense.pt, report.json), without training."""
     import json
 
-    from compressor.graph import pruned_payload
+    from compressor.artifacts import pruned_payload
     from compressor.models import build_model
 
     root = tmp_path_factory.mktemp("tiny_run")

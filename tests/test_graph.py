@@ -17,15 +17,9 @@ from hypothesis import strategies as st
 from torch import nn
 from zoo import MODELS, NUM_CLASSES, random_masks
 
+from compressor.artifacts import PRUNED_FORMAT, pruned_payload
 from compressor.errors import BadInput
-from compressor.graph import (
-    PRUNED_FORMAT,
-    PruningGraph,
-    count_ops_and_params,
-    pruned_payload,
-    rebuild_pruned,
-    tp_importances,
-)
+from compressor.graph import PruningGraph, count_ops_and_params, rebuild_pruned, tp_importances
 from compressor.models import build_model
 
 SEEDS = [0, 1]

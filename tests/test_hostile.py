@@ -28,7 +28,7 @@ import yaml
 from onnx import TensorProto, helper
 from torch import nn
 
-from compressor.graph import pruned_payload
+from compressor.artifacts import pruned_payload
 from compressor.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ Modules: ``pruning_graph`` (the :class:`PruningGraph`), ``groups`` (its data cla
 
 from __future__ import annotations
 
-from compressor.graph.files import PRUNED_FORMAT, TP_VERSION, pruned_payload, rebuild_pruned
+from compressor.graph.files import TP_VERSION, rebuild_pruned
 from compressor.graph.groups import ChannelGroup, Cost, Dim, Masks, Member
 from compressor.graph.limits import GRAPH_MEMORY_GB, GRAPH_SECONDS, UNSUPPORTED, _memory_limit
 from compressor.graph.outputs import _classifiers, check_logits
@@ -25,7 +25,6 @@ from compressor.graph.tp import count_ops_and_params, tp_importances
 __all__ = [
     "GRAPH_MEMORY_GB",
     "GRAPH_SECONDS",
-    "PRUNED_FORMAT",
     "TP_VERSION",
     "UNSUPPORTED",
     "ChannelGroup",
@@ -38,7 +37,6 @@ __all__ = [
     "_memory_limit",
     "check_logits",
     "count_ops_and_params",
-    "pruned_payload",
     "rebuild_pruned",
     "resolve_ignore",
     "tp_importances",

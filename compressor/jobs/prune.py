@@ -16,11 +16,11 @@ import yaml
 
 from compressor import tool_version
 from compressor.api import Pruner
-from compressor.artifacts import build_from_spec, load_pruned
+from compressor.artifacts import build_from_spec, load_pruned, pruned_payload
 from compressor.budget import Budget
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed
-from compressor.graph import PruningGraph, count_ops_and_params, pruned_payload
+from compressor.graph import PruningGraph, count_ops_and_params
 from compressor.jobs.config import RESUME_FIXED, PruneConfig
 from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.methods.base import Method

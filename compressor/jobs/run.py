@@ -40,7 +40,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
     unknown = sorted(set(recipe) - set(SECTIONS))
     if unknown:
         raise BadInput(f"unknown recipe section(s): {', '.join(unknown)} (expected {', '.join(SECTIONS)})")
-    fields = {f.name for f in dataclasses.fields(PruneConfig)} - {"extra"}
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
     p = _section(recipe, "prune", fields)
     if out:
         p["out"] = out
@@ -55,7 +55,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
 
     report = prune(config)
     run_dir = Path(p["out"])
-    write_text(run_dir / "recipe.yaml", yaml.safe_dump({"prune": _plain_config(config), "export": e,
+    write_text(run_dir / "recipe.yaml", yaml.safe_dump({"prune": dict(vars(config)), "export": e,
                                                          "bench": bench_opts}, sort_keys=False))  # fmt: skip
     pruned = export(run_dir, trust_code=config.trust_code, **e)
     dense = export(run_dir, dense=True, trust_code=config.trust_code, **e)
@@ -133,10 +133,6 @@ def _check_export_bench(e: dict[str, Any], b: dict[str, Any]) -> None:
     )
     if b.get("compare"):
         load_previous(b["compare"])
-
-
-def _plain_config(config: PruneConfig) -> dict[str, Any]:
-    return dict(vars(config))
 
 
 def print_summary(s: dict[str, Any]) -> None:

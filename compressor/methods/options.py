@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from compressor.config import opt, option_kind
+from compressor.config import opt, option_kind, optional
 
 
 class MethodOptions:
@@ -29,6 +29,8 @@ class MethodOptions:
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
             value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if value is None and not optional(f):
+                raise ValueError(f"{self.method} {f.name.replace('_', ' ')} must be given, not null")
             if choices and value is not None and value not in choices:
                 raise ValueError(f"{self.method} {f.name.replace('_', ' ')} must be one of {', '.join(choices)}, "
                                  f"got {value!r}")  # fmt: skip

@@ -79,6 +79,8 @@ class PSAP(Method):
         """``options``: the fields of :class:`~compressor.methods.options.PSAPOptions` (their defaults)."""
         super().__init__()
         o = PSAPOptions.of(options)
+        if o.pulse_iters < 0:
+            raise ValueError(f"--psap-pulse-iters must be >= 0, got {o.pulse_iters}")
         second = {"mode": o.mode, "protection": o.protection, "readmit": o.readmit, "score": o.score,
                   "freeze_at": o.freeze_at, "steps_per_epoch": o.steps_per_epoch,
                   "protect_steps": o.protect_steps}  # fmt: skip

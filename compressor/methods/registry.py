@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import fields
 
+from compressor.config import BASELINES
 from compressor.errors import BadInput
 from compressor.methods.aster import ASTER
 from compressor.methods.base import Context, Method
@@ -31,7 +32,7 @@ def _accepting(cls: type[Method], *args: object, options: type | None = None) ->
 METHODS: dict[str, Callable[..., Method]] = {
     "psap": _accepting(PSAP, options=METHOD_OPTIONS["psap"]),
     "aster": _accepting(ASTER, options=METHOD_OPTIONS["aster"]),
-    **{name: _accepting(ImportanceBaseline, name) for name in ("l1", "l2", "bn-scale", "taylor", "random")},
+    **{name: _accepting(ImportanceBaseline, name) for name in BASELINES},
 }
 
 
