@@ -43,12 +43,13 @@ from benchmarks.backends import (
     torch_threads_kept,
 )
 from compressor import tool_version
+from compressor.config import DEFAULT_BENCH as _B
 from compressor.errors import BadInput, one_line
 
 PROVIDERS = ORT_PROVIDERS  # the ONNX Runtime providers (``--latency-provider`` and friends)
 SCHEMA = 2
 COV_WARN = 0.03  # a setting whose coefficient of variation exceeds this gets a warning
-MIN_ITERS = 10
+MIN_ITERS = _B.min_iters
 
 _DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE
 
@@ -369,8 +370,8 @@ def bench(
     batches: Sequence[int] = (1,),
     threads: int | None = None,
     inter_threads: int | None = None,
-    warmup: int = 10,
-    iters: int | None = 100,
+    warmup: int = _B.warmup,
+    iters: int | None = _B.iters,
     min_iters: int = MIN_ITERS,
     duration: float | None = None,
     seed: int = 0,

@@ -31,6 +31,7 @@ from torch import nn
 
 from compressor.artifacts import pruned_payload
 from compressor.budget import Budget, solve_counts
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.errors import BadInput
 from compressor.graph import Masks, PruningGraph
 from compressor.methods.base import Context, Method
@@ -51,7 +52,7 @@ class Pruner:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, method: str | Method = "psap",
                  target_flops: float | None = None, target_params: float | None = None, epochs: int,
-                 steps_per_epoch: int, round_to: int = 8, max_layer_ratio: float = 0.8,
+                 steps_per_epoch: int, round_to: int = _P.round_to, max_layer_ratio: float = _P.max_layer_ratio,
                  ignore: Iterable[str] = (), ignore_stem: bool = False, group_max_ratio: dict[str, float] | None = None,
                  outputs: list[nn.Module] | None = None, arch: str = "", train_loader: Iterable[Any] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, lr: float | None = None,

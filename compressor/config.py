@@ -469,3 +469,10 @@ class BenchOptions:
         "With --compare: exit 1 when a p50 is more than PCT percent slower.",
         metavar="PCT",
     )
+
+
+#: The defaults as objects, for library signatures (``round_to: int = DEFAULT_PRUNE.round_to``): the API, the
+#: exporter and the harness take their defaults from the same fields as the CLI and recipes.
+DEFAULT_PRUNE = PruneOptions(model="", out="")
+DEFAULT_EXPORT = ExportOptions()
+DEFAULT_BENCH = BenchOptions()

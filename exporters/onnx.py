@@ -69,6 +69,7 @@ import onnx
 import torch
 from torch import nn
 
+from compressor.config import DEFAULT_EXPORT as _E
 from compressor.errors import BadInput, one_line
 from compressor.runtime.atomic import check_output_file
 from exporters.check import _check_data_path
@@ -130,9 +131,9 @@ EXTERNAL_DATA_THRESHOLD = int(0.9 * onnx.checker.MAXIMUM_PROTOBUF)
 
 def check_options(
     *,
-    opset: Any = 17,
-    exporter: Any = "auto",
-    fp16: Any = False,
+    opset: Any = _E.opset,
+    exporter: Any = _E.exporter,
+    fp16: Any = _E.fp16,
     rtol: Any = None,
     atol: Any = None,
     external_data: Any = None,
@@ -178,16 +179,16 @@ def export_onnx(
     input_shape: tuple[int, ...],
     out: str | Path,
     *,
-    opset: int = 17,
-    dynamic_batch: bool = True,
-    simplify: bool = True,
+    opset: int = _E.opset,
+    dynamic_batch: bool = _E.dynamic_batch,
+    simplify: bool = _E.simplify,
     metadata: dict[str, str] | None = None,
     verify_batches: tuple[int, ...] = (1, 4),
     rtol: float | None = None,
     atol: float | None = None,
-    exporter: str = "auto",
-    fp16: bool = False,
-    external_data: bool | None = None,
+    exporter: str = _E.exporter,
+    fp16: bool = _E.fp16,
+    external_data: bool | None = _E.external_data,
 ) -> dict:
     """Export ``model`` for inputs ``(N, *input_shape)`` to ``out``; see the module docstring.
 

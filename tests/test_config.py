@@ -137,3 +137,30 @@ def test_a_built_method_takes_no_more_options() -> None:
     with pytest.raises(BadInput, match="go with a method name"):
         Pruner(build_model("cifar:resnet20"), torch.zeros(1, 3, 32, 32), method=build_method("psap"),
                target_flops=0.5, epochs=1, steps_per_epoch=1, gama=2.0)  # fmt: skip
+
+
+def test_library_signatures_take_the_option_defaults() -> None:
+    """The Python API, the exporter, the harness and the data loader default as the CLI does."""
+    import inspect
+
+    from benchmarks.latency import bench
+    from compressor.api import Pruner
+    from compressor.config import BenchOptions, ExportOptions, PruneOptions, defaults
+    from compressor.data import load_data
+    from compressor.jobs.info import model_info
+    from exporters.onnx import check_options, export_onnx
+
+    prune, export, timing = defaults(PruneOptions), defaults(ExportOptions), defaults(BenchOptions)
+
+    def sig(fn: object) -> dict:
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+
+    assert (sig(Pruner)["round_to"], sig(Pruner)["max_layer_ratio"]) == (prune["round_to"], prune["max_layer_ratio"])
+    assert (sig(model_info)["round_to"], sig(model_info)["max_ratio"]) == (prune["round_to"], prune["max_layer_ratio"])
+    assert sig(load_data)["batch_size"] == prune["batch_size"]
+    for fn in (export_onnx, check_options):
+        for name, value in sig(fn).items():
+            if name in export and name not in ("rtol", "atol"):
+                assert value == export[name], (fn.__name__, name)
+    for name in ("warmup", "iters", "min_iters"):
+        assert sig(bench)[name] == timing[name], name

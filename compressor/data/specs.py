@@ -32,6 +32,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.data.bundle import DataBundle, LoadRequest, SpecHandler
 from compressor.data.cifar import cifar10_spec, cifar100_spec
 from compressor.data.fashion_mnist import fashion_mnist_spec
@@ -102,7 +103,7 @@ def load_data(
     spec: str,
     *,
     data_dir: str | None = None,
-    batch_size: int = 128,
+    batch_size: int = _P.batch_size,
     eval_batch_size: int = 256,
     val_fraction: float = 0.1,
     train_subset: int | None = None,

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from compressor.budget import Budget, reachable, solve_counts
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.config import parse_patterns, parse_ratios
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
@@ -42,8 +43,8 @@ def model_info(
     data: str = "fashion-mnist",
     input_shape: str | None = None,
     num_classes: int = 10,
-    round_to: int = 8,
-    max_ratio: float = 0.8,
+    round_to: int = _P.round_to,
+    max_ratio: float = _P.max_layer_ratio,
     target_flops: float | None = None,
     trust_code: bool = False,
     ignore: Any = None,
