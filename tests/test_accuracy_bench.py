@@ -12,6 +12,7 @@ from compressor.errors import BadInput
 DATA = "synthetic:1x28x28:10:256:64"
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path, one_thread):
     results = tmp_path / "results" / "accuracy"
     argv = ["--data", DATA, "--models", "cifar:resnet20", "--epochs", "1", "--targets", "0.5",

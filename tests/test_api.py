@@ -65,6 +65,7 @@ def test_a_registry_model_round_trips(tmp_path: Path) -> None:
     assert 0.5 <= pruner.drop() <= 0.505 and payload["spec"]["model"] == "cifar:resnet20"
 
 
+@pytest.mark.slow
 def test_custom_loop_example_runs_psap_and_aster(tmp_path: Path) -> None:
     """The README's own-loop example: a density-map model and MSE, pruned with PSAP and with ASTER, saved,
     reloaded in a fresh process and exported; the script checks the reloaded export verifies."""

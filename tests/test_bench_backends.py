@@ -103,6 +103,7 @@ def test_torch_cuda_without_gpu_is_a_failed_gate(run_dir):
         bench({"m": run_dir}, providers="cpu,torch-cuda", iters=1)
 
 
+@pytest.mark.slow
 def test_cli_outputs_and_gates(run_dir, tmp_path):
     """One CLI run writes JSON, CSV, Markdown and PNG; --fail-above-p50 and --compare gate it (exit 1)."""
     base = [sys.executable, "-m", "compressor.cli", "bench", str(run_dir), "--baseline", str(run_dir / "dense.onnx"),

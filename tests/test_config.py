@@ -20,6 +20,7 @@ def test_every_option_is_resume_fixed_unless_declared_free() -> None:
 def test_method_options_are_the_methods_defaults() -> None:
     """A psap_*/aster_* field of PruneConfig is the method's own option field (one default, one help); a method
     built with no options holds those defaults."""
+    from compressor.methods import psap as psap_module
     from compressor.methods.options import METHOD_OPTIONS
     from compressor.methods.registry import build_method, method_parameters
 
@@ -31,7 +32,8 @@ def test_method_options_are_the_methods_defaults() -> None:
             assert f.name in method_parameters(method), f.name
     psap, aster = build_method("psap"), build_method("aster")
     o = METHOD_OPTIONS["psap"]()
-    assert (psap.beta, psap.gamma, psap.pulse_iters, psap.variant) == (o.beta, o.gamma, o.pulse_iters, o.variant)
+    assert (psap.beta, psap.pulse_iters, psap.variant) == (o.beta, o.pulse_iters, o.variant)
+    assert o.gamma is None and psap.gamma == psap_module.VARIANTS[o.variant]["gamma"]  # None: from the variant
     a = METHOD_OPTIONS["aster"]()
     assert (aster.tau, aster.x, aster.variant, aster.eta0_fixed) == (a.tau0, a.x, a.variant, a.eta0)
 

@@ -144,6 +144,7 @@ def test_a_plain_torch_file_is_not_a_checkpoint(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path: Path, reference: Path) -> None:
     """Kill the run at random instants (startup, training, checkpoint writes, the finish) and resume each time."""
     out = tmp_path / "run"
@@ -205,6 +206,7 @@ def _signal_mid_training(out: Path, sig: int) -> subprocess.CompletedProcess[str
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_and_resumes(tmp_path: Path, reference: Path, sig: int, code: int) -> None:
     out = tmp_path / "run"
@@ -222,6 +224,7 @@ def test_signal_stops_cleanly_and_resumes(tmp_path: Path, reference: Path, sig: 
     _assert_same_run(out, reference)
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt(tmp_path: Path,
                                                                                  reference: Path) -> None:  # fmt: skip
     out = tmp_path / "run"

@@ -221,6 +221,7 @@ def study(tmp_path_factory, one_thread):
     return tmp, argv, out
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(study):
     tmp, argv, out = study
     data = json.loads((tmp / "results" / "methods.json").read_text())

@@ -174,6 +174,7 @@ def test_state_round_trips_through_weights_only_load(data) -> None:
     assert set(other.snapshots) == set(method.snapshots)
 
 
+@pytest.mark.slow
 def test_cli_from_scratch_writes_records_and_plot(tmp_path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "compressor.cli", "prune", "--model", "cifar:resnet20", "--data",

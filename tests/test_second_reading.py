@@ -201,7 +201,8 @@ def test_aster_v2_prunes_exactly_while_searching_and_rounds_at_the_freeze(data) 
 
 
 def test_aster_v2_prunes_inside_the_epoch_with_a_fixed_eta(data) -> None:
-    model, graph, budget, method, trainer = _setup(data, "aster", epochs=3, target=0.5, sensitivity="gradient")
+    model, graph, budget, method, trainer = _setup(data, "aster", epochs=3, target=0.5, sensitivity="gradient",
+                                                   prunes_per_epoch=4)  # fmt: skip
     assert method.eta0 == 0.1 and method.points == {0, 1, 2}  # 4 points per epoch of 4 batches: 3 inside + the end
     trainer.fit()
     assert method.frozen
@@ -321,6 +322,7 @@ def test_materialize_early_trains_the_slim_model_under_one_schedule(tmp_path) ->
     assert [h["epoch"] for h in psap["history"]] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_materialize_early_resumes_bit_identically(tmp_path, stop_after) -> None:
     from compressor.errors import Interrupted
     from compressor.jobs.prune import PruneConfig, prune

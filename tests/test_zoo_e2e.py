@@ -40,6 +40,7 @@ def _invoke(args: list[str]) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "shape", "method", "target"), CASES, ids=[c[0].split(":")[-1] for c in CASES])
 def test_prune_materialize_export_verify(tmp_path: Path, spec: str, shape: str, method: str, target: float) -> None:
     run = tmp_path / "run"

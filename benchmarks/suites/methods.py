@@ -96,8 +96,10 @@ ROUND_TO = 1
 OVERHEAD_EPOCHS = 3
 OVERHEAD_METHODS = ("psap", "aster")
 
-_V2 = {"method": "psap", "psap_variant": "v2"}
-_A2 = {"method": "aster", "aster_variant": "v2"}
+# The dev tier's ablations switch one candidate off the v2 reading as it stood then (gamma 1, four prunes an epoch);
+# the settings chosen there (psap-g4, aster-once) became v2's defaults, which the confirm tier's psap and aster use.
+_V2 = {"method": "psap", "psap_variant": "v2", "psap_gamma": 1.0}
+_A2 = {"method": "aster", "aster_variant": "v2", "aster_prunes_per_epoch": 4}
 
 #: Research variants: name -> PruneConfig options (one line each).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -106,7 +108,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "l1-iter3": {"method": "l1", "steps": 3},
     "sfp": {"method": "psap", "psap_variant": "v1", "psap_adaptive": False, "psap_protect": False},
     "psap-v1": {"method": "psap", "psap_variant": "v1"},
-    "psap": {"method": "psap", "psap_variant": "v2"},
+    "psap": {"method": "psap", "psap_variant": "v2"},  # the chosen settings: v2's defaults (gamma 4)
+    "psap-g1": {**_V2},  # v2 as first set: protect at gamma 1
     # PSAP ablations: v2 with one candidate switched back
     "psap-filter": {**_V2, "psap_mode": "filter"},
     "psap-extra": {**_V2, "psap_protection": "extra"},
@@ -122,7 +125,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "psap-f0.2-g4": {**_V2, "psap_freeze_at": 0.2, "psap_gamma": 4.0},  # both trials together
     "psap-uniform": {**_V2, "psap_adaptive": False},
     "aster-v1": {"method": "aster", "aster_variant": "v1"},
-    "aster": {"method": "aster", "aster_variant": "v2"},
+    "aster": {"method": "aster", "aster_variant": "v2"},  # the chosen settings: v2's defaults (one prune an epoch)
+    "aster-p4": {**_A2},  # v2 as first set: four prunes an epoch
     # ASTER ablations: v2 with one candidate switched back
     "aster-once": {**_A2, "aster_prunes_per_epoch": 1},  # (search "rounded" equals "exact" at round_to 1)
     "aster-eta-lr": {**_A2, "aster_eta": "lr"},
@@ -143,12 +147,12 @@ CONTROLS: dict[str, tuple[str, dict[str, Any]]] = {
 
 #: psap-extra is left out: protection floors never bind at these budgets, so it equals psap (measured at seed 0 of
 #: the dev tier: the same masks and accuracy); psap-churn measures what v1's protection did differently.
-_PSAP_ABLATIONS = [v for v in VARIANTS if v.startswith("psap-") and v not in ("psap-v1", "psap-extra")]
-_ASTER_ABLATIONS = [v for v in VARIANTS if v.startswith("aster-") and v != "aster-v1"]
-DEV_VARIANTS = [DENSE, "l1", "bn-scale", "sfp", "psap-v1", "psap", *_PSAP_ABLATIONS, "aster-v1", "aster",
+_PSAP_ABLATIONS = [v for v in VARIANTS if v.startswith("psap-") and v not in ("psap-v1", "psap-extra", "psap-g1")]
+_ASTER_ABLATIONS = [v for v in VARIANTS if v.startswith("aster-") and v not in ("aster-v1", "aster-p4")]
+DEV_VARIANTS = [DENSE, "l1", "bn-scale", "sfp", "psap-v1", "psap-g1", *_PSAP_ABLATIONS, "aster-v1", "aster-p4",
                 *_ASTER_ABLATIONS]  # fmt: skip
 MAIN_VARIANTS = [DENSE, "l1", "bn-scale", "sfp", "psap", "aster"]
-DEV_MAIN = [*MAIN_VARIANTS, "psap-v1", "aster-v1"]  # the dev tier's scratch start runs these first
+DEV_MAIN = [DENSE, "l1", "bn-scale", "sfp", "psap-g1", "aster-p4", "psap-v1", "aster-v1"]  # scratch runs these first
 CONTROL_VARIANTS = ["l1-iter3", "l1-matched-psap", "l1-matched-aster", "random-alloc-psap", "random-alloc-aster"]
 DISTILL_VARIANTS = [BEST_DISTILL, "psap+distill", "aster+distill"]
 

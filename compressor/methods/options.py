@@ -53,7 +53,11 @@ class PSAPOptions(MethodOptions):
     )
     beta_filter: float = opt(0.5, "PSAP filter-level sparsity threshold (our choice; the spec leaves it open).")
     pulse_iters: int = opt(20, "PSAP protection: iterations after a step over which gradient pulses accumulate.")
-    gamma: float = opt(1.0, "PSAP protection: protect when pulse >= gamma * median pulse of kept channels.")
+    gamma: float | None = opt(
+        None,
+        "PSAP protection: protect when pulse >= gamma * median pulse of kept channels (default from the variant: "
+        "v2 4, chosen on validation; v1 1).",
+    )
     pulse: str = opt(
         "bn",
         "PSAP pulse: gradient norm x BN input std (fair behind BN, our reading), the spec's raw gradient norm, or "
@@ -153,7 +157,7 @@ class ASTEROptions(MethodOptions):
     eps: float = opt(1e-12, "ASTER: tau moves only when the sensitivity S exceeds this.")
     variant: str = opt(
         "v2",
-        "ASTER reading: v2 (prune exactly score < tau while searching, 4 times an epoch, BN re-estimation, rounding "
+        "ASTER reading: v2 (prune exactly score < tau while searching, once an epoch, BN re-estimation, rounding "
         "at the freeze, eta0 0.1; docs/methods.md) or v1 (the first implementation).",
         choices=("v2", "v1"),
     )
@@ -170,7 +174,9 @@ class ASTEROptions(MethodOptions):
     )
     eta0: float = opt(0.1, "ASTER: eta0 with --aster-eta fixed (the authors' value).")
     prunes_per_epoch: int | None = opt(
-        None, "ASTER: prune score < tau this many times an epoch while searching (v2 4, v1 1)."
+        None,
+        "ASTER: prune score < tau this many times an epoch while searching (v2 and v1: 1; 4 was measured, "
+        "docs/methods.md).",
     )
     normalize: bool = opt(False, "ASTER: score each BN's |gamma| relative to that BN's mean (per-BN allocation).")
     curvature: str | None = opt(

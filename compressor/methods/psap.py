@@ -45,9 +45,10 @@ PROTECT_COOLDOWN = 4  # v2: a channel is protected at most once in this many ste
 #: selection, protection kept on top of the budget). v2 (the default): PSAP.md's second reading, each candidate
 #: an option: BN gates, budget-neutral swaps, re-admission from the snapshot, an early freeze, the group magnitude.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "v1": {"sparsity_scope": "all"},
+    "v1": {"sparsity_scope": "all", "gamma": 1.0},
     "v2": {"mode": "gate", "protection": "swap", "readmit": "snapshot", "score": "magnitude",
-           "sparsity_scope": "kept", "freeze_at": 0.4, "steps_per_epoch": 2, "protect_steps": 2},
+           "sparsity_scope": "kept", "freeze_at": 0.4, "steps_per_epoch": 2, "protect_steps": 2,
+           "gamma": 4.0},  # gamma 4: chosen on validation at the dev tier (docs/methods.md; gamma 1 lost 1.1 pt)
 }  # fmt: skip
 
 
@@ -97,7 +98,8 @@ class PSAP(Method):
             if not 0 < self.freeze_at <= 1 or self.per_epoch < 1 or self.protect_steps < 1:
                 raise ValueError("psap: need 0 < freeze-at <= 1, steps-per-epoch >= 1 and protect-steps >= 1")
         self.prune_every, self.beta, self.sparsity = max(1, prune_every), o.beta, o.sparsity
-        self.beta_filter, self.pulse_iters, self.gamma, self.pulse_mode = o.beta_filter, o.pulse_iters, o.gamma, o.pulse
+        self.beta_filter, self.pulse_iters, self.pulse_mode = o.beta_filter, o.pulse_iters, o.pulse
+        self.gamma = float(VARIANTS[o.variant]["gamma"] if o.gamma is None else o.gamma)
         self.adaptive, self.protect, self.restore, self.zero_bn = o.adaptive, o.protect, o.restore, o.zero_bn
         self.from_scratch, self.bn_batches, self.regrow = from_scratch, o.bn_batches, o.regrow
         self.schedule = schedule or ("constant" if from_scratch else "cubic")
