@@ -17,6 +17,12 @@ from typing import Any
 
 from compressor.errors import BadInput
 
+#: ``--trust-code`` of every command that loads a model.
+TRUST_HELP = (
+    "Allow a model built from a user file (path.py:factory) or a pickled whole module (model.pt): loading either "
+    "runs arbitrary Python code, so it is off unless you trust the file. Our own files (pruned.pt, weights) never "
+    "need it."
+)
 REQUIRED: Any = dataclasses.MISSING  # opt(REQUIRED, ...): an option without a default
 FLAGS = ("plain", "switch")  # bool options: --x alone, or --x/--no-x (the default for bools)
 RESUME = ("fixed", "free")  # fixed: changes what a checkpoint means, so --resume refuses a new value
@@ -280,13 +286,7 @@ class PruneOptions:
     image_size: int | None = opt(None, "Resize inputs to SIZE x SIZE.")
     num_classes: int | None = opt(None, "Default: the dataset's.")
     in_channels: int | None = opt(None, "Default: the dataset's.")
-    trust_code: bool = opt(
-        False,
-        "Allow a user model file (path.py:factory) or a pickled whole module: loading either runs arbitrary Python "
-        "code, so it is off unless you trust the file. Our own files never need it.",
-        flag="plain",
-        resume="free",
-    )
+    trust_code: bool = opt(False, TRUST_HELP, flag="plain", resume="free")
     seed: int = opt(0, "Seed of the data order, init and every random choice (deterministic on the CPU).")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.", resume="free")
     resume: bool = opt(

@@ -17,7 +17,7 @@ import click
 import yaml
 
 from compressor.cli.options import click_options
-from compressor.config import BenchOptions, ExportOptions, PruneOptions
+from compressor.config import TRUST_HELP, BenchOptions, ExportOptions, PruneOptions
 from compressor.errors import BadInput, GateFailed, Interrupted, one_line
 
 
@@ -170,14 +170,6 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
                if (lat := report.get("latency")) else "")
             + f"; wrote {options['out']}"
         )  # fmt: skip
-
-
-#: --trust-code of export, bench and info (prune's says the same for its --model).
-TRUST_HELP = (
-    "Allow a model built from a user file (path.py:factory) or a pickled whole module (model.pt): "
-    "loading either runs arbitrary Python code, so it is off unless you trust the file. Our own files "
-    "(pruned.pt, weights) never need it."
-)
 
 
 @main.command()
