@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -168,3 +169,22 @@ def test_tensorrt_engine_cache_makes_the_second_build_cheap(run_dir, tmp_path):
     assert build2 < build1
     fp16 = bench({"m": run_dir}, providers="tensorrt", io="device", warmup=2, iters=5, trt_fp16=True)
     assert fp16["settings"]["trt_fp16"] and fp16["results"][0]["providers_used"]["m"][0] == "TensorrtExecutionProvider"
+
+
+def test_github_step_summary_gets_the_table_even_when_a_gate_fails(run_dir, tmp_path):
+    """With $GITHUB_STEP_SUMMARY set (GitHub Actions), bench appends its Markdown table, before a gate fails."""
+    summary = tmp_path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}
+    base = [sys.executable, "-m", "compressor.cli", "bench", str(run_dir / "pruned.onnx"), "--iters", "3",
+            "--warmup", "1", "--threads", "1"]  # fmt: skip
+    ok = subprocess.run(base, capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0, ok.stderr
+    gated = subprocess.run([*base, "--fail-above-p50", "0.000001"], capture_output=True, text=True, timeout=120,
+                           env=env)  # fmt: skip
+    assert gated.returncode == 1, gated.stderr
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and text.count("| cpu | host | 1 |") == 2, text
+    unset = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
+    assert subprocess.run(base, capture_output=True, text=True, timeout=120, env=unset).returncode == 0
+    assert summary.read_text() == text  # nothing appended without the variable

@@ -222,7 +222,9 @@ def test_prune_recipe_ignore_and_group_caps(tmp_path: Path) -> None:
     assert saved["ignore"] == ["layer3.*"] and saved["group_max_ratio"] == {"layer1.0.conv1": 0.25}
 
 
-def test_run_recipe_prints_summary_and_writes_summary_json(tmp_path: Path) -> None:
+def test_run_recipe_prints_summary_and_writes_summary_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    step_summary = tmp_path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))  # GitHub Actions: the summary goes there too
     recipe = {
         "prune": {"model": "cifar:resnet20", "data": SYN_TINY, "method": "l1", "target-flops": 0.4, "epochs": 0,
                   "device": "cpu", "quiet": True, "out": str(tmp_path / "not-this-one")},
@@ -242,6 +244,9 @@ def test_run_recipe_prints_summary_and_writes_summary_json(tmp_path: Path) -> No
     for name in ("pruned.onnx", "dense.onnx", "bench.json", "report.json", "pruned.pt"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "checkpoint.pt").exists()
+    markdown = step_summary.read_text()
+    assert markdown.startswith(f"### compress run: cifar:resnet20 · l1 · {run_dir}") and "| FLOPs drop |" in markdown
+    assert "| cpu | host | 1 |" in markdown  # and the bench table
 
 
 def test_config_values_are_used_and_command_line_wins(tmp_path: Path) -> None:

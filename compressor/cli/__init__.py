@@ -240,6 +240,10 @@ def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str |
     result = bench_models({"model": model, **({"baseline": baseline} if baseline else {})},
                           "baseline" if baseline else None, label="model", **options)  # fmt: skip
     _emit_bench(result, json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
+    from benchmarks.bench_output import render_markdown
+    from compressor.runtime.ci import append_step_summary
+
+    append_step_summary(render_markdown(result))  # GitHub Actions: the table in the job summary, gate or not
     bench_gate(result)
 
 

@@ -18,6 +18,7 @@ from compressor.jobs.config import PruneConfig
 from compressor.jobs.export import export
 from compressor.jobs.prune import prune
 from compressor.runtime.atomic import write_json, write_text
+from compressor.runtime.ci import append_step_summary
 
 SECTIONS = ("prune", "export", "bench")
 EXPORT_KEYS = tuple(defaults(ExportOptions))  # a recipe's export: section takes exactly these
@@ -83,6 +84,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         "bench_gates": result["gates"],
     }
     write_json(run_dir / "summary.json", summary)
+    append_step_summary(summary_markdown(summary) + "\n" + render_markdown(result))  # CI: before any gate fails
     if not quiet_json:
         print_summary(summary)
     if not summary["export_verified"]:
@@ -129,17 +131,34 @@ def _check_export_bench(e: dict[str, Any], b: dict[str, Any]) -> None:
         load_previous(b["compare"])
 
 
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, dense, pruned, change) rows of a run's summary: the terminal table and the Markdown one."""
+    return [
+        ("test accuracy", f"{100 * s['dense_acc']:.2f}%", f"{100 * s['pruned_acc']:.2f}%",
+         f"{100 * (s['pruned_acc'] - s['dense_acc']):+.2f} pt"),
+        ("FLOPs drop", "", "", f"{100 * s['flops_drop']:.2f}%"),
+        ("params drop", "", "", f"{100 * s['params_drop']:.2f}%"),
+        ("max |ONNX - PyTorch|", "", "", f"{s['export_max_abs_diff']:.2e}"),
+        (f"p50 latency ({s['provider']}, batch {s['batch']})", f"{s['dense_p50_ms']:.3f} ms",
+         f"{s['pruned_p50_ms']:.3f} ms", f"{s['speedup']:.2f}x speedup"),
+    ]  # fmt: skip
+
+
+def summary_title(s: dict[str, Any]) -> str:
+    return f"compress run: {s['model']} · {s['method']} · {s['run']}"
+
+
 def print_summary(s: dict[str, Any]) -> None:
-    table = Table(title=f"compress run: {s['model']} · {s['method']} · {s['run']}")
-    table.add_column("metric")
-    table.add_column("dense", justify="right")
-    table.add_column("pruned", justify="right")
-    table.add_column("change", justify="right")
-    table.add_row("test accuracy", f"{100 * s['dense_acc']:.2f}%", f"{100 * s['pruned_acc']:.2f}%",
-                  f"{100 * (s['pruned_acc'] - s['dense_acc']):+.2f} pt")  # fmt: skip
-    table.add_row("FLOPs drop", "", "", f"{100 * s['flops_drop']:.2f}%")
-    table.add_row("params drop", "", "", f"{100 * s['params_drop']:.2f}%")
-    table.add_row("max |ONNX - PyTorch|", "", "", f"{s['export_max_abs_diff']:.2e}")
-    table.add_row(f"p50 latency ({s['provider']}, batch {s['batch']})", f"{s['dense_p50_ms']:.3f} ms",
-                  f"{s['pruned_p50_ms']:.3f} ms", f"{s['speedup']:.2f}x speedup")  # fmt: skip
+    table = Table(title=summary_title(s))
+    for name, justify in (("metric", "left"), ("dense", "right"), ("pruned", "right"), ("change", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in summary_rows(s):
+        table.add_row(*row)
     Console(width=110).print(table)
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    """The summary as a Markdown table (for ``$GITHUB_STEP_SUMMARY``); ``|`` in cells escaped."""
+    cells = [[c.replace("|", "\\|") for c in row] for row in summary_rows(s)]
+    lines = [f"### {summary_title(s)}", "", "| metric | dense | pruned | change |", "|---|---:|---:|---:|"]
+    return "\n".join(lines + [f"| {' | '.join(r)} |" for r in cells]) + "\n"
