@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.errors import BadInput, GateFailed, one_line
+from compressor.errors import BadInput, Unavailable, one_line
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -119,7 +119,7 @@ def ort_session(path: Path, label: str, backend: str, opts: Options) -> Any:
 
     available = ort.get_available_providers()
     if ORT_PROVIDERS[backend] not in available:
-        raise GateFailed(
+        raise Unavailable(
             f"provider {backend} unavailable: {ORT_PROVIDERS[backend]} is not in this onnxruntime build "
             f"(available: {', '.join(available)})"
         )
@@ -131,11 +131,11 @@ def ort_session(path: Path, label: str, backend: str, opts: Options) -> Any:
                                         providers=_provider_list(backend, opts), enable_fallback=0)  # fmt: skip
     except Exception as exc:
         if is_gpu(backend):
-            raise GateFailed(f"provider {backend} unavailable: {one_line(exc)}") from exc
+            raise Unavailable(f"provider {backend} unavailable: {one_line(exc)}") from exc
         raise BadInput(f"{path}: onnxruntime cannot load it ({one_line(exc)})") from exc
     got = sess.get_providers()
     if not got or got[0] != ORT_PROVIDERS[backend]:
-        raise GateFailed(
+        raise Unavailable(
             f"provider {backend} unavailable: the {label} session fell back to "
             f"{', '.join(got) or 'nothing'} (no usable GPU or CUDA/TensorRT libraries; see onnxruntime's log)"
         )
@@ -185,7 +185,7 @@ def torch_model(path: Path, backend: str, opts: Options) -> tuple[Any, list[str]
 
     device, compiled = TORCH_BACKENDS[backend]
     if device == "cuda" and not torch.cuda.is_available():
-        raise GateFailed(f"provider {backend} unavailable: torch sees no CUDA device")
+        raise Unavailable(f"provider {backend} unavailable: torch sees no CUDA device")
     _torch_threads(opts)
     model, _ = load_pruned(path, trust_code=opts.trust_code)
     model = model.eval().to(device)

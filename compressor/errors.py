@@ -1,4 +1,4 @@
-"""Errors the CLI maps to exit codes: BadInput -> 2, GateFailed -> 1."""
+"""Errors the CLI maps to exit codes: BadInput -> 2, GateFailed -> 1, Unavailable -> 4."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ class BadInput(Exception):
 
 class GateFailed(Exception):
     """A check the user asked for did not pass: verification, target, speedup (exit code 1)."""
+
+
+class Unavailable(GateFailed):
+    """A requested provider or backend is not available on this machine (exit code 4, so CI can tell a missing
+    GPU from a failed gate); a GateFailed for code that only cares that the run did not pass."""
 
 
 def one_line(text: object, limit: int = 300, *, typed: bool = False) -> str:

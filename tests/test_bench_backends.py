@@ -188,3 +188,15 @@ def test_github_step_summary_gets_the_table_even_when_a_gate_fails(run_dir, tmp_
     unset = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
     assert subprocess.run(base, capture_output=True, text=True, timeout=120, env=unset).returncode == 0
     assert summary.read_text() == text  # nothing appended without the variable
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU")
+@pytest.mark.parametrize("provider", ["cuda", "torch-cuda"])
+def test_an_unavailable_provider_exits_4_not_1(run_dir, provider):
+    """CI tells a missing GPU (4) from a failed gate (1): one error line naming the provider."""
+    model = run_dir / ("pruned.onnx" if provider == "cuda" else "pruned.pt")
+    proc = subprocess.run([sys.executable, "-m", "compressor.cli", "bench", str(model), "--provider", provider,
+                           "--iters", "2", "--warmup", "0"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # ORT logs its own lines too
+    assert len(ours) == 1 and ours[0].startswith(f"error: provider {provider} unavailable"), proc.stderr

@@ -1,6 +1,7 @@
 """The ``compress`` command line: prune, export, bench, run (a recipe: all three) and info.
 
-Exit codes: 0 ok; 1 a gate failed (verification, target, speedup, provider); 2 bad input (one line).
+Exit codes: 0 ok; 1 a gate failed (verification, target, speedup); 2 bad input (one line); 4 a requested
+provider or backend is not available here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 
 from compressor.cli.options import click_options
 from compressor.config import TRUST_HELP, BenchOptions, ExportOptions, PruneOptions
-from compressor.errors import BadInput, GateFailed, Interrupted, one_line
+from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, one_line
 
 
 def _rank() -> int:
@@ -69,7 +70,7 @@ class _Group(click.Group):
                 _fail("interrupted", 130)
             if isinstance(exc, click.ClickException):  # usage errors, bad option values, --config problems
                 _fail(exc.format_message(), exc.exit_code)
-            _fail(str(exc), 1 if isinstance(exc, GateFailed) else 2)
+            _fail(str(exc), 4 if isinstance(exc, Unavailable) else 1 if isinstance(exc, GateFailed) else 2)
         except Exception as exc:  # a bug or an environment failure: one line unless --debug
             if debug:
                 raise
@@ -214,8 +215,8 @@ def _diff_text(v: dict[str, Any]) -> str:
     return f"max abs diff {v['max_abs_diff']:.2e}"
 
 
-@main.command(epilog="Exit codes: 0 ok; 1 a gate failed or a requested provider is not the one running; "
-              "2 bad input.")  # fmt: skip
+@main.command(epilog="Exit codes: 0 ok; 1 a gate failed; 2 bad input; 4 a requested provider is not available "
+              "here (not in this build, no GPU, or it fell back to another).")  # fmt: skip
 @config_option
 @click.argument("model")
 @click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
