@@ -83,7 +83,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 class Progress:
-    """A rich progress bar on a terminal, plain lines otherwise (CI, pipes)."""
+    """A rich progress bar on a terminal, plain lines otherwise (CI, pipes): there, a line at least every
+    ``HEARTBEAT_S`` seconds inside a long epoch, so a CI log never sits silent for minutes."""
+
+    HEARTBEAT_S = 30.0
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -95,11 +98,20 @@ class Progress:
 
     def iterate(self, it: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
         if not self.tty:
-            return it
+            return self._heartbeat(it, total, desc) if self.enabled else it
         from rich.console import Console
         from rich.progress import track
 
         return track(it, total=total, description=desc, transient=True, console=Console(stderr=True))
+
+    def _heartbeat(self, it: Iterable[Any], total: int, desc: str) -> Iterator[Any]:
+        start = last = time.monotonic()
+        for i, item in enumerate(it, 1):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.HEARTBEAT_S and i < total:
+                self.log(f"{desc}: {i}/{total} batches, {now - start:.0f} s")
+                last = now
 
 
 @torch.no_grad()

@@ -43,3 +43,18 @@ def test_recipe_values_are_coerced_or_refused() -> None:
         PruneConfig(model="m", out="o", epochs=2.5)
     with pytest.raises(BadInput, match="target-flops"):
         PruneConfig(model="m", out="o", target_flops="half")
+
+
+def test_plain_progress_prints_a_heartbeat_inside_a_long_epoch(monkeypatch, capsys) -> None:
+    """Not on a terminal (CI), a long epoch prints a line at least every HEARTBEAT_S seconds (a fake clock)."""
+    from compressor import train
+
+    clock = iter(range(0, 1000, 20))  # each batch "takes" 20 s
+    monkeypatch.setattr(train.time, "monotonic", lambda: float(next(clock)))
+    progress = train.Progress(enabled=True)
+    assert not progress.tty  # pytest captures stderr: not a terminal
+    assert list(progress.iterate(range(6), 6, "prune epoch 1/3")) == list(range(6))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["prune epoch 1/3: 2/6 batches, 40 s", "prune epoch 1/3: 4/6 batches, 80 s"]
+    assert list(train.Progress(enabled=False).iterate(range(3), 3, "x")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""  # --quiet: nothing
