@@ -109,7 +109,7 @@ def _speedup_text(label: str, row: dict[str, Any], baseline: str | None) -> str:
     return f"{sp['p50']:.2f}× (mean {_fmt(sp.get('mean'), '.2f')}×)"
 
 
-def _cell(text: Any) -> str:
+def md_cell(text: Any) -> str:
     """Text safe inside a Markdown table cell."""
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -185,7 +185,7 @@ def _markdown_row(row: dict[str, Any], label: str, baseline: str | None, cov_war
     cov = _num(st.get("cov"))
     cov_text = "–" if cov is None else f"{cov:.1%}" + (" ⚠" if cov > cov_warn else "")
     cells = [
-        row.get("provider"), row_io(row), row.get("batch"), _cell(label),
+        row.get("provider"), row_io(row), row.get("batch"), md_cell(label),
         _fmt(st.get("p50_ms")), _fmt(st.get("p90_ms")), _fmt(st.get("p95_ms")), _fmt(st.get("p99_ms")),
         f"{_fmt(st.get('mean_ms'))} ± {_fmt(st.get('std_ms'))}", _fmt(st.get("min_ms")), cov_text,
         _fmt(st.get("throughput"), ".1f"), _fmt(warm.get("first_ms")), _fmt(st.get("setup_s"), ".2f"),

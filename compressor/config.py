@@ -57,6 +57,14 @@ def option_kind(f: dataclasses.Field) -> str:
     return kind.split("[")[0]
 
 
+def choice_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """``must be one of ..., got X`` when ``value`` is outside the field's choices (None: it is fine)."""
+    choices = f.metadata.get("choices")
+    if choices and value is not None and value not in choices:
+        return f"must be one of {', '.join(choices)}, got {value!r}"
+    return None
+
+
 def defaults(cls: type) -> dict[str, Any]:
     """Every option of ``cls`` with a default, and that default (``list``/``dict`` options: empty)."""
     out = {}
@@ -101,9 +109,8 @@ def coerce_fields(obj: Any, prefix: str = "--") -> None:
             value = _COERCE[kind](value)
         except (TypeError, ValueError):
             raise BadInput(f"{name}: expected {kind}, got {value!r}") from None
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise BadInput(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if problem := choice_problem(f, value):
+            raise BadInput(f"{name} {problem}")
         setattr(obj, f.name, value)
 
 

@@ -241,10 +241,6 @@ def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str |
     result = bench_models({"model": model, **({"baseline": baseline} if baseline else {})},
                           "baseline" if baseline else None, label="model", **options)  # fmt: skip
     _emit_bench(result, json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
-    from benchmarks.bench_output import render_markdown
-    from compressor.runtime.ci import append_step_summary
-
-    append_step_summary(render_markdown(result))  # GitHub Actions: the table in the job summary, gate or not
     bench_gate(result)
 
 
@@ -252,6 +248,7 @@ def _emit_bench(result: dict[str, Any], json_out: str | None, *, csv_out: str | 
                 md_out: str | None = None, plot_out: str | None = None) -> None:  # fmt: skip
     from benchmarks.bench_output import plot_distributions, render_csv, render_markdown
     from compressor.runtime.atomic import write_json, write_text
+    from compressor.runtime.ci import append_step_summary
 
     table = render_markdown(result)
     if json_out == "-":
@@ -268,6 +265,7 @@ def _emit_bench(result: dict[str, Any], json_out: str | None, *, csv_out: str | 
         write_text(md_out, table)
     if plot_out:
         plot_distributions(result, plot_out)
+    append_step_summary(table)  # GitHub Actions: the table in the job summary, before a gate fails
 
 
 @main.command()

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import click
 
+from benchmarks.bench_output import md_cell
+
 HEADER = """# CLI reference
 
 Generated from the option definitions (`compressor/config.py`, `compressor/methods/options.py`) by
 `python -m compressor.cli.reference docs/cli-reference.md`; do not edit by hand. The guide is [cli.md](cli.md).
 Every option can also come from a YAML recipe (`--config`, key with `_` or `-`); the command line wins.
 """
-
-
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _default(p: click.Option) -> str:
@@ -37,7 +35,7 @@ def _default(p: click.Option) -> str:
 def _option_name(p: click.Option, ctx: click.Context) -> str:
     names = " / ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
     metavar = "" if p.is_flag else p.make_metavar(ctx)
-    return f"{names} {_cell(metavar)}".strip()
+    return f"{names} {md_cell(metavar)}".strip()
 
 
 def render(group: click.Group) -> str:
@@ -53,7 +51,7 @@ def render(group: click.Group) -> str:
         out += [help_text, "", "| option | default | meaning |", "|---|---|---|"]
         for p in cmd.params:
             if isinstance(p, click.Option) and not p.hidden:
-                out.append(f"| {_option_name(p, ctx)} | {_default(p)} | {_cell(p.help or '')} |")
+                out.append(f"| {_option_name(p, ctx)} | {_default(p)} | {md_cell(p.help or '')} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

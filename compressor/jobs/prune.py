@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                     weights=weights, train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(), lr=cfg.lr,
                     device=device, log=progress.log, start=False)  # fmt: skip
     resume_state, history_rows = _open_run_dir(cfg, out, search, alloc)  # inputs are valid: rank 0 writes now
-    run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape, {}, (0.0, 0.0),
+    run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape,
                time.perf_counter(), _trainer_io(cfg, out, device, progress))  # fmt: skip
     phase = resume_state["phase"] if resume_state else "pretrain"
     history_rows += _dense_phase(run, model, resume_state, phase)
@@ -277,10 +277,10 @@ class _Run:
     target: float
     spec: dict[str, Any]
     input_shape: tuple[int, ...]
-    dense_eval: dict[str, Any]
-    dense_counts: tuple[float, float]
     t_start: float
     trainer_io: dict[str, Any]
+    dense_eval: dict[str, Any] = field(default_factory=dict)  # set by the dense phase, as the two below
+    dense_counts: tuple[float, float] = (0.0, 0.0)  # (FLOPs, params)
     teacher: torch.nn.Module | None = None  # --distill: the frozen dense model
 
 

@@ -10,7 +10,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.bench_output import load_previous, render_markdown
+from benchmarks.bench_output import load_previous, md_cell, render_markdown
 from compressor.config import ExportOptions, defaults
 from compressor.errors import BadInput, GateFailed
 from compressor.jobs.bench import BENCH_DEFAULTS, bench_gate, bench_models
@@ -62,7 +62,8 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
     result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", label="pruned",
                           trust_code=config.trust_code, **bench_opts)  # fmt: skip
     write_json(run_dir / "bench.json", result)
-    write_text(run_dir / "bench.md", render_markdown(result))
+    bench_table = render_markdown(result)
+    write_text(run_dir / "bench.md", bench_table)
     row = result["results"][0]
     summary = {
         "run": str(run_dir),
@@ -84,7 +85,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         "bench_gates": result["gates"],
     }
     write_json(run_dir / "summary.json", summary)
-    append_step_summary(summary_markdown(summary) + "\n" + render_markdown(result))  # CI: before any gate fails
+    append_step_summary(summary_markdown(summary) + "\n" + bench_table)  # CI: before any gate fails
     if not quiet_json:
         print_summary(summary)
     if not summary["export_verified"]:
@@ -158,7 +159,7 @@ def print_summary(s: dict[str, Any]) -> None:
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
-    """The summary as a Markdown table (for ``$GITHUB_STEP_SUMMARY``); ``|`` in cells escaped."""
-    cells = [[c.replace("|", "\\|") for c in row] for row in summary_rows(s)]
+    """The summary as a Markdown table (for ``$GITHUB_STEP_SUMMARY``)."""
+    cells = [[md_cell(c) for c in row] for row in summary_rows(s)]
     lines = [f"### {summary_title(s)}", "", "| metric | dense | pruned | change |", "|---|---:|---:|---:|"]
     return "\n".join(lines + [f"| {' | '.join(r)} |" for r in cells]) + "\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from compressor.config import opt, option_kind, optional
+from compressor.config import choice_problem, opt, option_kind, optional
 
 
 class MethodOptions:
@@ -28,14 +28,13 @@ class MethodOptions:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
-            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            value, name = getattr(self, f.name), f"{self.method} {f.name.replace('_', ' ')}"
             if value is None and not optional(f):
-                raise ValueError(f"{self.method} {f.name.replace('_', ' ')} must be given, not null")
-            if choices and value is not None and value not in choices:
-                raise ValueError(f"{self.method} {f.name.replace('_', ' ')} must be one of {', '.join(choices)}, "
-                                 f"got {value!r}")  # fmt: skip
+                raise ValueError(f"{name} must be given, not null")
+            if problem := choice_problem(f, value):
+                raise ValueError(f"{name} {problem}")
             if option_kind(f) == "bool" and value is not None and not isinstance(value, bool):
-                raise ValueError(f"{self.method} {f.name.replace('_', ' ')} must be true or false, got {value!r}")
+                raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 # PSAP (docs/methods.md): the paper fixes sparsity-set ratios and gradient protection; the rest is our reading.

@@ -18,13 +18,14 @@ from compressor.methods.psap import PSAP
 
 def _accepting(cls: type[Method], *args: object, options: type | None = None) -> Callable[..., Method]:
     """A factory passing on only the keyword options ``cls`` takes (methods share one option namespace)."""
-    params = {p for p, v in inspect.signature(cls.__init__).parameters.items() if v.kind is not v.VAR_KEYWORD}
+    signature = inspect.signature(cls.__init__).parameters
+    params = {p for p, v in signature.items() if v.kind is not v.VAR_KEYWORD}
     own = {f.name for f in fields(options)} if options else set()
 
     def factory(**kw: object) -> Method:
         return cls(*args, **{k: v for k, v in kw.items() if k in params or k in own})  # type: ignore[call-arg]
 
-    bound = list(inspect.signature(cls.__init__).parameters)[1 : 1 + len(args)]  # the arguments the factory fixes
+    bound = list(signature)[1 : 1 + len(args)]  # the arguments the factory fixes
     factory.parameters = frozenset((params | own) - {"self", *bound})  # type: ignore[attr-defined]
     return factory
 
