@@ -65,9 +65,25 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
+TEARDOWN_WAIT = datetime.timedelta(seconds=60)  # how long a finished rank waits for the others at exit
+
+
 def teardown() -> None:
-    if active():
-        dist.destroy_process_group()
+    """Leave the process group once every rank is here (or after :data:`TEARDOWN_WAIT`).
+
+    A rank that destroys its gloo group while a peer is still working (rank 0 writes the outputs last)
+    can abort in C++ ("terminate called without an active exception") and turn a finished run into a
+    SIGABRT, so the ranks meet first. gloo's ``monitored_barrier`` is bounded, so a rank whose peer died
+    still exits; NCCL has no bounded barrier and skips the meeting.
+    """
+    if not active():
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=TEARDOWN_WAIT)
+        except RuntimeError:  # a peer is gone or stuck: leave anyway
+            pass
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
