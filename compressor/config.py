@@ -205,6 +205,30 @@ def check_allocation(allocation: str, method: str) -> None:
         raise BadInput(f"--allocation latency applies to {', '.join(BASELINES)}; {method} sets its own group ratios")
 
 
+# --------------------------------------------------------------------------------------------- accuracy gates
+def min_accuracy_opt(measured: str) -> Any:
+    """``--min-accuracy``: one definition for every command that gates on accuracy."""
+    return opt(None, f"Gate: exit 1 (after every output is written) when the {measured} top-1 test accuracy is "
+               "below this fraction, e.g. 0.9.", metavar="FRACTION", resume="free")  # fmt: skip
+
+
+def max_drop_opt(measured: str) -> Any:
+    """``--max-accuracy-drop``: one definition for every command that gates on the drop from the dense model."""
+    return opt(None, f"Gate: exit 1 (after every output is written) when the {measured} top-1 test accuracy is "
+               "more than PT percentage points below the dense model's (report.json), e.g. 1.0.", metavar="PT",
+               resume="free")  # fmt: skip
+
+
+def check_gates(obj: Any) -> None:
+    """BadInput for an out-of-range ``min_accuracy`` (a fraction) or ``max_accuracy_drop`` (points)."""
+    low, drop = getattr(obj, "min_accuracy", None), getattr(obj, "max_accuracy_drop", None)
+    if low is not None and not 0 <= low <= 1:
+        hint = f": use {low / 100:g} for {low:g}%" if 1 < low <= 100 else ""
+        raise BadInput(f"--min-accuracy must be a fraction in [0, 1], got {low:g}{hint}")
+    if drop is not None and not (math.isfinite(drop) and 0 <= drop <= 100):
+        raise BadInput(f"--max-accuracy-drop must be percentage points in [0, 100], got {drop}")
+
+
 # --------------------------------------------------------------------------------------------- compress prune
 @dataclass
 class PruneOptions:
@@ -310,6 +334,8 @@ class PruneOptions:
     )
     overwrite: bool = opt(False, "Replace a non-empty run directory.", flag="plain", resume="free")
     quiet: bool = opt(False, "No progress output.", flag="plain", resume="free")
+    min_accuracy: float | None = min_accuracy_opt("pruned model's (PyTorch)")
+    max_accuracy_drop: float | None = max_drop_opt("pruned model's (PyTorch)")
     max_prune_fraction: float = opt(0.8, "ASTER: tau never prunes more than this fraction of all scored channels.")
     bn_init: float | None = opt(
         None, "Initialise every BN gamma to this value (from-scratch runs; the ASTER authors use 0.5)."
@@ -348,6 +374,7 @@ class PruneOptions:
     def check(self) -> None:
         """Options that contradict each other are BadInput before any work."""
         check_allocation(self.allocation, self.method)
+        check_gates(self)
         if self.from_scratch and self.weights:
             raise BadInput("--from-scratch starts from random weights: drop --weights")
         if self.from_scratch and self.pretrain_epochs:
@@ -432,6 +459,69 @@ class ExportOptions:
         "Weights in FILE.onnx.data next to the model. Default: only when the model reaches ~1.9 GB (protobuf's 2 GB "
         "limit).",
     )
+    accuracy: bool = opt(
+        True,
+        "Measure the ONNX file's top-1/top-5 on the run's test split (ONNX Runtime CPU) and record it in "
+        "report.json and the file's metadata.",
+    )
+    class_names: str | None = opt(
+        None, "Class names for the file's metadata, one per line (default: the dataset's).", metavar="FILE"
+    )
+    min_accuracy: float | None = min_accuracy_opt("ONNX file's (ONNX Runtime)")
+    max_accuracy_drop: float | None = max_drop_opt("ONNX file's (ONNX Runtime)")
+
+    def __post_init__(self) -> None:
+        check_gates(self)
+
+
+# --------------------------------------------------------------------------------------------- compress quantize
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class QuantizeOptions:
+    """How ``compress quantize`` (and a recipe's ``quantize:`` section) makes an INT8 file (ORT static, QDQ)."""
+
+    calib_batches: int = opt(8, "Calibration batches from the run's training split (not augmented).")
+    calib_batch_size: int = opt(32, "Images per calibration batch.")
+    calib_method: str = opt("minmax", "How activation ranges are chosen from the calibration data.",
+                            choices=CALIB_METHODS)  # fmt: skip
+    per_channel: bool = opt(True, "Per-channel weight scales (--per-tensor: one scale per tensor).", off="--per-tensor")
+    preprocess: bool = opt(True, "Run ONNX Runtime's quant_pre_process (shape inference, graph optimization) first.")
+    keep_stem: bool = opt(False, "Keep the first conv in float32.", flag="plain")
+    keep_head: bool = opt(False, "Keep the classifier (the last Gemm/MatMul/Conv) in float32.", flag="plain")
+    keep_fp32: list[str] = opt(
+        list, "Keep these nodes in float32: node names or globs (e.g. '/layer1/*'). Repeatable or comma list."
+    )
+    accuracy: bool = opt(True, "Measure the INT8 file's top-1/top-5 on the run's test split (ONNX Runtime CPU).")
+    min_accuracy: float | None = min_accuracy_opt("INT8 file's (ONNX Runtime)")
+    max_accuracy_drop: float | None = max_drop_opt("INT8 file's (ONNX Runtime)")
+
+    def __post_init__(self) -> None:
+        self.keep_fp32 = parse_patterns(self.keep_fp32)
+        coerce_fields(self)
+        check_gates(self)
+        if self.calib_batches < 1 or self.calib_batch_size < 1:
+            raise BadInput("--calib-batches and --calib-batch-size must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------- compress eval
+@dataclass
+class EvalOptions:
+    """What ``compress eval`` measures a model on: a data spec's test split (default: the run's own)."""
+
+    data: str | None = opt(None, "Data spec (default: the run's, from its config.yaml or the file's metadata).")
+    data_dir: str | None = opt(None, "Where the dataset lives (default: the run's, else its standard place).")
+    test_subset: int | None = opt(None, "Use N test images (default: the run's).")
+    batch_size: int = opt(256, "Images per evaluation batch.")
+    provider: str = opt("cpu", "ONNX Runtime provider for .onnx files.", choices=("cpu", "cuda"))
+    threads: int | None = opt(None, "Intra-op threads (default: the runtime's).")
+    min_accuracy: float | None = min_accuracy_opt("model's")
+
+    def __post_init__(self) -> None:
+        check_gates(self)
+        if self.batch_size < 1:
+            raise BadInput(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 # --------------------------------------------------------------------------------------------- compress bench
@@ -482,4 +572,6 @@ class BenchOptions:
 #: exporter and the harness take their defaults from the same fields as the CLI and recipes.
 DEFAULT_PRUNE = PruneOptions(model="", out="")
 DEFAULT_EXPORT = ExportOptions()
+DEFAULT_QUANTIZE = QuantizeOptions()
+DEFAULT_EVAL = EvalOptions()
 DEFAULT_BENCH = BenchOptions()

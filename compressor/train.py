@@ -114,23 +114,42 @@ class Progress:
                 last = now
 
 
+class Tally:
+    """Top-1, top-5 (top-k for fewer than 5 classes) and mean cross-entropy over batches of logits."""
+
+    TOP_K = 5
+
+    def __init__(self, world_size: int = 1) -> None:
+        self.world_size = world_size  # > 1: each rank tallies its share and result() sums them
+        self.loss_sum, self.correct, self.correct_k, self.n = 0.0, 0, 0, 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        logits = logits.float()
+        self.loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        self.correct += int((logits.argmax(1) == y).sum())
+        top = logits.topk(min(self.TOP_K, logits.shape[1]), dim=1).indices
+        self.correct_k += int((top == y[:, None]).any(1).sum())
+        self.n += len(y)
+
+    def result(self) -> dict[str, Any]:
+        loss_sum, correct, correct_k, n = self.loss_sum, self.correct, self.correct_k, self.n
+        if self.world_size > 1:
+            loss_sum, correct, correct_k, n = distributed.all_sum([loss_sum, correct, correct_k, n])
+        d = max(int(n), 1)
+        return {"loss": loss_sum / d, "acc": int(correct) / d, "top5": int(correct_k) / d, "n": int(n)}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> dict:
-    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader`` (all ranks' shares when sharded)."""
+    """Top-1/top-5 accuracy and mean cross-entropy of ``model`` over ``loader`` (all ranks' shares when sharded)."""
     was_training = model.training
     model.eval().to(device)
-    loss_sum, correct, n = 0.0, 0, 0
+    tally = Tally(getattr(loader, "world_size", 1))
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        out = model(x)
-        loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        n += len(y)
+        tally.add(model(x), y)
     model.train(was_training)
-    if getattr(loader, "world_size", 1) > 1:  # each rank evaluated its share
-        loss_sum, correct, n = distributed.all_sum([loss_sum, correct, n])
-        correct, n = int(correct), int(n)
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "n": n}
+    return tally.result()
 
 
 class Trainer:

@@ -28,6 +28,11 @@ RESERVED_KEYS = (
     "verify_batch_sizes",
     "verify_rtol",
     "verify_atol",
+    "accuracy_top1",
+    "accuracy_top5",
+    "accuracy_loss",
+    "accuracy_n",
+    "accuracy_split",
 )
 
 
@@ -82,6 +87,17 @@ def _verification_props(verification: dict) -> dict[str, str]:
         "verified": "true" if verification["passed"] else "false",
         "max_abs_diff": repr(verification["max_abs_diff"]),
         "verify_batch_sizes": ",".join(str(b) for b in verification["batch_sizes"]),
+    }
+
+
+def accuracy_props(accuracy: dict[str, Any]) -> dict[str, str]:
+    """What compress records of the file's accuracy on real data (see ``exporters.accuracy``)."""
+    return {
+        "accuracy_top1": repr(float(accuracy["acc"])),
+        "accuracy_top5": repr(float(accuracy["top5"])),
+        "accuracy_loss": repr(float(accuracy["loss"])),
+        "accuracy_n": str(int(accuracy["n"])),
+        "accuracy_split": str(accuracy.get("split", "test")),
     }
 
 

@@ -61,7 +61,7 @@ import contextlib
 import logging
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,14 @@ from exporters.check import _check_data_path
 from exporters.export import DYNAMO_MIN_OPSET, EXPORTERS, _run_exporters
 from exporters.files import DATA_SUFFIX, _stage, _write, data_path, load_model
 from exporters.fp16 import FP16_MIN_OPSET, _to_fp16
-from exporters.metadata import RESERVED_KEYS, _export_props, _set_metadata, _verification_props, read_metadata
+from exporters.metadata import (
+    RESERVED_KEYS,
+    _export_props,
+    _set_metadata,
+    _verification_props,
+    accuracy_props,
+    read_metadata,
+)
 from exporters.proto import BATCH_DIM, INPUT_NAME, _input_batch_is_symbolic, _tensor_bytes
 from exporters.simplify import _slim_or_keep
 from exporters.torch_model import (
@@ -189,6 +196,7 @@ def export_onnx(
     exporter: str = _E.exporter,
     fp16: bool = _E.fp16,
     external_data: bool | None = _E.external_data,
+    evaluate: Callable[[Any], dict] | None = None,
 ) -> dict:
     """Export ``model`` for inputs ``(N, *input_shape)`` to ``out``; see the module docstring.
 
@@ -197,6 +205,9 @@ def export_onnx(
     ``rtol``/``atol`` default to :data:`DEFAULT_TOLERANCES` of the precision (fp32 1e-3/1e-4, fp16 2e-2/5e-2).
     ``external_data``: True writes the weights to ``<out>.data`` (tensors >= 1 KiB), False never does, None
     (auto) does when the model reaches :data:`EXTERNAL_DATA_THRESHOLD` bytes.
+    ``evaluate(model)``: measures the file to be written (a ModelProto, or its path through files), e.g.
+    :func:`exporters.accuracy.onnx_accuracy` on a test split; its result is stamped into the metadata
+    (``accuracy_*``) and returned as ``accuracy``.
 
     Raises ``BadInput`` when the model cannot be exported at all. A verification mismatch does not
     raise: the file is written with ``verified=false`` and the result says ``passed=False``.
@@ -245,6 +256,7 @@ def export_onnx(
             exporter=exporter,
             precision=precision,
             external_data=external_data,
+            evaluate=evaluate,
         )
     return result
 
@@ -262,7 +274,8 @@ def _through_files(param_bytes: int, fp16: bool, external_data: bool | None) -> 
 def _export_checked(model: nn.Module, shape: tuple[int, ...], out: Path, example: torch.Tensor,
                     output_names: list[str], workdir: Path | None, *, opset: int, dynamic_batch: bool,
                     simplify: bool, metadata: dict[str, Any] | None, verify_batches: Sequence[int], rtol: float,
-                    atol: float, exporter: str, precision: str, external_data: bool | None) -> dict:  # fmt: skip
+                    atol: float, exporter: str, precision: str, external_data: bool | None,
+                    evaluate: Callable[[Any], dict] | None = None) -> dict:  # fmt: skip
     """Export, stamp, verify and write ``model`` (the pipeline of the module docstring); the result of the export.
 
     It stays this long because it hands every step its options by keyword and spells out the result's keys.
@@ -297,6 +310,10 @@ def _export_checked(model: nn.Module, shape: tuple[int, ...], out: Path, example
         precision=precision,
     )
     _set_metadata(proto, _verification_props(verification))
+    accuracy = None
+    if evaluate is not None:
+        accuracy = evaluate(proto if workdir is None else _stage(proto, workdir, "accuracy"))
+        _set_metadata(proto, accuracy_props(accuracy))
     files = _write_final(proto, out, external_data)
 
     return {
@@ -314,6 +331,7 @@ def _export_checked(model: nn.Module, shape: tuple[int, ...], out: Path, example
         "size_bytes": out.stat().st_size,
         "total_bytes": sum(f.stat().st_size for f in files),
         "verification": verification,
+        "accuracy": accuracy,
     }
 
 

@@ -18,7 +18,7 @@ import click
 import yaml
 
 from compressor.cli.options import click_options
-from compressor.config import TRUST_HELP, BenchOptions, ExportOptions, PruneOptions
+from compressor.config import TRUST_HELP, BenchOptions, EvalOptions, ExportOptions, PruneOptions, QuantizeOptions
 from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, one_line
 
 
@@ -193,6 +193,19 @@ def export(run_dir: str, as_json: bool, **options: Any) -> None:
     _print_export(result, as_json)
     if not result["verification"]["passed"]:
         raise GateFailed(f"ONNX output differs from PyTorch: {_diff_text(result['verification'])}")
+    _accuracy_gates(result)
+
+
+def _accuracy_gates(result: dict[str, Any]) -> None:
+    from compressor.jobs.accuracy import raise_failed
+
+    raise_failed(result.get("accuracy_gates") or [])
+
+
+def _accuracy_text(acc: dict[str, Any] | None) -> str:
+    if not acc:
+        return ""
+    return f"; test top-1 {100 * acc['acc']:.2f}%, top-5 {100 * acc['top5']:.2f}% on {acc['n']} images"
 
 
 def _print_export(result: dict[str, Any], as_json: bool) -> None:
@@ -206,6 +219,7 @@ def _print_export(result: dict[str, Any], as_json: bool) -> None:
         f"exported {result['path']}{extra} ({result['exporter']} exporter{fallback} opset {result['opset']}, "
         f"{result.get('precision', 'fp32')}, {result['nodes']} nodes); verified on batches {v['batch_sizes']}: "
         f"{_diff_text(v)} (rtol {v['rtol']:g}, atol {v['atol']:g}), {'passed' if v['passed'] else 'FAILED'}"
+        f"{_accuracy_text(result.get('accuracy'))}"
     )
 
 
@@ -213,6 +227,60 @@ def _diff_text(v: dict[str, Any]) -> str:
     if v.get("max_abs_diff") is None:
         return "no comparable output (" + "; ".join(v.get("errors") or ["unknown error"]) + ")"
     return f"max abs diff {v['max_abs_diff']:.2e}"
+
+
+@main.command()
+@config_option
+@click.argument("source")
+@click.option("--out", default=None, help="INT8 file to write (default: SOURCE's name with .int8.onnx).")
+@click.option("--data", default=None, help="Data spec for calibration and accuracy (default: the run's).")
+@click.option("--data-dir", default=None, help="Where the dataset lives (default: the run's).")
+@click_options(QuantizeOptions)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def quantize(source: str, as_json: bool, **options: Any) -> None:
+    """Quantize an exported model to INT8 (ONNX Runtime static, QDQ, per-channel), calibrated on the run's data.
+
+    SOURCE is a run directory (its pruned.onnx) or an fp32 ONNX file. The INT8 file's accuracy is measured on
+    the run's test split and recorded in its metadata and the run's report.json.
+
+    \b
+    Exit codes: 0 ok; 1 an accuracy gate failed (the file is written); 2 bad input.
+    """
+    from compressor.jobs.quantize import quantize as run_quantize
+
+    result = run_quantize(source, **options)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        kept = f", kept in fp32: {', '.join(result['fp32_nodes'])}" if result["fp32_nodes"] else ""
+        click.echo(f"quantized {result['source']} -> {result['path']} (int8 QDQ, {result['calib_method']} "
+                   f"calibration on {result['calib_images']} images{kept}; {result['size_bytes'] / 1e6:.2f} MB, "
+                   f"was {result['source_bytes'] / 1e6:.2f} MB){_accuracy_text(result['accuracy'])}")  # fmt: skip
+    _accuracy_gates(result)
+
+
+@main.command(name="eval")
+@click.argument("model")
+@click_options(EvalOptions)
+@click.option("--trust-code", is_flag=True, help=TRUST_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def eval_(model: str, as_json: bool, **options: Any) -> None:
+    """Top-1/top-5 accuracy and loss of MODEL on a test split: an ONNX file (ONNX Runtime), a pruned-model .pt
+    (PyTorch) or a run directory (its pruned.onnx, else pruned.pt). The data defaults to the run's own.
+
+    \b
+    Exit codes: 0 ok; 1 --min-accuracy failed; 2 bad input; 4 the provider is not available here.
+    """
+    from compressor.jobs.evaluate import evaluate_model
+
+    result = evaluate_model(model, **options)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        click.echo(f"{result['model']} ({result['precision']}, {result['runtime']}) on {result['data']} "
+                   f"{result['split']} ({result['n']} images): top-1 {100 * result['acc']:.2f}%, top-5 "
+                   f"{100 * result['top5']:.2f}%, loss {result['loss']:.4f}")  # fmt: skip
+    _accuracy_gates(result)
 
 
 @main.command(epilog="Exit codes: 0 ok; 1 a gate failed; 2 bad input; 4 a requested provider is not available "

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from compressor.artifacts import load_pruned
 from compressor.config import ExportOptions, defaults
 from compressor.errors import BadInput, one_line
+from compressor.jobs.accuracy import (
+    data_options,
+    dense_accuracy,
+    gate_failures,
+    load_split_data,
+    preprocessing,
+    read_class_names,
+    run_config,
+)
+from compressor.runtime.atomic import write_json
+
+_log = logging.getLogger("compress.export")
+EVAL_BATCH = 256  # images per ONNX Runtime call when measuring a file's accuracy
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = False, trust_code: bool = False,
            **options: Any) -> dict[str, Any]:  # fmt: skip
-    """Export a run's pruned (or dense) model to ONNX, verified against PyTorch (see ``exporters.onnx``).
+    """Export a run's pruned (or dense) model to ONNX, verified against PyTorch (see ``exporters.onnx``), and
+    measure the file's accuracy on the run's test split (``accuracy``, recorded in ``report.json``).
 
     ``options``: the fields of :class:`~compressor.config.ExportOptions` (``rtol``/``atol`` None: the
-    exporter's default for the precision, fp32 1e-3/1e-4, fp16 2e-2/5e-2).
+    exporter's default for the precision, fp32 1e-3/1e-4, fp16 2e-2/5e-2). The result's ``accuracy_gates``
+    lists the failed accuracy gates (the caller raises after printing).
     """
     from exporters.onnx import check_options, export_onnx
 
@@ -36,10 +52,76 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = 
     summary = payload.get("report") or {}
     meta.update({k: str(v) for k, v in summary.items()})
     meta.update(_report_figures(run_dir, name))
+    measure = o.accuracy and (run_dir / "config.yaml").is_file()
+    if o.accuracy and not measure:
+        _log.warning("%s has no config.yaml (not made by compress prune): the file's accuracy is not measured; "
+                     "compress eval FILE --data SPEC measures it", run_dir)  # fmt: skip
+    evaluate, bundle = _accuracy_on_test(run_dir) if measure else (None, None)
+    meta.update(deployment_metadata(run_dir, bundle, o.class_names))
     result = export_onnx(model.eval(), tuple(payload["input_shape"]), out, opset=o.opset,
                          dynamic_batch=o.dynamic_batch, simplify=o.simplify, metadata=meta, rtol=o.rtol,
-                         atol=o.atol, exporter=o.exporter, fp16=o.fp16, external_data=o.external_data)  # fmt: skip
+                         atol=o.atol, exporter=o.exporter, fp16=o.fp16, external_data=o.external_data,
+                         evaluate=evaluate)  # fmt: skip
+    acc = (result["accuracy"] or {}).get("acc")
+    result["dense_acc"] = dense_accuracy(run_dir)
+    result["accuracy_gates"] = gate_failures(f"{out.name} ({result['precision']})", acc, result["dense_acc"],
+                                             o.min_accuracy, o.max_accuracy_drop)  # fmt: skip
+    record_export(run_dir, out, result)
     return result
+
+
+def _accuracy_on_test(run_dir: Path) -> tuple[Any, Any]:
+    """``(evaluate, bundle)``: ONNX Runtime CPU over the run's test split (rebuilt from its config.yaml)."""
+    from exporters.accuracy import onnx_accuracy
+
+    cfg = run_config(run_dir)
+    bundle = load_split_data(data_options(cfg), batch_size=EVAL_BATCH)
+
+    def evaluate(model: Any) -> dict[str, Any]:
+        return {**onnx_accuracy(model, bundle.test), "split": "test", "data": cfg["data"]}
+
+    return evaluate, bundle
+
+
+def deployment_metadata(run_dir: Path, bundle: Any, class_names: str | None) -> dict[str, str]:
+    """Preprocessing and class names for the file: from the loaded data, else from the run's report.json."""
+    pre = preprocessing(bundle, class_names) if bundle is not None else _reported_preprocessing(run_dir)
+    if pre is None:
+        return {}
+    if class_names and bundle is None:
+        pre["classes"] = read_class_names(class_names, len(pre["classes"]))
+    cfg_path = run_dir / "config.yaml"
+    data = data_options(run_config(run_dir)) if cfg_path.is_file() else {}
+    data.pop("data_dir", None)  # a path on the training machine
+    return {"input_layout": pre["layout"], "input_channel_order": pre["channel_order"],
+            "input_pixel_scale": pre["pixel_scale"], "norm_mean": json.dumps(pre["mean"]),
+            "norm_std": json.dumps(pre["std"]), "class_names": json.dumps(pre["classes"]),
+            **({"data": data.pop("data"), "data_options": json.dumps(data)} if data else {})}  # fmt: skip
+
+
+def _reported_preprocessing(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((run_dir / "report.json").read_text())["data"]["preprocess"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_export(run_dir: Path, out: Path, result: dict[str, Any]) -> None:
+    """Note the file (precision, verification, accuracy) under ``exports`` in the run's report.json."""
+    path = run_dir / "report.json"
+    if not path.is_file():
+        return
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    verification = result.get("verification") or {}
+    report.setdefault("exports", {})[out.name] = {
+        "path": str(out), "precision": result.get("precision"), "accuracy": result.get("accuracy"),
+        "verified": verification.get("passed"), "max_abs_diff": verification.get("max_abs_diff"),
+        "size_bytes": result.get("size_bytes"),
+    }  # fmt: skip
+    write_json(path, report)
 
 
 def _report_figures(run_dir: Path, variant: str) -> dict[str, str]:
@@ -61,9 +143,7 @@ def _report_figures(run_dir: Path, variant: str) -> dict[str, str]:
                             "target_achieved": target["achieved"], "target_met": target["met"],
                             "pruned_flops": pruned["flops"], "pruned_params": pruned["params"]})  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        import logging
-
-        logging.getLogger("compress.export").warning("%s: no report figures in the ONNX metadata (%s)", path,
+        _log.warning("%s: no report figures in the ONNX metadata (%s)", path,
                                                      one_line(exc, typed=True))  # fmt: skip
         return {}
     return {k: _meta_text(v) for k, v in figures.items()}

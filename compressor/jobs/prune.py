@@ -21,6 +21,7 @@ from compressor.budget import Budget
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
+from compressor.jobs.accuracy import gate_failures, preprocessing, raise_failed
 from compressor.jobs.config import RESUME_FIXED, PruneConfig
 from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.methods.base import Method
@@ -97,7 +98,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     _prepare_out(out, cfg)
     progress = Progress(enabled=not cfg.quiet and distributed.is_main())
-    if cfg.resume and (finished := _finished_report(out)) is not None:
+    if cfg.resume and (finished := _finished_report(out, cfg)) is not None:
         progress.log(f"{out}: the run is complete; nothing to resume")
         return finished
     device, data = _load_inputs(cfg)
@@ -247,7 +248,7 @@ def _warn(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _finished_report(out: Path) -> dict[str, Any] | None:
+def _finished_report(out: Path, cfg: PruneConfig) -> dict[str, Any] | None:
     """A finished run's report (written last): ``--resume`` on it has nothing to do; its gates still count."""
     path = out / "report.json"
     if not path.is_file() or not (out / "pruned.pt").is_file():
@@ -258,7 +259,7 @@ def _finished_report(out: Path) -> dict[str, Any] | None:
         return None  # a report cannot be half-written (atomic), so this is foreign: redo the finish
     if distributed.is_main():
         checkpoint.remove(out / CHECKPOINT)
-    _gate(report)
+    _gate(report, cfg)
     return report
 
 
@@ -345,7 +346,7 @@ def _finish(run: _Run, slim: torch.nn.Module, history: list, method: Finished,
     slim = slim.cpu()
     pruned_eval = evaluate(slim, run.data.test, run.device)
     report = distributed.on_main(lambda: _write_run(run, slim, history, method, history_rows, pruned_eval))
-    _gate(report)
+    _gate(report, run.cfg)
     return report
 
 
@@ -380,7 +381,7 @@ def _report(run: _Run, slim: torch.nn.Module, method: Finished, history_rows: li
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         model={"spec": cfg.model, "num_classes": spec["num_classes"], "in_channels": spec["in_channels"],
                "input_shape": list(run.input_shape), "weights": cfg.weights},
-        data={"spec": cfg.data, "sizes": getattr(run.data, "sizes", None)},
+        data={"spec": cfg.data, "sizes": getattr(run.data, "sizes", None), "preprocess": preprocessing(run.data)},
         method={"name": cfg.method, "options": _method_report_options(cfg), "steps": method.steps, "log": method.log,
                 "mask_final_epoch": method.mask_final_epoch, "epochs": cfg.epochs},
         distill={"enabled": cfg.distill, "temperature": cfg.distill_temperature, "alpha": cfg.distill_alpha},
@@ -389,8 +390,9 @@ def _report(run: _Run, slim: torch.nn.Module, method: Finished, history_rows: li
         **({"allocation": _allocation_record(run.out)} if cfg.allocation != "uniform" else {}),
         **({"distributed": _distributed_record()} if distributed.active() else {}),
         dense={"flops": dense_flops, "params": dense_params, "acc": run.dense_eval["acc"],
-               "loss": run.dense_eval["loss"]},
-        pruned={"flops": flops, "params": params, "acc": pruned_eval["acc"], "loss": pruned_eval["loss"]},
+               "top5": run.dense_eval["top5"], "loss": run.dense_eval["loss"]},
+        pruned={"flops": flops, "params": params, "acc": pruned_eval["acc"], "top5": pruned_eval["top5"],
+                "loss": pruned_eval["loss"]},
         flops_drop=1 - flops / dense_flops,
         params_drop=1 - params / dense_params,
         analytic_flops_drop=run.budget.drop(masks, "flops"),
@@ -402,11 +404,13 @@ def _report(run: _Run, slim: torch.nn.Module, method: Finished, history_rows: li
     )  # fmt: skip
 
 
-def _gate(report: dict[str, Any]) -> None:
-    """GateFailed when the run missed its FLOPs/params target or its latency target."""
+def _gate(report: dict[str, Any], cfg: PruneConfig) -> None:
+    """GateFailed when the run missed its FLOPs/params target, its latency target or an accuracy gate."""
     metric, target, achieved = (report["target"][k] for k in ("metric", "value", "achieved"))
     if not report["target"]["met"]:
         raise GateFailed(f"target {metric} drop {target} not met: achieved {achieved:.4f}")
+    raise_failed(gate_failures("the pruned model (PyTorch)", report["pruned"]["acc"], report["dense"]["acc"],
+                               cfg.min_accuracy, cfg.max_accuracy_drop))  # fmt: skip
     latency = report.get("latency")
     if latency is not None and not latency["met"]:
         lat = latency

@@ -1,8 +1,13 @@
-"""``compress run RECIPE.yaml``: prune -> export (pruned + dense) -> verify -> bench -> one summary."""
+"""``compress run RECIPE.yaml``: prune -> export (pruned + dense) -> verify -> [quantize] -> bench -> one summary.
+
+Every stage runs and writes its outputs before any gate (target, accuracy, verification, speedup) fails the
+run with exit 1, so CI always has the summary and the files to look at.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +16,19 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.bench_output import load_previous, md_cell, render_markdown
-from compressor.config import ExportOptions, defaults
+from compressor.config import ExportOptions, QuantizeOptions, defaults
 from compressor.errors import BadInput, GateFailed
 from compressor.jobs.bench import BENCH_DEFAULTS, bench_gate, bench_models
 from compressor.jobs.config import PruneConfig
 from compressor.jobs.export import export
 from compressor.jobs.prune import prune
+from compressor.jobs.quantize import quantize
 from compressor.runtime.atomic import write_json, write_text
 from compressor.runtime.ci import append_step_summary
 
-SECTIONS = ("prune", "export", "bench")
+SECTIONS = ("prune", "export", "quantize", "bench")
 EXPORT_KEYS = tuple(defaults(ExportOptions))  # a recipe's export: section takes exactly these
+QUANTIZE_KEYS = tuple(defaults(QuantizeOptions))  # and its quantize: section (present: INT8 too)
 
 
 def _section(recipe: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
@@ -48,29 +55,79 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         if key not in p:
             raise BadInput(f"recipe section 'prune' needs {key!r}")
     e = _section(recipe, "export", set(EXPORT_KEYS))
+    q = _quantize_section(recipe)
     b = _section(recipe, "bench", set(BENCH_DEFAULTS))
     config = PruneConfig(**p)  # type-checks the prune section
     bench_opts = {**BENCH_DEFAULTS, **b}
     _check_export_bench(e, bench_opts)  # fail before any work, not after minutes of training
 
-    report = prune(config)
     run_dir = Path(p["out"])
+    report, gates = _pruned(config, run_dir)
     write_text(run_dir / "recipe.yaml", yaml.safe_dump({"prune": dict(vars(config)), "export": e,
+                                                         **({"quantize": q} if q is not None else {}),
                                                          "bench": bench_opts}, sort_keys=False))  # fmt: skip
     pruned = export(run_dir, trust_code=config.trust_code, **e)
-    dense = export(run_dir, dense=True, trust_code=config.trust_code, **e)
-    result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", label="pruned",
-                          trust_code=config.trust_code, **bench_opts)  # fmt: skip
+    dense = export(run_dir, dense=True, trust_code=config.trust_code, **{**e, "min_accuracy": None,
+                                                                          "max_accuracy_drop": None})  # fmt: skip
+    int8 = quantize(run_dir, **q) if q is not None else None
+    gates += pruned["accuracy_gates"] + (int8["accuracy_gates"] if int8 else [])
+    files = {"pruned": pruned["path"], **({"pruned-int8": int8["path"]} if int8 else {}), "dense": dense["path"]}
+    result = bench_models(files, "dense", label="pruned", trust_code=config.trust_code, **bench_opts)
     write_json(run_dir / "bench.json", result)
     bench_table = render_markdown(result)
     write_text(run_dir / "bench.md", bench_table)
+    summary = _summary(run_dir, report, pruned, dense, int8, result, gates)
+    write_json(run_dir / "summary.json", summary)
+    append_step_summary(summary_markdown(summary) + "\n" + bench_table)  # CI: before any gate fails
+    if not quiet_json:
+        print_summary(summary)
+    if gates:
+        raise GateFailed("; ".join(gates))
+    if not summary["export_verified"]:
+        raise GateFailed(f"ONNX export differs from PyTorch (max abs diff {summary['export_max_abs_diff']:.2e})")
+    bench_gate(result)
+    return summary
+
+
+def _quantize_section(recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """A recipe's ``quantize:`` section (``true`` or ``{}``: the defaults), None when there is none."""
+    if "quantize" not in recipe or recipe["quantize"] is False:
+        return None
+    q = {} if recipe["quantize"] in (None, True) else _section(recipe, "quantize", set(QUANTIZE_KEYS))
+    try:
+        QuantizeOptions(**q)
+    except BadInput as exc:
+        raise BadInput(f"recipe section 'quantize': {exc}") from None
+    return q
+
+
+def _pruned(config: PruneConfig, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Prune; a failed prune gate (target, accuracy) is kept for the end, after every later output exists."""
+    try:
+        return prune(config), []
+    except GateFailed as failed:
+        report = json.loads((run_dir / "report.json").read_text())
+        return report, [str(failed)]
+
+
+def _summary(run_dir: Path, report: dict[str, Any], pruned: dict[str, Any], dense: dict[str, Any],
+             int8: dict[str, Any] | None, result: dict[str, Any], gates: list[str]) -> dict[str, Any]:  # fmt: skip
+    """``summary.json``: the run's figures, the files' measured accuracy and latency, the gates."""
     row = result["results"][0]
-    summary = {
+
+    def acc(r: dict[str, Any] | None) -> float | None:
+        return ((r or {}).get("accuracy") or {}).get("acc")
+
+    return {
         "run": str(run_dir),
         "model": report["model"]["spec"],
         "method": report["method"]["name"],
         "dense_acc": report["dense"]["acc"],
         "pruned_acc": report["pruned"]["acc"],
+        "dense_onnx_acc": acc(dense),
+        "pruned_onnx_acc": acc(pruned),
+        **({"int8_acc": acc(int8), "int8_p50_ms": row["models"]["pruned-int8"]["p50_ms"],
+            "int8_speedup": row["speedup"]["pruned-int8"]["p50"]} if int8 else {}),  # fmt: skip
         "flops_drop": report["flops_drop"],
         "params_drop": report["params_drop"],
         "export_max_abs_diff": max(_diff(pruned), _diff(dense)),
@@ -81,17 +138,10 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
         "dense_p50_ms": row["models"]["dense"]["p50_ms"],
         "pruned_p50_ms": row["models"]["pruned"]["p50_ms"],
         "speedup": row["speedup"]["pruned"]["p50"],
-        "onnx": {"pruned": pruned["path"], "dense": dense["path"]},
+        "onnx": {"pruned": pruned["path"], "dense": dense["path"], **({"int8": int8["path"]} if int8 else {})},
+        "accuracy_gates": gates,
         "bench_gates": result["gates"],
     }
-    write_json(run_dir / "summary.json", summary)
-    append_step_summary(summary_markdown(summary) + "\n" + bench_table)  # CI: before any gate fails
-    if not quiet_json:
-        print_summary(summary)
-    if not summary["export_verified"]:
-        raise GateFailed(f"ONNX export differs from PyTorch (max abs diff {summary['export_max_abs_diff']:.2e})")
-    bench_gate(result)
-    return summary
 
 
 def _diff(export_result: dict[str, Any]) -> float:
@@ -108,6 +158,7 @@ def _check_export_bench(e: dict[str, Any], b: dict[str, Any]) -> None:
         if key in e and not isinstance(e[key], bool):
             raise BadInput(f"export {key} must be true or false, got {e[key]!r}")
     try:
+        ExportOptions(**e)  # the accuracy gates' ranges
         check_export_options(
             **{k: e[k] for k in ("opset", "exporter", "fp16", "rtol", "atol", "external_data") if k in e}
         )
@@ -134,7 +185,7 @@ def _check_export_bench(e: dict[str, Any], b: dict[str, Any]) -> None:
 
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(metric, dense, pruned, change) rows of a run's summary: the terminal table and the Markdown one."""
-    return [
+    rows = [
         ("test accuracy", f"{100 * s['dense_acc']:.2f}%", f"{100 * s['pruned_acc']:.2f}%",
          f"{100 * (s['pruned_acc'] - s['dense_acc']):+.2f} pt"),
         ("FLOPs drop", "", "", f"{100 * s['flops_drop']:.2f}%"),
@@ -143,6 +194,16 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (f"p50 latency ({s['provider']}, batch {s['batch']})", f"{s['dense_p50_ms']:.3f} ms",
          f"{s['pruned_p50_ms']:.3f} ms", f"{s['speedup']:.2f}x speedup"),
     ]  # fmt: skip
+    if s.get("pruned_onnx_acc") is not None and s.get("dense_onnx_acc") is not None:
+        rows.insert(1, ("test accuracy, ONNX file", f"{100 * s['dense_onnx_acc']:.2f}%",
+                        f"{100 * s['pruned_onnx_acc']:.2f}%",
+                        f"{100 * (s['pruned_onnx_acc'] - s['dense_onnx_acc']):+.2f} pt"))  # fmt: skip
+    if "int8_acc" in s:
+        int8_acc = "" if s["int8_acc"] is None else f"{100 * s['int8_acc']:.2f}%"
+        rows += [("INT8 file: test accuracy", "", int8_acc,
+                  "" if s["int8_acc"] is None else f"{100 * (s['int8_acc'] - s['dense_acc']):+.2f} pt vs dense"),
+                 ("INT8 file: p50 latency", "", f"{s['int8_p50_ms']:.3f} ms", f"{s['int8_speedup']:.2f}x speedup")]
+    return rows
 
 
 def summary_title(s: dict[str, Any]) -> str:
