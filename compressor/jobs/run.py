@@ -59,7 +59,7 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
                                                          "bench": bench_opts}, sort_keys=False))  # fmt: skip
     pruned = export(run_dir, trust_code=config.trust_code, **e)
     dense = export(run_dir, dense=True, trust_code=config.trust_code, **e)
-    result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", label="pruned",
+    result = bench_models({"pruned": pruned["path"], "dense": dense["path"]}, "dense", labels=("pruned",),
                           trust_code=config.trust_code, **bench_opts)  # fmt: skip
     write_json(run_dir / "bench.json", result)
     bench_table = render_markdown(result)
