@@ -194,8 +194,30 @@ def _markdown_row(row: dict[str, Any], label: str, baseline: str | None, cov_war
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def compared_labels(result: dict[str, Any]) -> list[str]:
+    """Every model label of a result but the baseline's, in the order the models were given."""
+    labels = dict.fromkeys(label for row in _rows(result) for label in row.get("models") or {})
+    return [label for label in labels if label != result.get("baseline")]
+
+
+def speedup_table(result: dict[str, Any]) -> list[str]:
+    """With a baseline and several models: one column per model, its p50 speedup in each setting (else none)."""
+    baseline, labels = result.get("baseline"), compared_labels(result)
+    if baseline is None or len(labels) < 2:
+        return []
+    lines = ["", f"p50 speedup over {md_cell(baseline)}:", "",
+             "| provider | io | batch | " + " | ".join(md_cell(label) for label in labels) + " |",
+             "|---|---|---:|" + "---:|" * len(labels)]  # fmt: skip
+    for row in _rows(result):
+        cells = [_fmt(((row.get("speedup") or {}).get(label) or {}).get("p50"), ".2f") for label in labels]
+        cells = [c if c == "–" else f"{c}×" for c in cells]
+        lines.append(f"| {row.get('provider')} | {row_io(row)} | {row.get('batch')} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(result: dict[str, Any]) -> str:
-    """A Markdown report of a bench result: header line, one table row per (provider, io, batch, model), notes."""
+    """A Markdown report of a bench result: header line, one table row per (provider, io, batch, model), with
+    several models a table of their speedups (a column each), notes."""
     baseline = result.get("baseline")
     cov_warn = _cov_warn(result)
     lines = [
@@ -209,6 +231,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     for row, label in iter_rows(result):
         lines.append(_markdown_row(row, label, baseline, cov_warn))
         flagged |= (_num(row["models"][label].get("cov")) or 0.0) > cov_warn
+    lines += speedup_table(result)
     notes = []
     if baseline is not None:
         notes.append("Speedup = baseline p50 / model p50 (mean ratio in brackets).")
@@ -423,10 +446,12 @@ def regression_failures(
     return failures, notes + environment_notes(result, previous)
 
 
-def raise_on_failures(failures: list[str]) -> None:
-    """``GateFailed`` (exit code 1) naming the first failure and how many there are, if any."""
+def raise_on_failures(failures: list[str], models: list[str] | tuple[str, ...] = ()) -> None:
+    """``GateFailed`` (exit code 1) naming the first failure and how many there are, if any; with ``models``
+    (the labels that failed a gate) naming them all when more than one did."""
     if failures:
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        which = f"; failed: {', '.join(models)}" if len(models) > 1 else ""
+        more = f" (and {len(failures) - 1} more{which})" if len(failures) > 1 else ""
         raise GateFailed(f"{failures[0]}{more}")
 
 

@@ -406,9 +406,19 @@ def bench(
         "settings": _settings(keys, batch_list, io_modes, opts, warmup, iters, min_iters, duration, seed),
         "models": {i.label: {"onnx": i.onnx and str(i.onnx), "torch": i.torch and str(i.torch)} for i in infos},
         "baseline": baseline,
+        "speedups": _speedups(results),
         "results": results,
         "warnings": warnings,
     }
+
+
+def _speedups(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per model compared with the baseline: its lowest and highest p50 speedup over the settings."""
+    by_label: dict[str, list[float]] = {}
+    for row in results:
+        for label, sp in row["speedup"].items():
+            by_label.setdefault(label, []).append(sp["p50"])
+    return {label: {"p50_min": min(v), "p50_max": max(v)} for label, v in by_label.items()}
 
 
 def _settings(keys: list[str], batch_list: list[int], io_modes: list[str], opts: Options, warmup: int,

@@ -549,16 +549,16 @@ class BenchOptions:
     trt_fp16: bool = opt(False, "TensorRT: build fp16 engines.", flag="plain")
     trt_cache: str = opt("auto", "TensorRT engine cache directory ('auto': ~/.cache/compress/tensorrt, 'off': none).")
     fail_below_speedup: float | None = opt(
-        None, "Gate: exit 1 when the p50 speedup over --baseline is below X (any setting)."
+        None, "Gate: exit 1 when a model's p50 speedup over --baseline is below X (every model, any setting)."
     )
     fail_above_p50: float | None = opt(
         None,
-        "Gate: exit 1 when the model's p50 exceeds MS milliseconds (any setting).",
+        "Gate: exit 1 when a model's p50 exceeds MS milliseconds (every model but the baseline, any setting).",
         metavar="MS",
     )
     compare: str | None = opt(
         None,
-        "Gate: compare with a previous --json result (same provider, io, batch, model).",
+        "Gate: compare with a previous result (--json-out, bench.json; same provider, io, batch, model label).",
         metavar="PREVIOUS.json",
     )
     max_regression: float = opt(

@@ -110,7 +110,7 @@ def test_cli_outputs_and_gates(run_dir, tmp_path):
     base = [sys.executable, "-m", "compressor.cli", "bench", str(run_dir), "--baseline", str(run_dir / "dense.onnx"),
             "--iters", "5", "--warmup", "1", "--threads", "1"]  # fmt: skip
     outs = {k: tmp_path / f"b.{k}" for k in ("json", "csv", "md", "png")}
-    proc = subprocess.run([*base, "--json", outs["json"], "--csv", outs["csv"], "--md", outs["md"],
+    proc = subprocess.run([*base, "--json-out", outs["json"], "--csv", outs["csv"], "--md", outs["md"],
                            "--plot", outs["png"]], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(outs["json"].read_text())

@@ -131,6 +131,19 @@ def test_markdown_has_every_row_header_speedups_and_warnings():
     assert all(line.count(" | ") + 1 == n_cols for line in table) and n_cols == 15
 
 
+def test_markdown_with_several_models_has_a_speedup_column_each():
+    res = make_result(settings=(("cpu", "host", 1), ("cpu", "host", 8)), labels=("dense", "p|1", "p2"))
+    res["results"][1]["speedup"].pop("p2")  # a setting without a speedup shows a dash
+    md = bo.render_markdown(res)
+    assert "\np50 speedup over dense:\n\n| provider | io | batch | p\\|1 | p2 |\n|---|---|---:|---:|---:|\n" in md
+    one, eight = (res["results"][k]["speedup"] for k in (0, 1))
+    assert f"| cpu | host | 1 | {one['p|1']['p50']:.2f}× | {one['p2']['p50']:.2f}× |" in md
+    assert f"| cpu | host | 8 | {eight['p|1']['p50']:.2f}× | – |" in md
+    assert bo.compared_labels(res) == ["p|1", "p2"]
+    assert bo.speedup_table(make_result()) == []  # one model: the table alone, as before
+    assert bo.speedup_table(make_result(labels=("a", "b", "c"), baseline=None)) == []  # no baseline: latencies
+
+
 def test_markdown_without_baseline_and_duration_mode():
     res = make_result(settings=(("cpu", "host", 1),), labels=("only",), baseline=None)
     res["settings"].update(duration=2.5, iters=None)
@@ -317,6 +330,10 @@ def test_raise_on_failures():
     bo.raise_on_failures([])
     with pytest.raises(GateFailed, match=r"^a \(and 1 more\)$"):
         bo.raise_on_failures(["a", "b"])
+    with pytest.raises(GateFailed, match=r"^a \(and 2 more; failed: m1, m2\)$"):
+        bo.raise_on_failures(["a", "b", "c"], ["m1", "m2"])
+    with pytest.raises(GateFailed, match=r"^a \(and 1 more\)$"):
+        bo.raise_on_failures(["a", "b"], ["m1"])  # one model: its name is in the message already
 
 
 def test_exit_codes_are_documented():

@@ -148,7 +148,7 @@ def test_export_writes_verified_onnx_with_metadata(l1_run: Path, exported: dict[
 def test_bench_with_baseline_writes_json(l1_run: Path, exported: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = _invoke(["bench", str(l1_run / "pruned.onnx"), "--baseline", str(l1_run / "dense.onnx"),
-                      "--iters", "5", "--warmup", "1", "--json", str(out)])  # fmt: skip
+                      "--iters", "5", "--warmup", "1", "--json-out", str(out)])  # fmt: skip
     assert "speedup" in result.stdout
     data = json.loads(out.read_text())
     (row,) = data["results"]

@@ -73,8 +73,8 @@ def test_cli_recipe_and_api_defaults_are_one_object() -> None:
     from compressor.jobs.run import EXPORT_KEYS
 
     for command, cls, extra in (("prune", PruneConfig, {"nproc"}), ("export", ExportOptions, {"out", "dense",
-                                "trust_code", "run_dir"}), ("bench", BenchOptions, {"model", "baseline", "trust_code",
-                                "json_out", "csv_out", "md_out", "plot_out"})):  # fmt: skip
+                                "trust_code", "run_dir"}), ("bench", BenchOptions, {"models", "baseline", "labels",
+                                "trust_code", "json_out", "csv_out", "md_out", "plot_out"})):  # fmt: skip
         want = defaults(cls)
         params = {p.name: p for p in main.commands[command].params if p.name not in ("config", "as_json")}
         assert set(params) - extra == {f.name for f in fields(cls)}, command

@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def _run_bench(run: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "compressor.cli", "bench", str(run), "--baseline", str(run / "dense.onnx"),
-           "--batch", "1", "--iters", str(args.iters), "--warmup", "10", "--json", str(out)]  # fmt: skip
+           "--batch", "1", "--iters", str(args.iters), "--warmup", "10", "--json-out", str(out)]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)

@@ -286,46 +286,50 @@ def eval_(model: str, as_json: bool, **options: Any) -> None:
 @main.command(epilog="Exit codes: 0 ok; 1 a gate failed; 2 bad input; 4 a requested provider is not available "
               "here (not in this build, no GPU, or it fell back to another).")  # fmt: skip
 @config_option
-@click.argument("model")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
+@click.option("--label", "labels", multiple=True, metavar="NAME",
+              help="Label of each MODEL, in order (repeat it once per MODEL). Default: the file stem (a run "
+              "directory: its name; clashes take the parent directory); one MODEL alone: 'model'.")  # fmt: skip
 @click_options(BenchOptions)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
-@click.option("--json", "json_out", default=None, help="Write the result JSON here ('-': stdout, no table).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (instead of the table).")
+@click.option("--json-out", "json_out", default=None, help="Write the result JSON here.")
 @click.option("--csv", "csv_out", default=None, help="Write one CSV row per setting and model here.")
 @click.option("--md", "md_out", default=None, help="Write the Markdown table here.")
 @click.option("--plot", "plot_out", default=None, help="Write a PNG of the latency distributions here.")
-def bench(model: str, baseline: str | None, json_out: str | None, csv_out: str | None, md_out: str | None,
-          plot_out: str | None, **options: Any) -> None:  # fmt: skip
-    """Measure the latency of MODEL (and --baseline, interleaved) and the speedup.
+def bench(models: tuple[str, ...], baseline: str | None, labels: tuple[str, ...], as_json: bool,
+          json_out: str | None, csv_out: str | None, md_out: str | None, plot_out: str | None,
+          **options: Any) -> None:  # fmt: skip
+    """Measure the latency of each MODEL (and --baseline), interleaved in one run, and each one's speedup.
 
-    MODEL is an ONNX file, a pruned-model .pt (PyTorch backends) or a run directory.
+    MODEL is an ONNX file, a pruned-model .pt (PyTorch backends) or a run directory; several are timed
+    together, each against the baseline (labelled 'baseline'), and the gates judge every one.
     """
-    from compressor.jobs.bench import bench_gate, bench_models
+    from compressor.jobs.bench import BASELINE_LABEL, bench_gate, bench_models, model_labels
     from compressor.runtime.atomic import check_output_file
 
-    for option, path in (("--json", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
-        if path and not (option == "--json" and path == "-"):
+    named = model_labels(models, labels, baseline)
+    for option, path in (("--json-out", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
+        if path:
             check_output_file(path, option)
-    result = bench_models({"model": model, **({"baseline": baseline} if baseline else {})},
-                          "baseline" if baseline else None, label="model", **options)  # fmt: skip
-    _emit_bench(result, json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
+    result = bench_models(named, BASELINE_LABEL if baseline else None, **options)
+    _emit_bench(result, as_json, json_out=json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
     bench_gate(result)
 
 
-def _emit_bench(result: dict[str, Any], json_out: str | None, *, csv_out: str | None = None,
+def _emit_bench(result: dict[str, Any], as_json: bool, *, json_out: str | None = None, csv_out: str | None = None,
                 md_out: str | None = None, plot_out: str | None = None) -> None:  # fmt: skip
+    """The table (or with ``as_json`` the JSON) on stdout, notes on stderr, then the requested files."""
     from benchmarks.bench_output import plot_distributions, render_csv, render_markdown
     from compressor.runtime.atomic import write_json, write_text
     from compressor.runtime.ci import append_step_summary
 
     table = render_markdown(result)
-    if json_out == "-":
-        click.echo(json.dumps(result, default=str))
-    else:
-        click.echo(table)
-    for line in (result.get("warnings", []) if json_out == "-" else []) + result.get("gates", {}).get("notes", []):
+    click.echo(json.dumps(result, default=str) if as_json else table)
+    for line in (result.get("warnings", []) if as_json else []) + result.get("gates", {}).get("notes", []):
         click.echo(f"note: {line}", err=True)  # warnings are in the table already; --compare notes are not
-    if json_out and json_out != "-":
+    if json_out:
         write_json(json_out, result)
     if csv_out:
         write_text(csv_out, render_csv(result))

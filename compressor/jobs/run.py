@@ -72,7 +72,8 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
     int8 = quantize(run_dir, **q) if q is not None else None
     gates += pruned["accuracy_gates"] + (int8["accuracy_gates"] if int8 else [])
     files = {"pruned": pruned["path"], **({"pruned-int8": int8["path"]} if int8 else {}), "dense": dense["path"]}
-    result = bench_models(files, "dense", label="pruned", trust_code=config.trust_code, **bench_opts)
+    # the gates judge every file the run ships: pruned, and pruned-int8 when quantized
+    result = bench_models(files, "dense", trust_code=config.trust_code, **bench_opts)
     write_json(run_dir / "bench.json", result)
     bench_table = render_markdown(result)
     write_text(run_dir / "bench.md", bench_table)
