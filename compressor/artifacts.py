@@ -2,7 +2,8 @@
 
 A file holds the model spec (``{"model", "num_classes", "in_channels", "trust_code"}``), the input shape, the
 DepGraph pruning history and the slim state_dict (:func:`pruned_payload`); loading rebuilds
-the dense architecture from the spec, replays the history, then loads the weights.
+the dense architecture from the spec, replays the history, then loads the weights. A pretrained spec
+(``torchvision:NAME:WEIGHTS``) rebuilds without its pretrained file: the file's own weights replace them.
 """
 
 from __future__ import annotations
@@ -33,13 +34,22 @@ def pruned_payload(spec: dict[str, Any], input_shape: tuple[int, ...], history: 
     }
 
 
-def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+def build_from_spec(spec: dict[str, Any], *, pretrained: bool = True, weights_head: str = "strict") -> torch.nn.Module:
+    """The model of a spec dict; ``pretrained=False``: the architecture of a ``torchvision:NAME:WEIGHTS`` spec
+    without reading its weights (a pruned-model file holds its own)."""
     return build_model(
         spec["model"],
         num_classes=int(spec["num_classes"]),
         in_channels=int(spec["in_channels"]),
         trust_code=bool(spec.get("trust_code", False)),
+        pretrained=pretrained,
+        weights_head=weights_head,
     )
+
+
+def build_architecture(spec: dict[str, Any]) -> torch.nn.Module:
+    """The dense architecture of a spec dict with fresh weights, reading no pretrained file."""
+    return build_from_spec(spec, pretrained=False)
 
 
 def read_pruned(path: str | Path) -> dict[str, Any]:
@@ -60,7 +70,7 @@ def load_pruned(path: str | Path, *, trust_code: bool = False) -> tuple[torch.nn
     if payload["spec"].get("trust_code") and not trust_code:
         raise BadInput(f"{path} was built from user code ({payload['spec']['model']}): pass --trust-code")
     try:
-        return rebuild_pruned(payload, build_from_spec), payload
+        return rebuild_pruned(payload, build_architecture), payload
     except BadInput:
         raise
     except Exception as exc:  # a readable file that does not match its architecture

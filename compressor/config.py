@@ -26,6 +26,13 @@ TRUST_HELP = (
 REQUIRED: Any = dataclasses.MISSING  # opt(REQUIRED, ...): an option without a default
 FLAGS = ("plain", "switch")  # bool options: --x alone, or --x/--no-x (the default for bools)
 RESUME = ("fixed", "free")  # fixed: changes what a checkpoint means, so --resume refuses a new value
+WEIGHTS_HEADS = ("strict", "reinit")  # --weights-head: refuse another classifier head, or re-initialize it
+
+
+def pretrained_spec(model: str) -> tuple[str, str] | None:
+    """``torchvision:NAME:WEIGHTS`` -> ``(NAME, WEIGHTS)``; ``None`` for any other model spec."""
+    m = re.fullmatch(r"\s*torchvision:(\w+):([\w-]+)\s*", str(model))
+    return (m.group(1), m.group(2)) if m else None
 
 
 def opt(default: Any, help: str = "", *, choices: tuple[str, ...] | None = None, flag: str | None = None,
@@ -237,13 +244,21 @@ class PruneOptions:
 
     model: str = opt(
         REQUIRED,
-        "torchvision:NAME, cifar:resnet20|32|56|110, cifar:vgg16, timm:NAME, path/file.py:factory or a pickled whole "
-        "module FILE.pt (both need --trust-code).",
+        "torchvision:NAME, torchvision:NAME:WEIGHTS (pretrained, e.g. IMAGENET1K_V1 or DEFAULT, read from the "
+        "TORCH_HOME cache, never downloaded), cifar:resnet20|32|56|110, cifar:vgg16, timm:NAME, path/file.py:factory "
+        "or a pickled whole module FILE.pt (both need --trust-code).",
     )
     out: str = opt(REQUIRED, "Run directory to write.", resume="free")
     data: str = opt("fashion-mnist", "fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic:CxHxW:classes.")
     method: str = opt("psap", "psap | aster | l1 | l2 | bn-scale | taylor | random.")
     weights: str | None = opt(None, "state_dict checkpoint to start from (weights_only load).")
+    weights_head: str = opt(
+        WEIGHTS_HEADS[0],
+        "A classifier of another class count in --weights or the pretrained weights of torchvision:NAME:WEIGHTS: "
+        "refuse it (strict) or keep the model's fresh classifier (reinit, named on stderr). An RGB stem is adapted "
+        "to --in-channels either way.",
+        choices=WEIGHTS_HEADS,
+    )
     from_scratch: bool = opt(False, "Random init, prune during the whole training (SFP style).", flag="plain")
     target_flops: float | None = opt(None, "FLOPs (MACs) drop to reach, e.g. 0.5.")
     target_params: float | None = opt(None, "Parameter drop to reach.")
@@ -375,8 +390,13 @@ class PruneOptions:
         """Options that contradict each other are BadInput before any work."""
         check_allocation(self.allocation, self.method)
         check_gates(self)
-        if self.from_scratch and self.weights:
-            raise BadInput("--from-scratch starts from random weights: drop --weights")
+        pre = pretrained_spec(self.model)
+        trained = "--weights" if self.weights else f"the :{pre[1]} of --model {self.model}" if pre else ""
+        if self.weights and pre:
+            raise BadInput(f"--model {self.model} loads pretrained weights: drop --weights (or use "
+                           f"--model torchvision:{pre[0]} with --weights)")  # fmt: skip
+        if self.from_scratch and trained:
+            raise BadInput(f"--from-scratch starts from random weights: drop {trained}")
         if self.from_scratch and self.pretrain_epochs:
             raise BadInput("--from-scratch prunes during training from random init: drop --pretrain-epochs")
         if self.from_scratch and self.epochs < 1:
@@ -390,8 +410,8 @@ class PruneOptions:
             raise BadInput(f"--prune-at and --allocation-from are for the one-shot baselines, not {self.method}")
         if not 0 <= self.prune_at < max(self.epochs, 1):
             raise BadInput(f"--prune-at must be in [0, --epochs), got {self.prune_at} with --epochs {self.epochs}")
-        if self.bn_init is not None and self.weights:
-            raise BadInput("--bn-init initialises BN gamma of a randomly initialised model: drop --weights")
+        if self.bn_init is not None and trained:
+            raise BadInput(f"--bn-init initialises BN gamma of a randomly initialised model: drop {trained}")
         for name in ("lr", "pretrain_lr", "finetune_lr"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -406,8 +426,9 @@ class PruneOptions:
             raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {self.max_layer_ratio}")
         if not 0 <= self.seed < 2**32:
             raise BadInput(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
-        if self.distill and not (self.weights or self.pretrain_epochs > 0):
-            raise BadInput("--distill learns from the trained dense model: give --weights or --pretrain-epochs"
+        if self.distill and not (trained or self.pretrain_epochs > 0):
+            raise BadInput("--distill learns from the trained dense model: give --weights, torchvision:NAME:WEIGHTS "
+                           "or --pretrain-epochs"
                            + (" (not --from-scratch)" if self.from_scratch else ""))  # fmt: skip
         if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
             raise BadInput(f"--distill-temperature must be a finite number > 0, got {self.distill_temperature}")

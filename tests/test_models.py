@@ -166,9 +166,13 @@ def test_load_weights_errors(tmp_path):
         load_weights(m, tmp_path / "absent.pt")
     other = tmp_path / "other.pt"
     torch.save(build_model("cifar:resnet20", num_classes=100).state_dict(), other)
-    with pytest.raises(BadInput, match="mismatched shapes") as e:
+    with pytest.raises(BadInput, match="classifier for 100 classes") as e:  # --weights-head reinit loads it
         load_weights(m, other)
     assert "fc.weight" in str(e.value) and "\n" not in str(e.value)
+    wider = tmp_path / "wider.pt"
+    torch.save({**m.state_dict(), "layer1.0.conv1.weight": torch.zeros(8, 16, 3, 3)}, wider)  # a pruned layer
+    with pytest.raises(BadInput, match="mismatched shapes") as e:
+        load_weights(m, wider, head="reinit")
     deeper = tmp_path / "deeper.pt"
     torch.save(build_model("cifar:resnet32").state_dict(), deeper)
     with pytest.raises(BadInput, match="unexpected"):

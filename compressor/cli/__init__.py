@@ -375,11 +375,11 @@ def _read_yaml_or_bad(path: str) -> dict[str, Any]:
 @click.option("--target-flops", type=float, default=None, help="Dry run: can this FLOPs drop be reached?")
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True)
-@click_options(PruneOptions, only=("round_to", "max_layer_ratio", *PRUNE_GRAPH_RULES))
+@click_options(PruneOptions, only=("weights_head", "round_to", "max_layer_ratio", *PRUNE_GRAPH_RULES))
 def info(model: str | None, list_models: str | None, list_methods: bool, data: str, input_shape: str | None,
          num_classes: int, round_to: int, max_layer_ratio: float, target_flops: float | None, trust_code: bool,
-         as_json: bool, ignore: tuple[str, ...], ignore_stem: bool,
-         group_max_ratio: tuple[str, ...]) -> None:  # fmt: skip
+         as_json: bool, ignore: tuple[str, ...], ignore_stem: bool, group_max_ratio: tuple[str, ...],
+         weights_head: str) -> None:  # fmt: skip
     """Show a model's prunable groups, FLOPs, params, every layer left alone (and why) and the reachable drop."""
     if list_models is not None:
         from compressor.models import list_models as all_models
@@ -401,7 +401,8 @@ def info(model: str | None, list_models: str | None, list_methods: bool, data: s
 
     result = model_info(model, data=data, input_shape=input_shape, num_classes=num_classes, round_to=round_to,
                         max_ratio=max_layer_ratio, target_flops=target_flops, trust_code=trust_code,
-                        ignore=ignore, ignore_stem=ignore_stem, group_max_ratio=group_max_ratio)  # fmt: skip
+                        ignore=ignore, ignore_stem=ignore_stem, group_max_ratio=group_max_ratio,
+                        weights_head=weights_head)  # fmt: skip
     click.echo(json.dumps(result, default=str) if as_json else render_info(result))
 
 

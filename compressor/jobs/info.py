@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from compressor.config import DEFAULT_PRUNE as _P
 from compressor.config import parse_patterns, parse_ratios
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
-from compressor.models import build_model
+from compressor.models import build_model, pretrained_record
 
 DATA_SHAPES = {
     "fashion-mnist": ((1, 28, 28), 10),
@@ -50,13 +51,18 @@ def model_info(
     ignore: Any = None,
     ignore_stem: bool = False,
     group_max_ratio: Any = None,
+    weights_head: str = _P.weights_head,
 ) -> dict[str, Any]:
     if not 0 < max_ratio < 1:
         raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {max_ratio}")
     if round_to < 1:
         raise BadInput(f"--round-to must be >= 1 (1: no rounding), got {round_to}")
     shape, classes = _shape(data, input_shape, num_classes)
-    net = build_model(model, num_classes=classes, in_channels=shape[0], trust_code=trust_code).eval()
+    net = build_model(model, num_classes=classes, in_channels=shape[0], trust_code=trust_code,
+                      weights_head=weights_head).eval()  # fmt: skip
+    record = pretrained_record(net)
+    for line in record["messages"] if record else []:  # an adapted stem, a re-initialized classifier
+        print(line, file=sys.stderr)
     graph = PruningGraph(net, torch.zeros(1, *shape), round_to=round_to, arch=model, ignore=parse_patterns(ignore),
                          ignore_stem=ignore_stem, group_max_ratio=parse_ratios(group_max_ratio))  # fmt: skip
     budget = Budget(graph)
@@ -84,6 +90,8 @@ def model_info(
         "reachable_flops_drop": reachable(graph, budget, max_ratio),
         "left_alone": [{"layer": n, "why": why} for n, why in graph.left_alone()],
     }
+    if record:
+        result["pretrained"] = {k: v for k, v in record.items() if k not in ("messages", "categories")}
     if target_flops is not None:
         if not 0 < target_flops < 1:
             raise BadInput(f"--target-flops must be strictly between 0 and 1, got {target_flops}")
@@ -104,6 +112,8 @@ def render_info(r: dict[str, Any]) -> str:
         "",
         f"{'group':>5}  {'channels':>8}  {'layers':>6}  root",
     ]
+    if pre := r.get("pretrained"):
+        lines.insert(3, f"pretrained {pre['weights']} ({pre['file']}), classifier {pre['head']}")
     lines += [f"{g['group']:>5}  {g['channels']:>8}  {g['layers']:>6}  {g['root']}" for g in r["groups"]]
     reach = r["reachable_flops_drop"]
     lines += ["", f"reachable FLOPs drop: {reach['min']:.4f} .. {reach['max']:.4f} "

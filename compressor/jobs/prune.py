@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from compressor.jobs.config import RESUME_FIXED, PruneConfig
 from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.methods.base import Method
 from compressor.methods.registry import build_method, method_parameters
-from compressor.models import init_bn_gamma, load_weights, read_checkpoint
+from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
 from compressor.runtime import checkpoint, distributed
 from compressor.runtime.atomic import atomic_path, check_writable_dir, write_json, write_text
 from compressor.search.latency_alloc import ALLOCATION_FILE, allocation_for_run
@@ -102,7 +102,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         progress.log(f"{out}: the run is complete; nothing to resume")
         return finished
     device, data = _load_inputs(cfg)
-    spec, model = _build_model(cfg, data)
+    spec, model, loaded = _build_model(cfg, data)
     input_shape = tuple(data.input_shape)
     example = torch.zeros(1, *input_shape)
     graph = PruningGraph(model, example, **graph_options(cfg))
@@ -122,7 +122,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                     device=device, log=progress.log, start=False)  # fmt: skip
     resume_state, history_rows = _open_run_dir(cfg, out, search, alloc)  # inputs are valid: rank 0 writes now
     run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape,
-               time.perf_counter(), _trainer_io(cfg, out, device, progress))  # fmt: skip
+               time.perf_counter(), _trainer_io(cfg, out, device, progress), loaded)  # fmt: skip
     phase = resume_state["phase"] if resume_state else "pretrain"
     history_rows += _dense_phase(run, model, resume_state, phase)
     if phase in SLIM_PHASES:
@@ -147,15 +147,25 @@ def _load_inputs(cfg: PruneConfig) -> tuple[torch.device, Any]:
     return device, data
 
 
-def _build_model(cfg: PruneConfig, data: Any) -> tuple[dict[str, Any], torch.nn.Module]:
-    """The model spec (classes and channels from the data unless given) and the model, weights loaded."""
+def _build_model(cfg: PruneConfig, data: Any) -> tuple[dict[str, Any], torch.nn.Module, dict[str, Any]]:
+    """The model spec (classes and channels from the data unless given), the model with its weights loaded
+    (pretrained or ``--weights``), and the report's record of those weights."""
     spec = model_spec(cfg, cfg.num_classes or data.num_classes, cfg.in_channels or data.input_shape[0])
-    model = build_from_spec(spec)
+    model = build_from_spec(spec, weights_head=cfg.weights_head)
+    record = pretrained_record(model) or {}
+    loaded = {k: record.get(k, []) for k in ("reinitialized", "adapted", "messages")}
     if cfg.weights:
-        load_weights(model, cfg.weights)
+        loaded = asdict(load_weights(model, cfg.weights, cfg.weights_head))
+    for line in loaded.pop("messages"):  # an adapted stem, a re-initialized classifier
+        _warn(line)
     if cfg.bn_init is not None:
         init_bn_gamma(model, cfg.bn_init)
-    return spec, model
+    pretrained = None
+    if record:
+        names = record["categories"]
+        pretrained = {k: record[k] for k in ("weights", "file", "url", "transforms", "head")}
+        pretrained["categories"] = len(names) if names else None
+    return spec, model, {"weights_head": cfg.weights_head, "pretrained": pretrained, **loaded}
 
 
 def _open_run_dir(cfg: PruneConfig, out: Path, search: dict[str, Any] | None,
@@ -280,6 +290,7 @@ class _Run:
     input_shape: tuple[int, ...]
     t_start: float
     trainer_io: dict[str, Any]
+    loaded: dict[str, Any]  # the report's record of the starting weights (_build_model)
     dense_eval: dict[str, Any] = field(default_factory=dict)  # set by the dense phase, as the two below
     dense_counts: tuple[float, float] = (0.0, 0.0)  # (FLOPs, params)
     teacher: torch.nn.Module | None = None  # --distill: the frozen dense model
@@ -380,7 +391,7 @@ def _report(run: _Run, slim: torch.nn.Module, method: Finished, history_rows: li
         tool={"name": "compress", "version": tool_version()},
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         model={"spec": cfg.model, "num_classes": spec["num_classes"], "in_channels": spec["in_channels"],
-               "input_shape": list(run.input_shape), "weights": cfg.weights},
+               "input_shape": list(run.input_shape), "weights": cfg.weights, **run.loaded},
         data={"spec": cfg.data, "sizes": getattr(run.data, "sizes", None), "preprocess": preprocessing(run.data)},
         method={"name": cfg.method, "options": _method_report_options(cfg), "steps": method.steps, "log": method.log,
                 "mask_final_epoch": method.mask_final_epoch, "epochs": cfg.epochs},

@@ -48,6 +48,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Target: {report['target']['metric']} drop {report['target']['value']} "
         f"({'met' if report['target']['met'] else 'NOT met'}).",
+        *_weights_lines(report["model"]),
         *_distill_lines(report.get("distill")),
         *_latency_lines(report.get("latency")),
         "",
@@ -58,6 +59,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("skipped"):
         lines += ["", "Left alone:", ""] + [f"- `{name}`: {why}" for name, why in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _weights_lines(model: dict[str, Any]) -> list[str]:
+    """Where the starting weights came from (pretrained or --weights) and what loading them changed."""
+    pre, lines = model.get("pretrained"), []
+    if pre:
+        lines.append(f"Started from the pretrained weights {pre['weights']} (`{pre['file']}`).")
+    elif model.get("weights"):
+        lines.append(f"Started from the weights `{model['weights']}`.")
+    if model.get("reinitialized"):
+        lines.append(f"Classifier re-initialized (--weights-head reinit): {', '.join(model['reinitialized'])}.")
+    if model.get("adapted"):
+        lines.append(f"Stem adapted to {model['in_channels']} input channels: {', '.join(model['adapted'])}.")
+    return lines
 
 
 def _distill_lines(distill: dict[str, Any] | None) -> list[str]:

@@ -1,5 +1,5 @@
 """Checkpoints: read a ``torch.load(weights_only=True)`` file, say in one line why one cannot be read, and load a
-state_dict into a model strictly."""
+state_dict into a model strictly (but for an adapted stem and, when asked, a re-initialized classifier)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from compressor.errors import BadInput, one_line
 from compressor.models.pickle_scan import _is_pickled_module, _pickle_globals
+from compressor.models.stem import adapt_weight, stem_weight
 
 
 def load_problem(path: Path, exc: Exception, what: str, module_hint: str = "") -> str:
@@ -88,8 +90,97 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", module_hint: str
         raise BadInput(load_problem(path, e, what, module_hint)) from None
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint into ``model`` (in place), strictly.
+@dataclass
+class Loaded:
+    """What a load changed besides copying tensors: ``adapted`` (the stem weight, to the model's input channels),
+    ``reinitialized`` (classifier keys left at the model's fresh init), and one line saying so for each."""
+
+    adapted: list[str] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+def _classifier(model: nn.Module) -> str | None:
+    """The name of the last ``Linear``/``Conv2d`` in module order: the classifier of every torchvision model and
+    CIFAR net."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return names[-1] if names else None
+
+
+def _differs_only_in(a: torch.Tensor, b: torch.Tensor, dim: int) -> bool:
+    """Same shape except in dimension ``dim``."""
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    return len(sa) == len(sb) > dim and sa[dim] != sb[dim] and sa[:dim] + sa[dim + 1 :] == sb[:dim] + sb[dim + 1 :]
+
+
+def _adapt_stem_entry(model: nn.Module, sd: dict[str, torch.Tensor], own: dict[str, Any], source: str,
+                      loaded: Loaded) -> None:  # fmt: skip
+    """An RGB (or other) stem weight for a model of other input channels: adapted as :func:`adapt_stem` does."""
+    key = stem_weight(model)
+    if key is None or key not in sd or not _differs_only_in(sd[key], own[key], 1):
+        return
+    c_old, c_new = sd[key].shape[1], own[key].shape[1]
+    sd[key] = adapt_weight(sd[key], c_new).to(sd[key].dtype)
+    rule = "summed over its channels" if c_new == 1 else f"repeated, scaled by {c_old}/{c_new}"
+    loaded.adapted.append(key)
+    loaded.messages.append(f"{source}: adapted the stem {key} from {c_old} to {c_new} input channels ({rule})")
+
+
+def _head_entries(model: nn.Module, sd: dict[str, torch.Tensor], own: dict[str, Any], bad: list[str], head: str,
+                  source: str, loaded: Loaded) -> list[str]:  # fmt: skip
+    """Re-initialize (``reinit``) or refuse (``strict``) a classifier of another class count; the other keys of
+    ``bad``."""
+    cls = _classifier(model)
+    keys = [k for k in bad if cls and k.startswith(f"{cls}.") and _differs_only_in(sd[k], own[k], 0)]
+    if not keys:
+        return bad
+    theirs, ours = sd[keys[0]].shape[0], own[keys[0]].shape[0]
+    if head != "reinit":
+        shapes = _preview([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in keys], 2)
+        raise BadInput(f"{source} has a classifier for {theirs} classes, the model has {ours}: {shapes}; pass "
+                       f"--weights-head reinit to re-initialize it (or --num-classes {theirs})")  # fmt: skip
+    for k in keys:
+        sd[k] = own[k]
+    loaded.reinitialized += keys
+    loaded.messages.append(f"{source}: re-initialized the classifier {', '.join(keys)} ({theirs} -> {ours} classes, "
+                           "--weights-head reinit)")  # fmt: skip
+    return [k for k in bad if k not in keys]
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, head: str = "strict") -> Loaded:
+    """Load ``state`` into ``model`` (in place), strictly, but for two documented changes.
+
+    A stem weight of other input channels is adapted (:func:`adapt_stem`'s rule: an RGB stem for a 1-channel model
+    is summed over RGB); a classifier of another class count (the last Linear/Conv2d, first dimension) is refused
+    with ``head="strict"`` or left at the model's fresh init with ``"reinit"``. Missing/unexpected keys and any
+    other shape mismatch -> :class:`BadInput` naming ``source``. Returns what changed.
+    """
+    sd, own, loaded = dict(state), model.state_dict(), Loaded()
+    # files older than BatchNorm's num_batches_tracked (many of torchvision's) lack it: load_state_dict fills it in
+    missing = [k for k in own if k not in sd and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
+        raise BadInput(f"{source} does not match the model: {'; '.join(parts)}")
+    _adapt_stem_entry(model, sd, own, source, loaded)
+    bad = [k for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    bad = _head_entries(model, sd, own, bad, head, source, loaded)
+    if bad:
+        shapes = _preview([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in bad], 2)
+        raise BadInput(f"{source} has mismatched shapes: {shapes} (a pruned model? load it with its pruning history)")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except Exception as e:
+        raise BadInput(f"cannot load {source}: {one_line(e)[:200]}") from None
+    return loaded
+
+
+def load_weights(model: nn.Module, path: str | Path, head: str = "strict") -> Loaded:
+    """Load a checkpoint into ``model`` (in place), strictly but for :func:`load_state`'s stem and head rules.
 
     Reads with ``torch.load(weights_only=True)``; accepts a raw state_dict or a dict holding it under
     ``"state_dict"``/``"model"``; strips ``module.`` (DDP) and ``_orig_mod.`` (torch.compile)
@@ -98,23 +189,4 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     hint = f"save model.state_dict() instead, or pass the file as --model {path} with --trust-code"
     sd = _extract_state_dict(read_checkpoint(path, module_hint=hint), path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {_preview(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_preview(unexpected)}")
-        raise BadInput(f"checkpoint {path} does not match the model: {'; '.join(parts)}")
-    bad = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
-    if bad:
-        raise BadInput(
-            f"checkpoint {path} has mismatched shapes: {_preview(bad, 2)}"
-            " (a pruned model? load it with its pruning history)"
-        )
-    try:
-        model.load_state_dict(sd, strict=True)
-    except Exception as e:
-        raise BadInput(f"cannot load checkpoint {path}: {one_line(e)[:200]}") from None
+    return load_state(model, sd, f"checkpoint {path}", head)

@@ -4,6 +4,8 @@ One registry of factories (timm-style). A spec is one of:
 
 * ``torchvision:NAME`` -- every torchvision classification model
   (``torchvision.models.list_models(module=torchvision.models)``), built with ``weights=None``;
+* ``torchvision:NAME:WEIGHTS`` -- the same with pretrained weights (``IMAGENET1K_V1``, ``DEFAULT``, ...) read from
+  the local torch hub cache, never downloaded (:mod:`~compressor.models.pretrained`);
 * ``cifar:resnet20|resnet32|resnet56|resnet110`` -- He et al. 2016 CIFAR ResNets;
 * ``cifar:vgg16`` -- the CIFAR VGG-16 with BatchNorm of the pruning literature;
 * ``timm:NAME`` -- any timm model, if timm is installed;
@@ -32,8 +34,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from compressor.config import WEIGHTS_HEADS, pretrained_spec
 from compressor.errors import BadInput
 from compressor.models.builtin_sources import Factory, _build_timm, _cifar_factories, _torchvision_factories
+from compressor.models.pretrained import build_pretrained
 from compressor.models.user_code import PICKLED_SUFFIXES, _build_pickled, _build_user
 
 _REGISTRY: dict[str, Factory] = {}
@@ -141,11 +145,15 @@ def _suggest(spec: str) -> str:
     return f"; did you mean {', '.join(close)}?" if close else "; `compress info --list-models` lists them"
 
 
-def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False) -> nn.Module:
-    """Build the model named by ``spec`` (see the module docstring) with fresh weights.
+def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False,
+                pretrained: bool = True, weights_head: str = "strict") -> nn.Module:  # fmt: skip
+    """Build the model named by ``spec`` (see the module docstring) with fresh weights, or the pretrained ones of a
+    ``torchvision:NAME:WEIGHTS`` spec (``pretrained=False``: its architecture only, as a pruned-model file that
+    loads its own weights needs; ``weights_head``: ``strict`` refuses their classifier for another class count,
+    ``reinit`` re-initializes it).
 
-    Raises :class:`BadInput` (one line) for an unknown/malformed spec, an untrusted user file, or bad
-    ``num_classes``/``in_channels``.
+    Raises :class:`BadInput` (one line) for an unknown/malformed spec, an untrusted user file, bad
+    ``num_classes``/``in_channels``, or pretrained weights that are unknown, not cached or do not fit.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise BadInput("empty model spec; expected e.g. cifar:resnet20 or torchvision:resnet18")
@@ -154,7 +162,13 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
         raise BadInput(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise BadInput(f"in_channels must be a positive integer, got {in_channels!r}")
-
+    if weights_head not in WEIGHTS_HEADS:
+        raise BadInput(f"--weights-head must be one of {', '.join(WEIGHTS_HEADS)}, got {weights_head!r}")
+    if (parts := pretrained_spec(spec)) is not None:  # reads a file: it takes the loading options
+        arch = f"torchvision:{parts[0]}"
+        if arch not in list_models("torchvision:*"):
+            raise BadInput(f"unknown model spec {arch!r}{_suggest(arch)}")
+        return build_pretrained(spec, num_classes, in_channels, load=pretrained, head=weights_head)
     source = next((s for s in SOURCES.values() if s.claims(spec)), None)
     build = _build_registered if source is None else source.build
     return build(spec, num_classes, in_channels, trust_code)

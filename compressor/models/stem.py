@@ -29,6 +29,22 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
+def adapt_weight(w: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A conv weight ``(out, c, kh, kw)`` for ``in_channels`` inputs by timm's ``adapt_input_conv`` rule: 1 channel
+    sums over the old ones; otherwise the old channels repeat cyclically, scaled by ``c / in_channels``."""
+    c_old = w.shape[1]
+    if in_channels == 1:
+        return w.sum(dim=1, keepdim=True)
+    reps = math.ceil(in_channels / c_old)
+    return w.repeat(1, reps, 1, 1)[:, :in_channels] * (c_old / in_channels)
+
+
+def stem_weight(model: nn.Module) -> str | None:
+    """The state_dict key of the stem's weight (the first ``Conv2d`` in module order), if the model has one."""
+    found = _first_conv(model)
+    return None if found is None else (f"{found[0]}.weight" if found[0] else "weight")
+
+
 @torch.no_grad()
 def adapt_stem(model: nn.Module, in_channels: int) -> nn.Module:
     """Replace the first ``Conv2d`` (module order) by one with ``in_channels`` inputs, in place.
@@ -58,14 +74,7 @@ def adapt_stem(model: nn.Module, in_channels: int) -> nn.Module:
         device=old.weight.device,
         dtype=old.weight.dtype,
     )
-    w = old.weight
-    c_old = old.in_channels
-    if in_channels == 1:
-        new_w = w.sum(dim=1, keepdim=True)
-    else:
-        reps = math.ceil(in_channels / c_old)
-        new_w = w.repeat(1, reps, 1, 1)[:, :in_channels] * (c_old / in_channels)
-    new.weight.copy_(new_w)
+    new.weight.copy_(adapt_weight(old.weight, in_channels))
     if old.bias is not None:
         new.bias.copy_(old.bias)  # type: ignore[union-attr]
     new.train(old.training)
