@@ -74,12 +74,10 @@ def resolve_data(run_dir: Path | None, meta: dict[str, str], data: str | None = 
     return opts
 
 
-def preprocessing(bundle: Any, class_names: str | None = None) -> dict[str, Any]:
+def preprocessing(bundle: Any) -> dict[str, Any]:
     """What a deploying application must do to an image before the file sees it, and the classes it names."""
     c, h, w = bundle.input_shape
     classes = list(bundle.classes) or [str(i) for i in range(bundle.num_classes)]
-    if class_names:
-        classes = read_class_names(class_names, bundle.num_classes)
     return {"layout": "NCHW", "channels": c, "height": h, "width": w,
             "channel_order": {1: "gray", 3: "RGB"}.get(c, f"{c} channels"), "pixel_scale": "1/255 (0..1)",
             "mean": list(bundle.mean), "std": list(bundle.std), "classes": classes}  # fmt: skip

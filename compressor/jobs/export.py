@@ -19,6 +19,7 @@ from compressor.jobs.accuracy import (
     read_class_names,
     run_config,
 )
+from compressor.models import categories
 from compressor.runtime.atomic import write_json
 
 _log = logging.getLogger("compress.export")
@@ -57,7 +58,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = 
         _log.warning("%s has no config.yaml (not made by compress prune): the file's accuracy is not measured; "
                      "compress eval FILE --data SPEC measures it", run_dir)  # fmt: skip
     evaluate, bundle = _accuracy_on_test(run_dir) if measure else (None, None)
-    meta.update(deployment_metadata(run_dir, bundle, o.class_names))
+    meta.update(deployment_metadata(run_dir, bundle, o.class_names,
+                                    categories(payload["spec"]["model"], int(payload["spec"]["num_classes"]))))
     result = export_onnx(model.eval(), tuple(payload["input_shape"]), out, opset=o.opset,
                          dynamic_batch=o.dynamic_batch, simplify=o.simplify, metadata=meta, rtol=o.rtol,
                          atol=o.atol, exporter=o.exporter, fp16=o.fp16, external_data=o.external_data,
@@ -83,13 +85,19 @@ def _accuracy_on_test(run_dir: Path) -> tuple[Any, Any]:
     return evaluate, bundle
 
 
-def deployment_metadata(run_dir: Path, bundle: Any, class_names: str | None) -> dict[str, str]:
-    """Preprocessing and class names for the file: from the loaded data, else from the run's report.json."""
-    pre = preprocessing(bundle, class_names) if bundle is not None else _reported_preprocessing(run_dir)
+def deployment_metadata(run_dir: Path, bundle: Any, class_names: str | None,
+                        pretrained: list[str] | None = None) -> dict[str, str]:  # fmt: skip
+    """Preprocessing and class names for the file: from the loaded data, else from the run's report.json.
+
+    Class names: ``--class-names FILE``, else the pretrained weights' categories when the model kept their
+    classifier, else the dataset's."""
+    pre = preprocessing(bundle) if bundle is not None else _reported_preprocessing(run_dir)
     if pre is None:
         return {}
-    if class_names and bundle is None:
+    if class_names:
         pre["classes"] = read_class_names(class_names, len(pre["classes"]))
+    elif pretrained:
+        pre["classes"] = pretrained
     cfg_path = run_dir / "config.yaml"
     data = data_options(run_config(run_dir)) if cfg_path.is_file() else {}
     data.pop("data_dir", None)  # a path on the training machine
