@@ -168,11 +168,12 @@ def test_commands_use_existing_options(path: Path) -> None:
 def test_recipes_use_existing_keys(path: Path) -> None:
     from compressor.jobs.bench import BENCH_DEFAULTS
     from compressor.jobs.config import PruneConfig
-    from compressor.jobs.run import EXPORT_KEYS
+    from compressor.jobs.run import EXPORT_KEYS, QUANTIZE_KEYS
 
     allowed = {
         "prune": {f.name for f in dataclasses.fields(PruneConfig)},
         "export": set(EXPORT_KEYS),
+        "quantize": set(QUANTIZE_KEYS),
         "bench": set(BENCH_DEFAULTS),
     }
     problems = []
