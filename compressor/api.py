@@ -32,10 +32,12 @@ from torch import nn
 from compressor.artifacts import pruned_payload
 from compressor.budget import Budget, solve_counts
 from compressor.config import DEFAULT_PRUNE as _P
+from compressor.config import ROUND_AUTO
 from compressor.errors import BadInput
 from compressor.graph import Masks, PruningGraph
 from compressor.methods.base import Context, Method
 from compressor.methods.registry import METHODS, build_method, method_parameters
+from compressor.runtime.hardware import auto_round_to
 
 
 class Pruner:
@@ -52,7 +54,7 @@ class Pruner:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, method: str | Method = "psap",
                  target_flops: float | None = None, target_params: float | None = None, epochs: int,
-                 steps_per_epoch: int, round_to: int = _P.round_to, max_layer_ratio: float = _P.max_layer_ratio,
+                 steps_per_epoch: int, round_to: int | str = _P.round_to, max_layer_ratio: float = _P.max_layer_ratio,
                  ignore: Iterable[str] = (), ignore_stem: bool = False, group_max_ratio: dict[str, float] | None = None,
                  outputs: list[nn.Module] | None = None, arch: str = "", train_loader: Iterable[Any] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, lr: float | None = None,
@@ -67,6 +69,8 @@ class Pruner:
             raise BadInput(f"target_{self.metric} must be a drop fraction strictly between 0 and 1, got {self.target}")
         if epochs < 0 or steps_per_epoch < 1:
             raise BadInput(f"need epochs >= 0 and steps_per_epoch >= 1, got {epochs} and {steps_per_epoch}")
+        if round_to == ROUND_AUTO:  # the multiple this CPU's ONNX Runtime kernels run fastest
+            round_to = auto_round_to("cpu")[0]
         self.model, self.example = model, example_inputs
         self.epochs, self.steps_per_epoch, self.max_ratio = int(epochs), int(steps_per_epoch), max_layer_ratio
         self.graph = graph or PruningGraph(model, example_inputs, round_to=round_to, arch=arch, ignore=list(ignore),

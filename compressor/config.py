@@ -99,7 +99,17 @@ def _to_int(value: Any) -> int:
     return int(float(value))
 
 
-_COERCE: dict[str, Any] = {"int": _to_int, "float": float, "str": str, "bool": _to_bool}
+ROUND_AUTO = "auto"  # --round-to auto
+
+
+def int_or_auto(value: Any) -> int | str:
+    """An ``int | str`` option (``--round-to``): an integer, or the word ``auto``."""
+    if str(value).strip().lower() == ROUND_AUTO:
+        return ROUND_AUTO
+    return _to_int(value)
+
+
+_COERCE: dict[str, Any] = {"int": _to_int, "float": float, "str": str, "bool": _to_bool, "int | str": int_or_auto}
 
 
 def coerce_fields(obj: Any, prefix: str = "--") -> None:
@@ -309,7 +319,12 @@ class PruneOptions:
         "remaining --epochs on the physically pruned model under the same LR schedule (faster; the optimizer momentum "
         "restarts there).",
     )
-    round_to: int = opt(8, "Kept channel counts are multiples of this (faster kernels; 1: no rounding).")
+    round_to: int | str = opt(
+        8,
+        "Kept channel counts are multiples of this (faster kernels; 1: no rounding). 'auto': what the target runtime "
+        "runs fastest (16 on an AVX-512 CPU, else 8; the --latency-provider with --target-latency, else this CPU).",
+        metavar="N|auto",
+    )
     max_layer_ratio: float = opt(0.8, "Never remove more than this fraction of any group (strictly between 0 and 1).")
     lr: float = opt(0.05, "Fine-tuning learning rate.")
     pretrain_lr: float = opt(0.1, "Learning rate of --pretrain-epochs.")
@@ -420,8 +435,8 @@ class PruneOptions:
             raise BadInput(f"--momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise BadInput(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.round_to < 1:
-            raise BadInput(f"--round-to must be >= 1 (1: no rounding), got {self.round_to}")
+        if self.round_to != ROUND_AUTO and self.round_to < 1:
+            raise BadInput(f"--round-to must be >= 1 (1: no rounding) or auto, got {self.round_to}")
         if not 0 < self.max_layer_ratio < 1:
             raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {self.max_layer_ratio}")
         if not 0 <= self.seed < 2**32:

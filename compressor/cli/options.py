@@ -9,9 +9,20 @@ from typing import Any
 
 import click
 
-from compressor.config import option_kind
+from compressor.config import int_or_auto, option_kind
 
-_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str}
+
+class _IntOrAuto(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return int_or_auto(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not an integer or 'auto'", param, ctx)
+
+
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "int | str": _IntOrAuto()}
 
 
 def click_option(f: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

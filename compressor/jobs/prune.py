@@ -18,6 +18,7 @@ from compressor import tool_version
 from compressor.api import Pruner
 from compressor.artifacts import build_from_spec, load_pruned, pruned_payload
 from compressor.budget import Budget
+from compressor.config import ROUND_AUTO
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
@@ -29,11 +30,21 @@ from compressor.methods.registry import build_method, method_parameters
 from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
 from compressor.runtime import checkpoint, distributed
 from compressor.runtime.atomic import atomic_path, check_writable_dir, write_json, write_text
+from compressor.runtime.hardware import auto_round_to
 from compressor.search.latency_alloc import ALLOCATION_FILE, allocation_for_run
 from compressor.search.latency_target import final_record, load_search, save_search, search_for_run
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, frozen_copy, pick_device, seed_everything
 
 TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by at most 1% (absolute)
+
+
+def _resolve_round_to(cfg: PruneConfig) -> str | None:
+    """``--round-to auto`` becomes the multiple for the target runtime (``compressor.runtime.hardware``); why."""
+    if cfg.round_to != ROUND_AUTO:
+        return None
+    provider = str(cfg.latency_provider).strip().lower() if cfg.target_latency is not None else "cpu"
+    cfg.round_to, why = auto_round_to(provider)
+    return why
 
 
 def graph_options(cfg: PruneConfig) -> dict[str, Any]:
@@ -94,10 +105,13 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     """
     metric, target = cfg.target()
     cfg.check()
+    round_note = _resolve_round_to(cfg)  # before the run directory (and --resume) sees the config
     method = build_method(cfg.method, **cfg.method_options())  # an unknown name or option value is BadInput
     out = Path(cfg.out)
     _prepare_out(out, cfg)
     progress = Progress(enabled=not cfg.quiet and distributed.is_main())
+    if round_note:
+        progress.log(f"--round-to auto: {cfg.round_to} ({round_note})")
     if cfg.resume and (finished := _finished_report(out, cfg)) is not None:
         progress.log(f"{out}: the run is complete; nothing to resume")
         return finished
@@ -122,7 +136,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                     device=device, log=progress.log, start=False)  # fmt: skip
     resume_state, history_rows = _open_run_dir(cfg, out, search, alloc)  # inputs are valid: rank 0 writes now
     run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape,
-               time.perf_counter(), _trainer_io(cfg, out, device, progress), loaded)  # fmt: skip
+               time.perf_counter(), _trainer_io(cfg, out, device, progress), loaded, round_note=round_note)  # fmt: skip
     phase = resume_state["phase"] if resume_state else "pretrain"
     history_rows += _dense_phase(run, model, resume_state, phase)
     if phase in SLIM_PHASES:
@@ -294,6 +308,7 @@ class _Run:
     dense_eval: dict[str, Any] = field(default_factory=dict)  # set by the dense phase, as the two below
     dense_counts: tuple[float, float] = (0.0, 0.0)  # (FLOPs, params)
     teacher: torch.nn.Module | None = None  # --distill: the frozen dense model
+    round_note: str | None = None  # --round-to auto: why this multiple
 
 
 class Finished(Method):
@@ -408,6 +423,7 @@ def _report(run: _Run, slim: torch.nn.Module, method: Finished, history_rows: li
         params_drop=1 - params / dense_params,
         analytic_flops_drop=run.budget.drop(masks, "flops"),
         round_to=cfg.round_to,
+        **({"round_to_auto": run.round_note} if run.round_note else {}),
         groups=group_table(run.graph, masks),
         skipped=run.graph.skipped + [tuple(x) for x in method.skipped],
         history=history_rows,
