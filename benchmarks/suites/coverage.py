@@ -7,7 +7,10 @@ Per model (random-init weights, one child process each, so a crash or a runaway 
 build our channel groups once (bounded in time and memory), then per method take the method's one-step mask
 (``epochs=0``: no training, random data for the statistics PSAP needs) at ``--target`` FLOPs drop,
 materialize, measure the FLOPs drop with Torch-Pruning's counter, export (``--exporter``, onnx.checker,
-onnxslim, dynamic batch checked), and verify against PyTorch on ONNX Runtime at batch 1 and 2. The row
+onnxslim, dynamic batch checked), and verify against PyTorch on ONNX Runtime at batch 1 and 2; then the
+user's path: write ``pruned.pt``, and in a fresh process load it (rebuild, replay the history, load the
+weights), check it computes what the in-process model did, export and verify again. A row passes only when
+both do (a failure after the reload is ``stage: reload``). The row
 ``tp-raw`` runs plain Torch-Pruning 1.6.1 (L2 ``MetaPruner``, 50% channels, classifier ignored, legacy
 export) under the same bound: it tells which models Torch-Pruning itself can prune. Models whose estimated
 peak memory does not fit here are skipped and listed with their size. Writes
@@ -68,6 +71,64 @@ def _verify_export(slim: Any, shape: tuple[int, ...], exporter: str, tmp: Path, 
     _stage(row, "done")
 
 
+RELOAD_TIMEOUT = 900  # seconds for the fresh process: import, rebuild, replay, export, verify
+
+
+def _reload_check(name: str, slim: Any, history: list, shape: tuple[int, ...], exporter: str, tmp: Path,
+                  row: dict[str, Any]) -> None:  # fmt: skip
+    """The user's path: ``pruned.pt`` written, then a fresh process loads it (rebuild from the spec, replay the
+    pruning history, load the weights), checks it computes what the in-process model did, exports and verifies."""
+    import torch
+
+    from compressor.artifacts import pruned_payload
+
+    _stage(row, "reload")
+    path = tmp / f"{row['method']}.pt"
+    spec = {"model": f"torchvision:{name}", "num_classes": 1000, "in_channels": shape[0], "trust_code": False}
+    torch.save(pruned_payload(spec, shape, history, slim), path)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.save({"x": x, "y": slim.eval()(x)}, tmp / f"{row['method']}.ref.pt")
+    cmd = [sys.executable, "-m", "benchmarks.suites.coverage", "--reload", str(path), "--exporter", exporter]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RELOAD_TIMEOUT,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"reloading pruned.pt in a fresh process took over {RELOAD_TIMEOUT} s") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RELOAD ")]
+    if proc.returncode != 0 or not lines:
+        tail = " ".join((proc.stderr or proc.stdout).split())[-300:]
+        raise RuntimeError(f"reloading pruned.pt in a fresh process failed (exit {proc.returncode}): {tail}")
+    got = json.loads(lines[-1][7:])
+    row["reload_max_abs_diff"] = got["reload_max_abs_diff"]
+    if not got["same_outputs"]:
+        raise RuntimeError(f"the reloaded model differs from the pruned one (max abs {got['reload_max_abs_diff']})")
+    if not got["export_passed"]:
+        raise RuntimeError(f"the reloaded model's export failed verification: {got['export_errors']}")
+    _stage(row, "done")
+
+
+def _run_reload(path: Path, exporter: str) -> None:
+    """``--reload``: load a pruned.pt as a user would, compare with the reference outputs, export and verify."""
+    import torch
+
+    from compressor.artifacts import load_pruned
+    from exporters.onnx import export_onnx
+
+    torch.set_num_threads(int(os.environ.get("COVERAGE_THREADS", "1")))
+    model, payload = load_pruned(path)
+    ref = torch.load(path.with_suffix(".ref.pt"), weights_only=True)
+    with torch.no_grad():
+        y = model.eval()(ref["x"])
+    diff = float((y - ref["y"]).abs().max())
+    scale = float(ref["y"].abs().max())
+    res = export_onnx(model, tuple(payload["input_shape"]), path.with_suffix(".reloaded.onnx"), exporter=exporter,
+                      verify_batches=(1, 2))  # fmt: skip
+    v = res["verification"]
+    print("RELOAD " + json.dumps({"reload_max_abs_diff": diff, "same_outputs": diff <= 1e-5 + 1e-4 * scale,
+                                  "export_passed": bool(v["passed"]), "export_errors": v["errors"]}), flush=True)
+
+
 def _method_row(name: str, method: str, model: Any, graph: Any, shape: tuple[int, ...], target: float,
                 exporter: str, tmp: Path, dense_flops: float) -> dict[str, Any]:  # fmt: skip
     import copy
@@ -101,13 +162,14 @@ def _method_row(name: str, method: str, model: Any, graph: Any, shape: tuple[int
         masks = m.masks()
         row["analytic_drop"] = round(ctx.budget.drop(masks), 4)
         _stage(row, "materialize")
-        slim, _ = graph.materialize(masks)
+        slim, history = graph.materialize(masks)
         slim.eval()
         with torch.no_grad():
             slim(torch.zeros(2, *shape))
         flops, _params = count_ops_and_params(slim, shape)
         row["flops_drop"] = round(1 - flops / dense_flops, 4)
         _verify_export(slim, shape, exporter, tmp, row)
+        _reload_check(name, slim, history, shape, exporter, tmp, row)
         row["status"] = "pass"
     except Exception as exc:  # every failure becomes a row: stage + reason
         from compressor.errors import GateFailed
@@ -325,6 +387,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-done", action="store_true", help="With --merge: only run models without rows yet.")
     ap.add_argument("--jobs", type=int, default=2, help="Children side by side (most of the work is one thread).")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--reload", default=None, help=argparse.SUPPRESS)
     return ap
 
 
@@ -335,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.child:
         _run_child(args)
+        return
+    if args.reload:
+        _run_reload(Path(args.reload), args.exporter)
         return
 
     import torch_pruning  # noqa: F401  (version in _save)
