@@ -204,15 +204,23 @@ def _prune(args: list[str], code: int) -> Any:
 
 
 def test_cli_target_latency(tmp_path: Path, dense_ms: float) -> None:
+    """The real clock decides whether the final model meets the target (a loaded machine may miss it): the run,
+    its report and the gate must agree either way; only the decision depends on machine speed."""
     target = 0.7 * dense_ms
     out = tmp_path / "run"
-    res = _prune(["--target-latency", f"{target * 1000:.1f}us", "--latency-tolerance", "0.25", *FAST,
-                  "--out", str(out)], 0)  # fmt: skip
-    assert "latency" in res.stdout and "[latency] dense:" in res.stderr
+    res = CliRunner().invoke(main, ["prune", "--model", MODEL, "--data", DATA, "--epochs", "0", "--method", "l2",
+                                    "--device", "cpu", "--target-latency", f"{target * 1000:.1f}us",
+                                    "--latency-tolerance", "0.25", *FAST, "--out", str(out)])  # fmt: skip
+    assert res.exit_code in (0, 1), f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}\n{res.exception!r}"
+    assert "[latency] dense:" in res.stderr
     report = json.loads((out / "report.json").read_text())
     lat = report["latency"]
     assert lat["target_ms"] == pytest.approx(target, rel=1e-3) and lat["provider"] == "cpu" and lat["batch"] == 1
-    assert lat["met"] and lat["final_ms"] <= target * 1.25
+    assert lat["met"] == (lat["final_ms"] <= target * 1.25) == (res.exit_code == 0)
+    if res.exit_code == 0:
+        assert "latency" in res.stdout
+    else:
+        assert "target latency" in res.stderr and "not met" in res.stderr
     assert len(lat["curve"]) >= 3 and lat["curve"][0]["flops_drop"] == 0.0
     assert all(p["latency_ms"] > 0 and p["macs"] > 0 for p in lat["curve"])
     assert report["target"] == {**report["target"], "metric": "flops", "value": lat["chosen_drop"], "met": True}
