@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from compressor.errors import BadInput, Unavailable, one_line
+from compressor.runtime.ort_gpu import preload_gpu_libraries
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -117,6 +118,8 @@ def ort_session(path: Path, label: str, backend: str, opts: Options) -> Any:
     """An ORT session running on ``backend`` -- or GateFailed when that provider is not the one running."""
     import onnxruntime as ort
 
+    if is_gpu(backend):
+        preload_gpu_libraries()
     available = ort.get_available_providers()
     if ORT_PROVIDERS[backend] not in available:
         raise Unavailable(

@@ -16,6 +16,7 @@ import onnx
 import torch
 
 from compressor.errors import BadInput, Unavailable, one_line
+from compressor.runtime.ort_gpu import preload_gpu_libraries
 from compressor.train import Tally
 
 #: ``provider`` names of :func:`onnx_accuracy` and the ONNX Runtime providers they mean.
@@ -30,6 +31,8 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike[str], provider: s
     if provider not in ORT_PROVIDERS:
         raise BadInput(f"unknown provider {provider!r} for accuracy; choose one of {', '.join(ORT_PROVIDERS)}")
     name = ORT_PROVIDERS[provider]
+    if provider != "cpu":
+        preload_gpu_libraries()
     if name not in ort.get_available_providers():
         raise Unavailable(f"ONNX Runtime provider {name} is not available here (installed: "
                           f"{', '.join(ort.get_available_providers())})")  # fmt: skip
@@ -40,9 +43,12 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike[str], provider: s
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     source = source if isinstance(source, bytes) else os.fspath(source)
     try:
-        return ort.InferenceSession(source, opts, providers=[name])
+        sess = ort.InferenceSession(source, opts, providers=[name])
     except Exception as exc:
         raise BadInput(f"ONNX Runtime cannot load the model: {one_line(exc, typed=True)}") from exc
+    if sess.get_providers()[:1] != [name]:  # a GPU session that silently fell back to the CPU
+        raise Unavailable(f"ONNX Runtime provider {name} fell back to {', '.join(sess.get_providers())}")
+    return sess
 
 
 def onnx_accuracy(model: onnx.ModelProto | bytes | str | os.PathLike[str],
