@@ -181,3 +181,18 @@ def test_load_weights_errors(tmp_path):
     torch.save({"epoch": 1}, notsd)
     with pytest.raises(BadInput):
         load_weights(m, notsd)
+
+
+def test_a_registered_spec_wins_over_its_prefix_handler() -> None:
+    """``register("timm:mine")`` is the user's factory, not timm's "mine" (timm need not be installed)."""
+    from compressor.models import registry
+
+    @registry.register("timm:mine")
+    def _mine(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+
+    try:
+        model = registry.build_model("timm:mine", num_classes=5, in_channels=1)
+        assert isinstance(model, nn.Sequential) and model[0].in_channels == 1
+    finally:
+        registry._REGISTRY.pop("timm:mine", None)

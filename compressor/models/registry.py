@@ -169,6 +169,8 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
         if arch not in list_models("torchvision:*"):
             raise BadInput(f"unknown model spec {arch!r}{_suggest(arch)}")
         return build_pretrained(spec, num_classes, in_channels, load=pretrained, head=weights_head)
+    _populate()
     source = next((s for s in SOURCES.values() if s.claims(spec)), None)
-    build = _build_registered if source is None else source.build
+    # a registered spec wins over a prefix handler (a user's register("timm:x") is not timm's "x")
+    build = _build_registered if source is None or spec in _REGISTRY else source.build
     return build(spec, num_classes, in_channels, trust_code)
