@@ -507,6 +507,7 @@ class ExportOptions:
     max_accuracy_drop: float | None = max_drop_opt("ONNX file's (ONNX Runtime)")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # recipes give raw YAML values
         check_gates(self)
 
 
