@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from compressor.train import Progress, Trainer
 
 SCHEMA = 1
-RESULTS = Path(__file__).parent / "results" / "accuracy"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "accuracy"
 TARGET_TOL = 0.01  # a row meets its target when |flops_drop - target| <= 0.01
 OVERHEAD_LIMIT = 1.10  # acceptance: a PSAP (ASTER update) epoch costs at most 10% more than a plain one
 #: Options of the timed run per method. ASTER's x is lowered so that tau stays below the target in the timed

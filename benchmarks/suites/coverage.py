@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 METHODS = ("l2", "psap", "aster")
 FIXED_224 = ("vit_", "swin", "maxvit")  # position embeddings / windows need the native 224x224
 #: Estimated peak bytes per parameter byte: dense + deep copies for each mask + ONNX proto + ORT session.

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 DATA = "synthetic:3x32x32:10:512:128"
 STEP_TIMEOUT = 240  # seconds per check
 

@@ -25,7 +25,7 @@ from compressor.jobs.prune import PruneConfig, prune
 from compressor.jobs.quantize import quantize
 from compressor.runtime.atomic import write_json, write_text
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 SUITE = ("resnet50", "resnet18", "mobilenet_v2", "cifar:resnet20")
 FILES = ("dense", "pruned", "dense-int8", "pruned-int8")
 

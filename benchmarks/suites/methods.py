@@ -83,7 +83,7 @@ from compressor.runtime.atomic import check_writable_dir, write_json, write_text
 SCHEMA = 1
 KIND = "compress.methods"
 PROG = "python -m benchmarks.suites.methods"
-RESULTS = Path(__file__).parent / "results" / "methods"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "methods"
 OUT_DIR = "runs/methods"
 STARTS = ("trained", "scratch")
 DENSE = "dense"

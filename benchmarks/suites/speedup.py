@@ -24,7 +24,7 @@ from compressor.jobs.export import export
 from compressor.jobs.prune import PruneConfig, prune
 from compressor.runtime.atomic import write_json, write_text
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 SUITE = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "cifar:resnet56")
 
 

@@ -24,7 +24,7 @@ from compressor.jobs.export import export
 from compressor.jobs.prune import PruneConfig, prune
 from compressor.runtime.atomic import write_json, write_text
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def _run_bench(run: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
