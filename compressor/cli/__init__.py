@@ -20,6 +20,7 @@ import yaml
 from compressor.cli.options import click_options
 from compressor.config import TRUST_HELP, BenchOptions, EvalOptions, ExportOptions, PruneOptions, QuantizeOptions
 from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, one_line
+from compressor.runtime.signals import interruptible
 
 
 def _rank() -> int:
@@ -189,7 +190,8 @@ def export(run_dir: str, as_json: bool, **options: Any) -> None:
     if Path(run_dir).is_dir():  # a missing run directory is reported as such by run_export
         default = Path(run_dir) / ("dense.onnx" if options["dense"] else "pruned.onnx")
         check_output_file(options["out"] or default, "--out" if options["out"] else "output")
-    result = run_export(run_dir, **options)
+    with interruptible("export"):  # SIGINT/SIGTERM: exit 130/143, the temp files removed, nothing written
+        result = run_export(run_dir, **options)
     _print_export(result, as_json)
     if not result["verification"]["passed"]:
         raise GateFailed(f"ONNX output differs from PyTorch: {_diff_text(result['verification'])}")
@@ -248,7 +250,8 @@ def quantize(source: str, as_json: bool, **options: Any) -> None:
     """
     from compressor.jobs.quantize import quantize as run_quantize
 
-    result = run_quantize(source, **options)
+    with interruptible("quantize"):  # SIGINT/SIGTERM: exit 130/143, the temp files removed, nothing written
+        result = run_quantize(source, **options)
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
@@ -273,7 +276,8 @@ def eval_(model: str, as_json: bool, **options: Any) -> None:
     """
     from compressor.jobs.evaluate import evaluate_model
 
-    result = evaluate_model(model, **options)
+    with interruptible("eval"):  # SIGINT/SIGTERM: exit 130/143
+        result = evaluate_model(model, **options)
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
@@ -313,8 +317,10 @@ def bench(models: tuple[str, ...], baseline: str | None, labels: tuple[str, ...]
     for option, path in (("--json-out", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
         if path:
             check_output_file(path, option)
-    result = bench_models(named, BASELINE_LABEL if baseline else None, **options)
-    _emit_bench(result, as_json, json_out=json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
+    with interruptible("bench") as guard:  # SIGINT/SIGTERM: exit 130/143, no file written
+        result = bench_models(named, BASELINE_LABEL if baseline else None, **options)
+        guard.during, guard.note = "bench's output", "each requested file is whole or absent"
+        _emit_bench(result, as_json, json_out=json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
     bench_gate(result)
 
 
@@ -351,7 +357,9 @@ def run(recipe: str, out: str | None, as_json: bool) -> None:
 
     if not Path(recipe).is_file():
         raise BadInput(f"recipe {recipe} does not exist")
-    with STOP.installed():  # SIGINT/SIGTERM while pruning: save a checkpoint, exit 130/143
+    # SIGINT/SIGTERM while pruning: save a checkpoint, exit 130/143; in a later stage (export, quantize, bench)
+    # exit 130/143 at once, nothing half-written (run_recipe)
+    with STOP.installed():
         summary = run_recipe(_read_yaml_or_bad(recipe), out=out, quiet_json=as_json)
     if as_json:
         click.echo(json.dumps(summary, default=str))
