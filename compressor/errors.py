@@ -29,14 +29,17 @@ class Interrupted(BaseException):
     other stage at once (``during`` names it, ``note`` says what was kept). A ``BaseException``, like
     ``KeyboardInterrupt``: an ``except Exception`` fallback or error report does not swallow it."""
 
-    def __init__(self, signum: int, checkpoint: object = None, *, during: str | None = None,
+    def __init__(self, signum: int, checkpoint: object = None, during: str | None = None,
                  note: str | None = None) -> None:  # fmt: skip
         import signal
 
-        self.signum, self.checkpoint, self.during = int(signum), checkpoint, during
+        self.signum, self.checkpoint, self.during, self.note = int(signum), checkpoint, during, note
         name = signal.Signals(self.signum).name
         if during:
             super().__init__(f"interrupted by {name} during {during}; {note or 'nothing written'}")
             return
         where = f": resumable checkpoint at {checkpoint}, continue" if checkpoint else ": continue"
         super().__init__(f"interrupted by {name}{where} with --resume")
+
+    def __reduce__(self) -> tuple[type[Interrupted], tuple[int, object, str | None, str | None]]:
+        return type(self), (self.signum, self.checkpoint, self.during, self.note)  # picklable (sent between ranks)

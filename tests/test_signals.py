@@ -32,18 +32,22 @@ PRUNE = ["prune", "--model", "cifar:resnet20", "--data", DATA, "--method", "l1",
          "--target-flops", "0.3", "--device", "cpu", "--quiet", "--seed", "0"]  # fmt: skip
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 
-# Wrap SLOW_AT ("module:function") so that its first call marks SLOW_MARK and sleeps, then run the CLI.
+# Wrap SLOW_AT ("module:function" or "module:Class.method") so that its first call marks SLOW_MARK and
+# sleeps, then run the CLI.
 HOOK = """
 import importlib, os, sys, time
 from pathlib import Path
-mod, name = os.environ["SLOW_AT"].split(":")
-module = importlib.import_module(mod)
-real = getattr(module, name)
+mod, _, path = os.environ["SLOW_AT"].partition(":")
+owner = importlib.import_module(mod)
+*parents, name = path.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+real = getattr(owner, name)
 def slow(*args, **kwargs):
     Path(os.environ["SLOW_MARK"]).touch()
     time.sleep(300)
     return real(*args, **kwargs)
-setattr(module, name, slow)
+setattr(owner, name, slow)
 from compressor.cli import main
 main(sys.argv[1:])
 """
@@ -109,24 +113,27 @@ def _with_previous(out_dir: Path, name: str) -> Path:
     return previous
 
 
-@pytest.mark.parametrize(("sig", "code"), SIGNALS)
-def test_export(run_dir: Path, tmp_path: Path, sig: int, code: int) -> None:
+# SIGINT while verifying against PyTorch, SIGTERM while the files are being staged next to the output
+@pytest.mark.parametrize(("sig", "code", "slow_at"), [(*SIGNALS[0], "exporters.verify:_verify_batch"),
+                                                      (*SIGNALS[1], "exporters.files:_save")])  # fmt: skip
+def test_export(run_dir: Path, tmp_path: Path, sig: int, code: int, slow_at: str) -> None:
     previous = _with_previous(tmp_path / "out", "model.onnx")
     before, run_before = _tree(previous.parent), _tree(run_dir)
     # --external-data: the export goes through a scratch directory too (TMPDIR), and writes two files
-    proc = _interrupt(["export", str(run_dir), "--out", str(previous), "--external-data"], "exporters.files:_save",
-                      sig, tmp_path)  # fmt: skip
+    proc = _interrupt(["export", str(run_dir), "--out", str(previous), "--external-data"], slow_at, sig, tmp_path)
     assert "nothing written" in _check_stopped(proc, sig, code, "export")
     assert _tree(previous.parent) == before  # no staging directory, no model.onnx.data, the old file intact
     assert _tree(run_dir) == run_before  # report.json untouched
 
 
-@pytest.mark.parametrize(("sig", "code"), SIGNALS)
-def test_quantize(run_dir: Path, tmp_path: Path, sig: int, code: int) -> None:
+# SIGINT while ONNX Runtime calibrates (its own temp directory too), SIGTERM while the file is being staged
+@pytest.mark.parametrize(("sig", "code", "slow_at"), [(*SIGNALS[0], "exporters.quantize:_Reader.get_next"),
+                                                      (*SIGNALS[1], "exporters.files:_save")])  # fmt: skip
+def test_quantize(run_dir: Path, tmp_path: Path, sig: int, code: int, slow_at: str) -> None:
     previous = _with_previous(tmp_path / "out", "model.int8.onnx")
     before, run_before = _tree(previous.parent), _tree(run_dir)
-    proc = _interrupt(["quantize", str(run_dir), "--out", str(previous), "--calib-batches", "1"],
-                      "exporters.files:_save", sig, tmp_path)  # fmt: skip
+    proc = _interrupt(["quantize", str(run_dir), "--out", str(previous), "--calib-batches", "1"], slow_at, sig,
+                      tmp_path)  # fmt: skip
     assert "nothing written" in _check_stopped(proc, sig, code, "quantize")
     assert _tree(previous.parent) == before
     assert _tree(run_dir) == run_before
@@ -163,3 +170,49 @@ def test_run_after_pruning_keeps_the_pruned_run(tmp_path: Path) -> None:
     assert not names & {"pruned.onnx", "dense.onnx", "bench.json", "summary.json"}
     assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")], names
     json.loads((out / "report.json").read_text())  # whole
+
+
+# --------------------------------------------------------------------------------------------
+# the guard itself, in this process
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_guard_raises_interrupted_and_restores_the_handlers() -> None:
+    from compressor.errors import Interrupted
+    from compressor.runtime.signals import interruptible
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(Interrupted) as info, interruptible("export"):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises here
+        except Exception:  # an except-Exception fallback does not swallow it
+            pytest.fail("Interrupted was caught as an Exception")
+    assert info.value.signum == signal.SIGTERM
+    assert str(info.value) == "interrupted by SIGTERM during export; nothing written"
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    with interruptible("bench") as guard:  # no signal: nothing happens
+        guard.during = "bench's output"
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_swallowed_interrupt_is_raised_again_when_the_block_ends() -> None:
+    from compressor.errors import Interrupted
+    from compressor.runtime.signals import interruptible
+
+    with pytest.raises(Interrupted, match="SIGINT during eval"), interruptible("eval"):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+        except BaseException:  # what a careless library might do
+            pass
+
+
+def test_interrupted_survives_pickling() -> None:  # sent between ranks (runtime.distributed.on_main)
+    import pickle
+
+    from compressor.errors import Interrupted
+
+    for exc in (Interrupted(15, "runs/x/checkpoint.pt"), Interrupted(2, during="quantize", note="kept")):
+        again = pickle.loads(pickle.dumps(exc))
+        assert (type(again), again.signum, str(again)) == (Interrupted, exc.signum, str(exc))

@@ -1,7 +1,7 @@
 """The ``compress`` command line: prune, export, bench, run (a recipe: all three) and info.
 
 Exit codes: 0 ok; 1 a gate failed (verification, target, speedup); 2 bad input (one line); 4 a requested
-provider or backend is not available here.
+provider or backend is not available here; 130/143 stopped by SIGINT/SIGTERM (training: after a checkpoint).
 """
 
 from __future__ import annotations
@@ -183,7 +183,12 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
 @click_options(ExportOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export(run_dir: str, as_json: bool, **options: Any) -> None:
-    """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs)."""
+    """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs).
+
+    \b
+    Exit codes: 0 ok; 1 verification or an accuracy gate failed; 2 bad input; 130/143 stopped by
+    SIGINT/SIGTERM (nothing written).
+    """
     from compressor.jobs.export import export as run_export
     from compressor.runtime.atomic import check_output_file
 
@@ -246,7 +251,8 @@ def quantize(source: str, as_json: bool, **options: Any) -> None:
     the run's test split and recorded in its metadata and the run's report.json.
 
     \b
-    Exit codes: 0 ok; 1 an accuracy gate failed (the file is written); 2 bad input.
+    Exit codes: 0 ok; 1 an accuracy gate failed (the file is written); 2 bad input; 130/143 stopped by
+    SIGINT/SIGTERM (nothing written).
     """
     from compressor.jobs.quantize import quantize as run_quantize
 
@@ -272,7 +278,8 @@ def eval_(model: str, as_json: bool, **options: Any) -> None:
     (PyTorch) or a run directory (its pruned.onnx, else pruned.pt). The data defaults to the run's own.
 
     \b
-    Exit codes: 0 ok; 1 --min-accuracy failed; 2 bad input; 4 the provider is not available here.
+    Exit codes: 0 ok; 1 --min-accuracy failed; 2 bad input; 4 the provider is not available here; 130/143
+    stopped by SIGINT/SIGTERM.
     """
     from compressor.jobs.evaluate import evaluate_model
 
@@ -288,7 +295,8 @@ def eval_(model: str, as_json: bool, **options: Any) -> None:
 
 
 @main.command(epilog="Exit codes: 0 ok; 1 a gate failed; 2 bad input; 4 a requested provider is not available "
-              "here (not in this build, no GPU, or it fell back to another).")  # fmt: skip
+              "here (not in this build, no GPU, or it fell back to another); 130/143 stopped by SIGINT/SIGTERM "
+              "(no file written).")  # fmt: skip
 @config_option
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
@@ -351,7 +359,11 @@ def _emit_bench(result: dict[str, Any], as_json: bool, *, json_out: str | None =
 @click.option("--out", default=None, help="Run directory (overrides the recipe's prune.out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def run(recipe: str, out: str | None, as_json: bool) -> None:
-    """Run a YAML recipe: prune -> export (pruned + dense) -> verify -> bench, then print one summary."""
+    """Run a YAML recipe: prune -> export (pruned + dense) -> verify -> bench, then print one summary.
+
+    SIGINT/SIGTERM exits 130/143: while pruning after saving a checkpoint, in a later stage at once (the
+    finished stages' files stay, nothing is half-written).
+    """
     from compressor.jobs.run import run_recipe
     from compressor.train import STOP
 

@@ -23,7 +23,7 @@ from compressor.errors import Interrupted
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class interruptible:  # noqa: N801 (used like a function: ``with interruptible("export"):``)
+class interruptible:  # lower case: used like a function, ``with interruptible("export"):``
     """Raise ``Interrupted(signum, during=...)`` on SIGINT/SIGTERM inside the block.
 
     ``during`` names the stage in the message (it may be reassigned as a job moves on); ``note`` ends it
