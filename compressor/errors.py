@@ -1,4 +1,4 @@
-"""Errors the CLI maps to exit codes: BadInput -> 2, GateFailed -> 1, Unavailable -> 4."""
+"""Errors the CLI maps to exit codes: BadInput -> 2, GateFailed -> 1, Unavailable -> 4, Interrupted -> 128 + signal."""
 
 from __future__ import annotations
 
@@ -24,12 +24,22 @@ def one_line(text: object, limit: int = 300, *, typed: bool = False) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped training after a checkpoint was saved (exit code 128 + signal)."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM stopped the command (exit code 128 + signal): training after saving a checkpoint, any
+    other stage at once (``during`` names it, ``note`` says what was kept). A ``BaseException``, like
+    ``KeyboardInterrupt``: an ``except Exception`` fallback or error report does not swallow it."""
 
-    def __init__(self, signum: int, checkpoint: object = None) -> None:
+    def __init__(self, signum: int, checkpoint: object = None, during: str | None = None,
+                 note: str | None = None) -> None:  # fmt: skip
         import signal
 
-        self.signum, self.checkpoint = int(signum), checkpoint
+        self.signum, self.checkpoint, self.during, self.note = int(signum), checkpoint, during, note
+        name = signal.Signals(self.signum).name
+        if during:
+            super().__init__(f"interrupted by {name} during {during}; {note or 'nothing written'}")
+            return
         where = f": resumable checkpoint at {checkpoint}, continue" if checkpoint else ": continue"
-        super().__init__(f"interrupted by {signal.Signals(self.signum).name}{where} with --resume")
+        super().__init__(f"interrupted by {name}{where} with --resume")
+
+    def __reduce__(self) -> tuple[type[Interrupted], tuple[int, object, str | None, str | None]]:
+        return type(self), (self.signum, self.checkpoint, self.during, self.note)  # picklable (sent between ranks)

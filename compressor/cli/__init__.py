@@ -1,7 +1,7 @@
 """The ``compress`` command line: prune, export, bench, run (a recipe: all three) and info.
 
 Exit codes: 0 ok; 1 a gate failed (verification, target, speedup); 2 bad input (one line); 4 a requested
-provider or backend is not available here.
+provider or backend is not available here; 130/143 stopped by SIGINT/SIGTERM (training: after a checkpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 from compressor.cli.options import click_options
 from compressor.config import TRUST_HELP, BenchOptions, EvalOptions, ExportOptions, PruneOptions, QuantizeOptions
 from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, one_line
+from compressor.runtime.signals import interruptible
 
 
 def _rank() -> int:
@@ -182,14 +183,20 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
 @click_options(ExportOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export(run_dir: str, as_json: bool, **options: Any) -> None:
-    """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs)."""
+    """Export a run to ONNX, check it, simplify it and verify it against PyTorch (exit 1 if it differs).
+
+    \b
+    Exit codes: 0 ok; 1 verification or an accuracy gate failed; 2 bad input; 130/143 stopped by
+    SIGINT/SIGTERM (nothing written).
+    """
     from compressor.jobs.export import export as run_export
     from compressor.runtime.atomic import check_output_file
 
     if Path(run_dir).is_dir():  # a missing run directory is reported as such by run_export
         default = Path(run_dir) / ("dense.onnx" if options["dense"] else "pruned.onnx")
         check_output_file(options["out"] or default, "--out" if options["out"] else "output")
-    result = run_export(run_dir, **options)
+    with interruptible("export"):  # SIGINT/SIGTERM: exit 130/143, the temp files removed, nothing written
+        result = run_export(run_dir, **options)
     _print_export(result, as_json)
     if not result["verification"]["passed"]:
         raise GateFailed(f"ONNX output differs from PyTorch: {_diff_text(result['verification'])}")
@@ -244,11 +251,13 @@ def quantize(source: str, as_json: bool, **options: Any) -> None:
     the run's test split and recorded in its metadata and the run's report.json.
 
     \b
-    Exit codes: 0 ok; 1 an accuracy gate failed (the file is written); 2 bad input.
+    Exit codes: 0 ok; 1 an accuracy gate failed (the file is written); 2 bad input; 130/143 stopped by
+    SIGINT/SIGTERM (nothing written).
     """
     from compressor.jobs.quantize import quantize as run_quantize
 
-    result = run_quantize(source, **options)
+    with interruptible("quantize"):  # SIGINT/SIGTERM: exit 130/143, the temp files removed, nothing written
+        result = run_quantize(source, **options)
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
@@ -269,11 +278,13 @@ def eval_(model: str, as_json: bool, **options: Any) -> None:
     (PyTorch) or a run directory (its pruned.onnx, else pruned.pt). The data defaults to the run's own.
 
     \b
-    Exit codes: 0 ok; 1 --min-accuracy failed; 2 bad input; 4 the provider is not available here.
+    Exit codes: 0 ok; 1 --min-accuracy failed; 2 bad input; 4 the provider is not available here; 130/143
+    stopped by SIGINT/SIGTERM.
     """
     from compressor.jobs.evaluate import evaluate_model
 
-    result = evaluate_model(model, **options)
+    with interruptible("eval"):  # SIGINT/SIGTERM: exit 130/143
+        result = evaluate_model(model, **options)
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
@@ -284,7 +295,8 @@ def eval_(model: str, as_json: bool, **options: Any) -> None:
 
 
 @main.command(epilog="Exit codes: 0 ok; 1 a gate failed; 2 bad input; 4 a requested provider is not available "
-              "here (not in this build, no GPU, or it fell back to another).")  # fmt: skip
+              "here (not in this build, no GPU, or it fell back to another); 130/143 stopped by SIGINT/SIGTERM "
+              "(no file written).")  # fmt: skip
 @config_option
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
@@ -313,8 +325,10 @@ def bench(models: tuple[str, ...], baseline: str | None, labels: tuple[str, ...]
     for option, path in (("--json-out", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
         if path:
             check_output_file(path, option)
-    result = bench_models(named, BASELINE_LABEL if baseline else None, **options)
-    _emit_bench(result, as_json, json_out=json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
+    with interruptible("bench") as guard:  # SIGINT/SIGTERM: exit 130/143, no file written
+        result = bench_models(named, BASELINE_LABEL if baseline else None, **options)
+        guard.during, guard.note = "bench's output", "each requested file is whole or absent"
+        _emit_bench(result, as_json, json_out=json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)
     bench_gate(result)
 
 
@@ -345,13 +359,19 @@ def _emit_bench(result: dict[str, Any], as_json: bool, *, json_out: str | None =
 @click.option("--out", default=None, help="Run directory (overrides the recipe's prune.out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def run(recipe: str, out: str | None, as_json: bool) -> None:
-    """Run a YAML recipe: prune -> export (pruned + dense) -> verify -> bench, then print one summary."""
+    """Run a YAML recipe: prune -> export (pruned + dense) -> verify -> bench, then print one summary.
+
+    SIGINT/SIGTERM exits 130/143: while pruning after saving a checkpoint, in a later stage at once (the
+    finished stages' files stay, nothing is half-written).
+    """
     from compressor.jobs.run import run_recipe
     from compressor.train import STOP
 
     if not Path(recipe).is_file():
         raise BadInput(f"recipe {recipe} does not exist")
-    with STOP.installed():  # SIGINT/SIGTERM while pruning: save a checkpoint, exit 130/143
+    # SIGINT/SIGTERM while pruning: save a checkpoint, exit 130/143; in a later stage (export, quantize, bench)
+    # exit 130/143 at once, nothing half-written (run_recipe)
+    with STOP.installed():
         summary = run_recipe(_read_yaml_or_bad(recipe), out=out, quiet_json=as_json)
     if as_json:
         click.echo(json.dumps(summary, default=str))

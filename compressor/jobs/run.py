@@ -25,6 +25,7 @@ from compressor.jobs.prune import prune
 from compressor.jobs.quantize import quantize
 from compressor.runtime.atomic import write_json, write_text
 from compressor.runtime.ci import append_step_summary
+from compressor.runtime.signals import interruptible
 
 SECTIONS = ("prune", "export", "quantize", "bench")
 EXPORT_KEYS = tuple(defaults(ExportOptions))  # a recipe's export: section takes exactly these
@@ -63,25 +64,32 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
 
     run_dir = Path(p["out"])
     report, gates = _pruned(config, run_dir)
-    write_text(run_dir / "recipe.yaml", yaml.safe_dump({"prune": dict(vars(config)), "export": e,
-                                                         **({"quantize": q} if q is not None else {}),
-                                                         "bench": bench_opts}, sort_keys=False))  # fmt: skip
-    pruned = export(run_dir, trust_code=config.trust_code, **e)
-    dense = export(run_dir, dense=True, trust_code=config.trust_code, **{**e, "min_accuracy": None,
-                                                                          "max_accuracy_drop": None})  # fmt: skip
-    int8 = quantize(run_dir, **q) if q is not None else None
-    gates += pruned["accuracy_gates"] + (int8["accuracy_gates"] if int8 else [])
-    files = {"pruned": pruned["path"], **({"pruned-int8": int8["path"]} if int8 else {}), "dense": dense["path"]}
-    # the gates judge every file the run ships: pruned, and pruned-int8 when quantized
-    result = bench_models(files, "dense", trust_code=config.trust_code, **bench_opts)
-    write_json(run_dir / "bench.json", result)
-    bench_table = render_markdown(result)
-    write_text(run_dir / "bench.md", bench_table)
-    summary = _summary(run_dir, report, pruned, dense, int8, result, gates)
-    write_json(run_dir / "summary.json", summary)
-    append_step_summary(summary_markdown(summary) + "\n" + bench_table)  # CI: before any gate fails
-    if not quiet_json:
-        print_summary(summary)
+    # SIGINT/SIGTERM from here on: Interrupted at once (exit 130/143); the finished stages' files stay, the
+    # interrupted stage leaves nothing (every file goes through a temp file and a rename)
+    with interruptible("export", note=f"{run_dir} keeps the finished stages' files, nothing half-written") as at:
+        write_text(run_dir / "recipe.yaml", yaml.safe_dump({"prune": dict(vars(config)), "export": e,
+                                                             **({"quantize": q} if q is not None else {}),
+                                                             "bench": bench_opts}, sort_keys=False))  # fmt: skip
+        pruned = export(run_dir, trust_code=config.trust_code, **e)
+        at.during = "export of the dense model"
+        dense = export(run_dir, dense=True, trust_code=config.trust_code, **{**e, "min_accuracy": None,
+                                                                              "max_accuracy_drop": None})  # fmt: skip
+        at.during = "quantize"
+        int8 = quantize(run_dir, **q) if q is not None else None
+        gates += pruned["accuracy_gates"] + (int8["accuracy_gates"] if int8 else [])
+        files = {"pruned": pruned["path"], **({"pruned-int8": int8["path"]} if int8 else {}), "dense": dense["path"]}
+        # the gates judge every file the run ships: pruned, and pruned-int8 when quantized
+        at.during = "bench"
+        result = bench_models(files, "dense", trust_code=config.trust_code, **bench_opts)
+        at.during = "writing the summary"
+        write_json(run_dir / "bench.json", result)
+        bench_table = render_markdown(result)
+        write_text(run_dir / "bench.md", bench_table)
+        summary = _summary(run_dir, report, pruned, dense, int8, result, gates)
+        write_json(run_dir / "summary.json", summary)
+        append_step_summary(summary_markdown(summary) + "\n" + bench_table)  # CI: before any gate fails
+        if not quiet_json:
+            print_summary(summary)
     if gates:
         raise GateFailed("; ".join(gates))
     if not summary["export_verified"]:

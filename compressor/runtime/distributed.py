@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from compressor.errors import BadInput
+from compressor.errors import BadInput, Interrupted
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(minutes=60)  # rank 0 may time models for minutes while the others wait
@@ -133,7 +133,7 @@ def on_main(fn: Callable[[], T]) -> T:
     if is_main():
         try:
             box[0] = ("ok", fn())
-        except Exception as exc:  # every rank raises the same error instead of waiting forever
+        except (Exception, Interrupted) as exc:  # every rank raises the same error instead of waiting forever
             box[0] = ("error", exc)
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]
