@@ -1,4 +1,8 @@
-"""The hostile-input corpus (issue 7): bad invocations and bad files for every command.
+"""The hostile-input corpus (issues 7 and 18): bad invocations and bad files for every command.
+
+Issue 18 adds files in any encoding or state (recipes that are not UTF-8, corrupt IDX/CIFAR/image data, ONNX
+external data outside the model's folder), requests beyond the machine (refused up front with a memory
+estimate) and degenerate data (one class, empty splits, labels or outputs that disagree with the data).
 
 Each case runs ``compress`` in its own process and directory. It must exit 2 (1 for a failed gate) with exactly
 one line on stderr naming the problem, no traceback, nothing on stdout (a failed gate has printed its table) and
@@ -634,6 +638,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
     "fmnist-header-lies": (_fmnist(lambda p: _gz(p, bytes([0, 0, 8, 3]) + (9).to_bytes(4, "big") * 3 + bytes(10))), 2,
                            "IDX header says"),
     "fmnist-huge-ndim": (_fmnist(lambda p: _gz(p, bytes([0, 0, 8, 255]) + bytes(8))), 2, "truncated IDX header"),
+    "fmnist-dims-beyond-memory": (_fmnist(lambda p: _gz(p, bytes([0, 0, 8, 3]) + (100000).to_bytes(4, "big") * 3)),
+                                  2, "memory"),
     "cifar-garbled": (_cifar(_random_bytes), 2, "data_batch_1"),
     "cifar-truncated": (_cifar(_truncate), 2, "data_batch_1"),
     "cifar-code-in-pickle": (_cifar(lambda p: p.write_bytes(__import__("pickle").dumps(_Evil()))), 2,

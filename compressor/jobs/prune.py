@@ -181,9 +181,10 @@ def _load_inputs(cfg: PruneConfig) -> tuple[torch.device, Any]:
 def _build_model(cfg: PruneConfig, data: Any) -> tuple[dict[str, Any], torch.nn.Module, dict[str, Any]]:
     """The model spec (classes and channels from the data unless given), the model with its weights loaded
     (pretrained or ``--weights``), and the report's record of those weights."""
-    if cfg.num_classes and cfg.num_classes != data.num_classes:
+    if cfg.num_classes and cfg.num_classes < data.num_classes:  # more outputs than classes train; fewer cannot
         raise BadInput(f"--num-classes {cfg.num_classes} disagrees with the data ({data.spec or cfg.data} has "
-                       f"{data.num_classes} classes); leave it out to use the data's")  # fmt: skip
+                       f"{data.num_classes} classes, labels up to {data.num_classes - 1}); leave it out to use "
+                       "the data's")  # fmt: skip
     spec = model_spec(cfg, cfg.num_classes or data.num_classes, cfg.in_channels or data.input_shape[0])
     model = build_from_spec(spec, weights_head=cfg.weights_head)
     record = pretrained_record(model) or {}
