@@ -45,6 +45,7 @@ from benchmarks.backends import (
 from compressor import tool_version
 from compressor.config import DEFAULT_BENCH as _B
 from compressor.errors import BadInput, one_line
+from compressor.runtime.memory import check_fits, tensor_bytes
 
 PROVIDERS = ORT_PROVIDERS  # the ONNX Runtime providers (``--latency-provider`` and friends)
 SCHEMA = 2
@@ -173,6 +174,8 @@ def _feeds(model: _Model, batch: int, seed: int) -> dict[str, np.ndarray]:
                 f"{batch} (export with a dynamic batch)"
             )
         shape = [batch, *inp.dims[1:]]
+        check_fits(f"{model.path}: a batch of {batch} inputs {tuple(shape)}",
+                   tensor_bytes(shape, np.dtype(inp.dtype).itemsize), "bench a smaller --batch")  # fmt: skip
         rng = np.random.default_rng([seed, batch, k])  # same data for every model of the same shape
         feeds[inp.name] = rng.standard_normal(shape, dtype=np.float32).astype(inp.dtype, copy=False)
     return feeds

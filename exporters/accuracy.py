@@ -53,11 +53,12 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike[str], provider: s
 
 def onnx_accuracy(model: onnx.ModelProto | bytes | str | os.PathLike[str],
                   loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *, provider: str = "cpu",
-                  threads: int | None = None) -> dict[str, Any]:  # fmt: skip
+                  threads: int | None = None, num_classes: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Top-1/top-5 accuracy and mean cross-entropy of an ONNX classifier (its first output) over ``loader``.
 
     A file with a static batch dimension is fed in slices of that batch (the last one padded, the padding
-    dropped). Returns ``{"acc", "top5", "loss", "n", "provider"}``.
+    dropped). :class:`BadInput` when its logits do not have ``num_classes`` columns (the data's, when given) or a
+    label is not one of them. Returns ``{"acc", "top5", "loss", "n", "provider"}``.
     """
     sess = session(model, provider, threads)
     inp = sess.get_inputs()[0]
@@ -71,6 +72,7 @@ def onnx_accuracy(model: onnx.ModelProto | bytes | str | os.PathLike[str],
         except Exception as exc:  # e.g. the data's image size is not the file's
             raise BadInput(f"ONNX Runtime failed on a batch of shape {tuple(x.shape)} (the file takes "
                            f"{inp.shape}): {one_line(exc, 200, typed=True)}") from None  # fmt: skip
+        _check_classes(logits.shape[1], y, num_classes)
         tally.add(torch.from_numpy(logits), y)
     if tally.n == 0:
         raise BadInput("the evaluation split is empty")
@@ -94,3 +96,12 @@ def _run(sess: Any, name: str, x: np.ndarray, fixed: int | None) -> np.ndarray:
         raise BadInput(f"the model's first output has shape {tuple(out.shape)}: accuracy needs (batch, classes) "
                        "logits")  # fmt: skip
     return out.astype(np.float32, copy=False)
+
+
+def _check_classes(columns: int, labels: torch.Tensor, num_classes: int | None) -> None:
+    """:class:`BadInput` when the model's ``columns`` logits cannot score the data's classes and ``labels``."""
+    if num_classes is not None and columns != num_classes:
+        raise BadInput(f"the model's output has {columns} classes, the data has {num_classes}: is it the right "
+                       "data for this model?")  # fmt: skip
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= columns):
+        raise BadInput(f"the data has label {int(labels.max())} but the model's output has {columns} classes")

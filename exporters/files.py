@@ -144,6 +144,24 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not p.is_file():
         raise BadInput(f"{p}: not a file")
     try:
-        return onnx.load(os.fspath(p), load_external_data=False)
+        proto = onnx.load(os.fspath(p), load_external_data=False)
     except Exception as exc:
         raise BadInput(f"{p} is not a loadable ONNX model ({one_line(exc, 120, typed=True)})") from None
+    check_external_data(proto, p)
+    return proto
+
+
+def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """:class:`BadInput` unless every external-data location of ``proto`` (read from ``path``) is a relative path
+    inside ``path``'s folder: an absolute location or one that escapes the folder (``../../etc/passwd``) is refused,
+    never read. The files are not opened here (the metadata reads without them); ONNX Runtime reads them."""
+    folder = path.resolve().parent
+    for tensor in _all_tensors(proto.graph):
+        if not uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or os.path.isabs(location) or Path(location).drive or not target.is_relative_to(folder):
+            raise BadInput(f"{path}: tensor {tensor.name!r} keeps its external data at {location!r}, outside the "
+                           "model's folder; only relative paths inside it are read")  # fmt: skip

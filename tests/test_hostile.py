@@ -1,4 +1,8 @@
-"""The hostile-input corpus (issue 7): bad invocations and bad files for every command.
+"""The hostile-input corpus (issues 7 and 18): bad invocations and bad files for every command.
+
+Issue 18 adds files in any encoding or state (recipes that are not UTF-8, corrupt IDX/CIFAR/image data, ONNX
+external data outside the model's folder), requests beyond the machine (refused up front with a memory
+estimate) and degenerate data (one class, empty splits, labels or outputs that disagree with the data).
 
 Each case runs ``compress`` in its own process and directory. It must exit 2 (1 for a failed gate) with exactly
 one line on stderr naming the problem, no traceback, nothing on stdout (a failed gate has printed its table) and
@@ -302,6 +306,166 @@ def _with(prepare: Callable[[Path], Any], make: Callable[[Path], list[str]]) -> 
     return setup
 
 
+# --------------------------------------------------------------------------------------------
+# Issue 18, classes 1-3: files in any encoding or state, requests beyond the machine, degenerate data
+# --------------------------------------------------------------------------------------------
+
+SYN_8 = "synthetic:1x8x8:10:16:8"  # what _classifier_onnx takes
+
+
+def _classifier_onnx(path: Path, classes: int = 10, external: str | None = None) -> Path:
+    """A tiny ONNX classifier: (N, 1, 8, 8) -> Flatten -> MatMul -> (N, classes); ``external`` is the location its
+    weight claims to be stored at (written as external data, never read by a correct loader when it escapes)."""
+    from onnx import numpy_helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", classes])
+    w = numpy_helper.from_array(torch.randn(64, classes).numpy(), "w")
+    if external is not None:
+        w.ClearField("raw_data")
+        w.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", external), ("offset", "0"), ("length", str(64 * classes * 4))):
+            entry = w.external_data.add()
+            entry.key, entry.value = key, value
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"],
+                                                                                       ["output"])]  # fmt: skip
+    model = helper.make_model(helper.make_graph(nodes, "cls", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _eval(*extra: str, classes: int = 10, external: str | None = None,
+          data: str = SYN_8) -> Callable[[Path], list[str]]:  # fmt: skip
+    def setup(d: Path) -> list[str]:
+        _classifier_onnx(d / "model.onnx", classes, external)
+        return ["eval", "model.onnx", "--data", data, *extra]
+
+    return setup
+
+
+def _quantize(*extra: str, classes: int = 10, external: str | None = None,
+              data: str = SYN_8) -> Callable[[Path], list[str]]:  # fmt: skip
+    def setup(d: Path) -> list[str]:
+        _classifier_onnx(d / "model.onnx", classes, external)
+        return ["quantize", "model.onnx", "--data", data, "--calib-batches", "1", *extra]
+
+    return setup
+
+
+def _bench_external(location: str) -> Callable[[Path], list[str]]:
+    return lambda d: ["bench", _classifier_onnx(d / "model.onnx", external=location).name, *_FAST]
+
+
+def _gz(path: Path, raw: bytes) -> None:
+    import gzip
+
+    path.write_bytes(gzip.compress(raw, mtime=0))
+
+
+def _idx(array: Any) -> bytes:
+    import struct
+
+    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def _fmnist(damage: Callable[[Path], Any] | None = None,
+            labels: list[int] | None = None) -> Callable[[Path], list[str]]:  # fmt: skip
+    """``--data fashion-mnist --data-dir fm``: four tiny IDX .gz files (8 train, 4 test images); ``damage`` gets
+    the train-images file, ``labels`` replaces the train labels."""
+    import numpy as np
+
+    def setup(d: Path) -> list[str]:
+        fm = _dir(d / "fm")
+        ytr = np.array(labels if labels is not None else [i % 10 for i in range(8)], dtype=np.uint8)
+        for prefix, n, y in (("train", len(ytr), ytr), ("t10k", 4, np.arange(4, dtype=np.uint8))):
+            _gz(fm / f"{prefix}-images-idx3-ubyte.gz", _idx(np.zeros((n, 28, 28), np.uint8)))
+            _gz(fm / f"{prefix}-labels-idx1-ubyte.gz", _idx(y))
+        if damage:
+            damage(fm / "train-images-idx3-ubyte.gz")
+        return _prune("--data-dir", "fm", data="fashion-mnist")
+
+    return setup
+
+
+def _cifar(damage: Callable[[Path], Any] | None = None, labels: list[int] | None = None,
+           data_shape: tuple[int, int] = (2, 3072)) -> Callable[[Path], list[str]]:  # fmt: skip
+    """``--data cifar10 --data-dir c``: tiny python-pickle batches (2 images each); ``damage`` gets data_batch_1."""
+    import pickle
+
+    import numpy as np
+
+    def setup(d: Path) -> list[str]:
+        folder = _dir(_dir(d / "c") / "cifar-10-batches-py")
+        for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+            y = labels if labels is not None and name == "data_batch_1" else [0, 1]
+            entry = {b"data": np.zeros(data_shape, np.uint8), b"labels": y}
+            (folder / name).write_bytes(pickle.dumps({k.decode(): v for k, v in entry.items()}))
+        if damage:
+            damage(folder / "data_batch_1")
+        return _prune("--data-dir", "c", data="cifar10")
+
+    return setup
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def _imagefolder(classes: dict[str, int], bad: bytes | None = None, *extra: str) -> Callable[[Path], list[str]]:
+    """``--data imagefolder:img``: class folders of tiny PNGs (name -> count); ``bad`` replaces the first image."""
+    from PIL import Image
+
+    def setup(d: Path) -> list[str]:
+        root = _dir(d / "img")
+        first = True
+        for name, n in classes.items():
+            folder = _dir(root / name)
+            for i in range(n):
+                path = folder / f"{i}.png"
+                if first and bad is not None:
+                    path.write_bytes(bad)
+                else:
+                    Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(path)
+                first = False
+        return _prune("--image-size", "8", "--epochs", "0", *extra, data="imagefolder:img")
+
+    return setup
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bytes_file(name: str, data: bytes) -> Callable[[Path], Path]:
+    def make(d: Path) -> Path:
+        (d / name).write_bytes(data)
+        return d / name
+
+    return make
+
+
+def _recipe_bytes(data: bytes) -> Callable[[Path], list[str]]:
+    return _with(_bytes_file("recipe.yaml", data), lambda d: ["run", "recipe.yaml"])
+
+
+def _config_bytes(data: bytes, command: Callable[[Path], list[str]] | None = None) -> Callable[[Path], list[str]]:
+    return _with(_bytes_file("cfg.yaml", data), command or (lambda d: _prune("--config", "cfg.yaml")))
+
+
+_LATIN1 = "prune:\n  model: cifar:resnet20\n  out: caf\u00e9\n".encode("latin-1")
+_UTF16 = "prune:\n  model: cifar:resnet20\n".encode("utf-16")
+_RANDOM = random.Random(1).randbytes(512)
+
+
 _USER_SPEC = {"model": f"{USER}:se_net", "num_classes": 10, "in_channels": 1, "trust_code": True}
 _R32_SPEC = {"model": "cifar:resnet32", "num_classes": 10, "in_channels": 1, "trust_code": False}
 
@@ -458,6 +622,68 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
     "user-forward-dict": (_user("forward_dict", "--trust-code"), 2, "forward returns a dict"),
     "user-forward-tuple": (_user("forward_tuple", "--trust-code"), 2, "forward returns a tuple"),
     "info-forward-dict": (_user("forward_dict", "--trust-code", command="info"), 2, "forward returns a dict"),
+    # --- issue 18, class 1: recipes and --config files in any encoding, corrupt data files, checkpoints, ONNX
+    "recipe-latin1": (_recipe_bytes(_LATIN1), 2, "not UTF-8"),
+    "recipe-utf16": (_recipe_bytes(_UTF16), 2, "not UTF-8"),
+    "recipe-random-bytes": (_recipe_bytes(_RANDOM), 2, "recipe.yaml"),
+    "recipe-nul-bytes": (_recipe_bytes(b"prune:\x00\x00\n"), 2, "recipe.yaml"),
+    "recipe-scalar": (_recipe(text="42\n"), 2, "mapping"),
+    "config-latin1": (_config_bytes(b"epochs: 1\nout: caf\xe9\n"), 2, "not UTF-8"),
+    "config-random-bytes": (_config_bytes(_RANDOM), 2, "cfg.yaml"),
+    "quantize-config-utf16": (_config_bytes("calib_batches: 1\n".encode("utf-16"),
+                                            _quantize("--config", "cfg.yaml")), 2, "not UTF-8"),
+    "fmnist-truncated-gz": (_fmnist(_truncate), 2, "train-images-idx3-ubyte.gz"),
+    "fmnist-wrong-magic": (_fmnist(lambda p: _gz(p, b"\x08\x03\x00\x00" + bytes(64))), 2, "not an IDX file"),
+    "fmnist-not-gzip": (_fmnist(lambda p: p.write_bytes(b"plain text, not gzip\n")), 2, "train-images-idx3-ubyte.gz"),
+    "fmnist-header-lies": (_fmnist(lambda p: _gz(p, bytes([0, 0, 8, 3]) + (9).to_bytes(4, "big") * 3 + bytes(10))), 2,
+                           "IDX header says"),
+    "fmnist-huge-ndim": (_fmnist(lambda p: _gz(p, bytes([0, 0, 8, 255]) + bytes(8))), 2, "truncated IDX header"),
+    "fmnist-dims-beyond-memory": (_fmnist(lambda p: _gz(p, bytes([0, 0, 8, 3]) + (100000).to_bytes(4, "big") * 3)),
+                                  2, "memory"),
+    "cifar-garbled": (_cifar(_random_bytes), 2, "data_batch_1"),
+    "cifar-truncated": (_cifar(_truncate), 2, "data_batch_1"),
+    "cifar-code-in-pickle": (_cifar(lambda p: p.write_bytes(__import__("pickle").dumps(_Evil()))), 2,
+                             "forbidden global"),
+    "cifar-not-a-batch": (_cifar(lambda p: p.write_bytes(__import__("pickle").dumps([1, 2]))), 2,
+                          "not a CIFAR batch"),
+    "cifar-wrong-shape": (_cifar(data_shape=(2, 100)), 2, "expected data (N, 3072)"),
+    "imagefolder-corrupt-png": (_imagefolder({"a": 3, "b": 3}, b"\x89PNG\r\n\x1a\n garbage"), 2, "0.png"),
+    "imagefolder-truncated-png": (_imagefolder({"a": 3, "b": 3}, _png_bytes()[:60]), 2, "0.png"),
+    "weights-json": (_with(_bytes_file("w.pt", b'{"conv.weight": [1, 2]}'),
+                           lambda d: _prune("--weights", "w.pt")), 2, "w.pt"),
+    "eval-garbage-pt": (lambda d: ["eval", _random_bytes(d / "m.pt").name, "--data", SYN_8], 2, "m.pt"),
+    "eval-truncated-onnx": (lambda d: ["eval", _truncate(_classifier_onnx(d / "m.onnx")).name, "--data", SYN_8], 2,
+                            "m.onnx"),
+    "eval-text-as-onnx": (lambda d: ["eval", _file(d, "m.onnx", "hello\n").name, "--data", SYN_8], 2, "m.onnx"),
+    "eval-external-escapes": (_eval(external="../../etc/passwd"), 2, "external data"),
+    "eval-external-absolute": (_eval(external="/etc/passwd"), 2, "external data"),
+    "eval-external-missing": (_eval(external="weights.bin"), 2, "weights.bin"),
+    "bench-external-escapes": (_bench_external("../../../etc/passwd"), 2, "external data"),
+    "bench-external-absolute": (_bench_external("/etc/hostname"), 2, "external data"),
+    "quantize-external-escapes": (_quantize(external="../secret.bin"), 2, "external data"),
+    "quantize-garbage-onnx": (lambda d: ["quantize", _random_bytes(d / "m.onnx").name, "--data", SYN_8], 2,
+                              "m.onnx"),
+    # --- class 2: requests beyond the machine, refused up front with the estimate
+    "image-size-huge": (lambda d: _prune("--image-size", "100000"), 2, "memory"),
+    "synthetic-huge": (lambda d: _prune(data="synthetic:3x50000x50000:10"), 2, "memory"),
+    "synthetic-many-images": (lambda d: _prune(data="synthetic:3x1024x1024:10:100000:10"), 2, "memory"),
+    "eval-synthetic-huge": (_eval(data="synthetic:1x8x8:10:1000000000000:8"), 2, "memory"),
+    "bench-batch-huge": (_bench("--batch", "1000000000"), 2, "memory"),
+    "info-input-shape-huge": (lambda d: ["info", "cifar:resnet20", "--input-shape", "3x100000x100000"], 2, "memory"),
+    # --- class 3: degenerate data
+    "synthetic-one-class": (lambda d: _prune(data="synthetic:1x28x28:1"), 2, "classes >= 2"),
+    "test-subset-0": (lambda d: _prune("--test-subset", "0"), 2, "test_subset"),
+    "eval-test-subset-0": (_eval("--test-subset", "0"), 2, "test"),
+    "imagefolder-one-class": (_imagefolder({"a": 6}), 2, "at least 2 classes"),
+    "imagefolder-empty-class": (_imagefolder({"a": 4, "b": 0}), 2, "img"),
+    "imagefolder-no-images": (_with(lambda d: _file(_dir(_dir(d / "img") / "a"), "notes.txt"),
+                                    lambda d: _prune(data="imagefolder:img")), 2, "img"),
+    "fmnist-label-out-of-range": (_fmnist(labels=[0, 1, 2, 3, 4, 5, 6, 12]), 2, "out of range"),
+    "cifar-label-out-of-range": (_cifar(labels=[0, 10]), 2, "out of range"),
+    "cifar-label-negative": (_cifar(labels=[-1, 3]), 2, "out of range"),
+    "num-classes-disagrees": (lambda d: _prune("--num-classes", "5"), 2, "--num-classes 5"),
+    "eval-fewer-logits-than-classes": (_eval(classes=5), 2, "5 classes"),
+    "quantize-fewer-logits-than-classes": (_quantize(classes=3), 2, "3 classes"),
     # --- a gate (exit 1): the table is printed, then the gate fails
     "bench-p50-gate": (_bench("--fail-above-p50", "0.000001"), 1, "p50"),
 }
@@ -580,7 +806,7 @@ def _skip_without_chmod(case: str) -> None:
 
 def test_the_corpus_covers_every_command(bad_runs: dict[str, dict[str, Any]]) -> None:
     assert len(CASES) >= 57
-    assert {r["args"][0] for r in bad_runs.values()} == {"prune", "export", "bench", "run", "info"}
+    assert {r["args"][0] for r in bad_runs.values()} == {"prune", "export", "bench", "run", "info", "eval", "quantize"}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -83,11 +83,20 @@ class _Group(click.Group):
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
+    """The mapping a recipe or ``--config`` file holds; BadParameter (one line) for anything else: not a file,
+    unreadable, not UTF-8 text (a BOM is accepted), not YAML, not a mapping."""
     p = Path(path)
     if not p.is_file():
         raise click.BadParameter(f"{path} does not exist", param_hint="--config")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise click.BadParameter(f"{path} cannot be read: {one_line(exc)}") from None
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1]
+        raise click.BadParameter(f"{path} is not UTF-8 text (byte {exc.start} is {bad!r}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise click.BadParameter(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -19,6 +19,7 @@ from torch import Tensor
 from compressor.data import paths
 from compressor.data.bundle import DataBundle, LoadRequest, in_memory_bundle
 from compressor.errors import BadInput, one_line
+from compressor.runtime.memory import check_fits
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 FASHION_MNIST_CLASSES = [
@@ -64,23 +65,22 @@ def _find_fmnist_files(directory: Path) -> dict[str, Path] | None:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """The uint8 array in an IDX file (gzipped or not); :class:`BadInput` when malformed."""
+    """The uint8 array in an IDX file (gzipped or not); :class:`BadInput` when malformed. The header is read
+    first: the array it announces must fit in memory, and no more than that is decompressed (a gzip bomb stops)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 0x08:
+                raise BadInput(f"{path} is not an IDX file of unsigned bytes")
+            head = f.read(4 * magic[3])
+            if len(head) < 4 * magic[3]:
+                raise BadInput(f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{magic[3]}I", head)
+            check_fits(f"IDX file {path} (header dims {dims})", math.prod(dims))
+            raw = f.read(math.prod(dims) + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise BadInput(f"cannot read IDX file {path}: {one_line(e)}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise BadInput(f"{path} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise BadInput(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    data = np.frombuffer(raw, dtype=np.uint8)
     if data.size != math.prod(dims):
         raise BadInput(f"{path}: IDX header says {dims} but holds {data.size} bytes")
     return data.reshape(dims)

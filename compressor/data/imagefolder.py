@@ -33,8 +33,10 @@ class _TransformSubset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         path, target = self.base.samples[self.indices[i]]
-        img = self.base.loader(path)
-        return self.transform(img), target
+        try:  # PIL decodes lazily: a corrupt or truncated file fails in the transform as often as in the open
+            return self.transform(self.base.loader(path)), target
+        except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+            raise BadInput(f"imagefolder image {path} cannot be decoded: {one_line(e, 200)}") from None
 
 
 def _image_folder(path: Path) -> Any:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compressor.errors import BadInput
+
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     """The generator seed of epoch ``epoch`` (also salts the splits and subsets)."""
@@ -261,7 +263,13 @@ class ImageLoader(_EpochLoader):
             generator=torch.Generator().manual_seed(_epoch_seed(self.seed, epoch)),
             drop_last=False,
         )
-        yield from loader
+        try:
+            yield from loader
+        except BadInput as e:  # raised in a worker process: the message carries the worker's traceback
+            lines = str(e).strip().splitlines()
+            if len(lines) < 2:
+                raise
+            raise BadInput(lines[-1].removeprefix("compressor.errors.BadInput: ")) from None
 
     def __repr__(self) -> str:
         return f"ImageLoader(n={self.num_samples}, batch_size={self.batch_size}, shuffle={self.shuffle})"

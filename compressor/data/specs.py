@@ -39,6 +39,7 @@ from compressor.data.fashion_mnist import fashion_mnist_spec
 from compressor.data.imagefolder import imagefolder_spec
 from compressor.data.synthetic import synthetic_spec
 from compressor.errors import BadInput
+from compressor.runtime.memory import check_fits, tensor_bytes
 
 DATA_SPECS = ["fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic:CxHxW:classes"]
 
@@ -151,4 +152,17 @@ def load_data(
         augment=augment,
         num_workers=num_workers,
     )
-    return handler(spec, rest, request)
+    return _checked(handler(spec, rest, request))
+
+
+def _checked(bundle: DataBundle) -> DataBundle:
+    """``bundle``, refused when it cannot train a classifier (fewer than 2 classes) or when one of its batches
+    (``batch_size`` samples of ``input_shape`` as float32, at most the split) cannot fit in memory."""
+    if bundle.num_classes < 2:
+        raise BadInput(f"data spec {bundle.spec!r} has {bundle.num_classes} class(es): a classifier needs at least "
+                       "2 classes")  # fmt: skip
+    for split, loader in bundle.loaders().items():
+        n = min(loader.batch_size, loader.num_samples)
+        check_fits(f"data spec {bundle.spec!r}: a {split} batch of {n} inputs {tuple(bundle.input_shape)}",
+                   tensor_bytes((n, *bundle.input_shape)), "use a smaller batch size or image size")  # fmt: skip
+    return bundle

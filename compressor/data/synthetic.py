@@ -10,6 +10,7 @@ from torch import Tensor
 
 from compressor.data.bundle import DataBundle, LoadRequest, in_memory_bundle
 from compressor.errors import BadInput
+from compressor.runtime.memory import check_fits, tensor_bytes
 
 
 def parse_synthetic(rest: str, spec: str) -> tuple[tuple[int, int, int], int, int, int]:
@@ -22,6 +23,9 @@ def parse_synthetic(rest: str, spec: str) -> tuple[tuple[int, int, int], int, in
     n_test = int(m.group(6)) if m.group(6) else 128
     if min(c, h, w) < 1 or k < 2 or n_train < 2 or n_test < 1:
         raise BadInput(f"bad data spec {spec!r}: sizes must be >= 1, classes >= 2, train >= 2")
+    # the uint8 images plus the float32 working copies of the larger split (noise and the mixed images)
+    needed = c * h * w * (n_train + n_test) + tensor_bytes((2, max(n_train, n_test), c, h, w))
+    check_fits(f"data spec {spec!r} (a synthetic in-memory dataset)", needed)
     if c * h * w * (n_train + n_test) > 2**31:
         raise BadInput(f"data spec {spec!r} is too large for a synthetic in-memory dataset")
     return (c, h, w), k, n_train, n_test

@@ -40,7 +40,8 @@ def evaluate_model(model: str | Path, *, trust_code: bool = False, **options: An
     if onnx_file:
         from exporters.accuracy import onnx_accuracy
 
-        scores = onnx_accuracy(path, bundle.test, provider=o.provider, threads=o.threads)
+        scores = onnx_accuracy(path, bundle.test, provider=o.provider, threads=o.threads,
+                               num_classes=bundle.num_classes)  # fmt: skip
         runtime = f"onnxruntime ({o.provider})"
     else:
         scores, runtime = _torch_accuracy(path, bundle, trust_code), "pytorch (cpu)"
@@ -66,4 +67,8 @@ def _torch_accuracy(path: Path, bundle: Any, trust_code: bool) -> dict[str, Any]
     if tuple(payload["input_shape"]) != tuple(bundle.input_shape):
         raise BadInput(f"{path} takes inputs {tuple(payload['input_shape'])}, the data gives "
                        f"{tuple(bundle.input_shape)}")  # fmt: skip
+    with torch.no_grad():
+        columns = model.eval()(torch.zeros(1, *bundle.input_shape)).shape[-1]
+    if columns != bundle.num_classes:
+        raise BadInput(f"{path} outputs {columns} classes, the data has {bundle.num_classes}: is it the right data?")
     return {k: v for k, v in evaluate(model, bundle.test, torch.device("cpu")).items()}

@@ -28,6 +28,9 @@ def _shape(data: str, input_shape: str | None, num_classes: int) -> tuple[tuple[
             c, h, w = (int(v) for v in input_shape.lower().split("x"))
         except ValueError:
             raise BadInput(f"--input-shape must look like 3x224x224, got {input_shape!r}") from None
+        from compressor.runtime.memory import check_fits, tensor_bytes
+
+        check_fits(f"--input-shape {input_shape} (one float32 input)", tensor_bytes((c, h, w)))
         return (c, h, w), num_classes
     if data.startswith("synthetic:"):
         from compressor.data import parse_synthetic

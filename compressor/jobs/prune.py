@@ -7,6 +7,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,8 +87,8 @@ CHECKPOINT = "checkpoint.pt"
 def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
     saved_path = out / "config.yaml"
     try:
-        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
-    except yaml.YAMLError:
+        saved = yaml.safe_load(saved_path.read_bytes().decode("utf-8-sig")) if saved_path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         saved = None
     if not isinstance(saved, dict):
         raise BadInput(f"--resume: {saved_path} is missing or unreadable; cannot check the run's options")
@@ -134,14 +136,29 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
                     steps_per_epoch=len(data.train), max_layer_ratio=cfg.max_layer_ratio, graph=graph, budget=budget,
                     weights=weights, train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(), lr=cfg.lr,
                     device=device, log=progress.log, start=False)  # fmt: skip
+    fresh = not (out.is_dir() and any(out.iterdir())) or (cfg.overwrite and not cfg.resume)
     resume_state, history_rows = _open_run_dir(cfg, out, search, alloc)  # inputs are valid: rank 0 writes now
-    run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape,
-               time.perf_counter(), _trainer_io(cfg, out, device, progress), loaded, round_note=round_note)  # fmt: skip
-    phase = resume_state["phase"] if resume_state else "pretrain"
-    history_rows += _dense_phase(run, model, resume_state, phase)
-    if phase in SLIM_PHASES:
-        return _finetune(run, resume_state, history_rows, phase)
-    return _prune_phase(run, pruner, model, resume_state, phase, history_rows)
+    with _removed_on_bad_input(out, fresh and distributed.is_main()):
+        run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape,
+                   time.perf_counter(), _trainer_io(cfg, out, device, progress), loaded,
+                   round_note=round_note)  # fmt: skip
+        phase = resume_state["phase"] if resume_state else "pretrain"
+        history_rows += _dense_phase(run, model, resume_state, phase)
+        if phase in SLIM_PHASES:
+            return _finetune(run, resume_state, history_rows, phase)
+        return _prune_phase(run, pruner, model, resume_state, phase, history_rows)
+
+
+@contextmanager
+def _removed_on_bad_input(out: Path, fresh: bool) -> Iterator[None]:
+    """Remove the run directory this invocation made when a BadInput found only now (an image that does not
+    decode, read lazily by the loaders) stops the run: a bad input leaves nothing half-written."""
+    try:
+        yield
+    except BadInput:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _load_inputs(cfg: PruneConfig) -> tuple[torch.device, Any]:
@@ -164,6 +181,10 @@ def _load_inputs(cfg: PruneConfig) -> tuple[torch.device, Any]:
 def _build_model(cfg: PruneConfig, data: Any) -> tuple[dict[str, Any], torch.nn.Module, dict[str, Any]]:
     """The model spec (classes and channels from the data unless given), the model with its weights loaded
     (pretrained or ``--weights``), and the report's record of those weights."""
+    if cfg.num_classes and cfg.num_classes < data.num_classes:  # more outputs than classes train; fewer cannot
+        raise BadInput(f"--num-classes {cfg.num_classes} disagrees with the data ({data.spec or cfg.data} has "
+                       f"{data.num_classes} classes, labels up to {data.num_classes - 1}); leave it out to use "
+                       "the data's")  # fmt: skip
     spec = model_spec(cfg, cfg.num_classes or data.num_classes, cfg.in_channels or data.input_shape[0])
     model = build_from_spec(spec, weights_head=cfg.weights_head)
     record = pretrained_record(model) or {}

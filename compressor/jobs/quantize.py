@@ -52,7 +52,7 @@ def quantize(source: str | Path, out: str | Path | None = None, *, data: str | N
     calibration = (x.numpy() for x, _ in islice(iter(bundle.train), o.calib_batches))
 
     def evaluate(model: Any) -> dict[str, Any]:
-        return {**onnx_accuracy(model, bundle.test), "split": "test"}
+        return {**onnx_accuracy(model, bundle.test, num_classes=bundle.num_classes), "split": "test"}
 
     kept = {k: v for k, v in meta.items() if not k.startswith(_STALE)}
     result = quantize_onnx(src, dst, calibration, calib_method=o.calib_method, per_channel=o.per_channel,
