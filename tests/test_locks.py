@@ -114,6 +114,12 @@ def test_export_quantize_bench_refused_while_the_output_is_held(tmp_path: Path, 
         r = compress("bench", str(exported / "pruned.onnx"), "--warmup", "1", "--iters", "2", "--json-out", str(out))
         assert_refused(r, f"--json-out {out}")
     assert list(tmp_path.iterdir()) == []  # nothing written, no lock left
+    with lock.run_directory(exported):  # export and quantize record their file in the run's report.json
+        assert_refused(compress("export", str(exported), "--out", str(onnx), "--no-accuracy"),
+                       f"run directory {exported}")  # fmt: skip
+        assert_refused(compress("quantize", str(exported), "--out", str(int8), "--no-accuracy"),
+                       f"run directory {exported}")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
     r = compress("export", str(exported), "--out", str(onnx), "--no-accuracy")  # free again
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -50,7 +50,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = 
     name = "dense" if dense else "pruned"
     option = "--out" if out else "output"
     out = Path(out) if out else run_dir / f"{name}.onnx"
-    with lock.output_file(out, option):  # one process writes a file at a time (FILE.lock beside it)
+    # one process writes a run directory (its report.json records the file) and a file at a time
+    with lock.run_directory_if_writable(run_dir), lock.output_file(out, option):
         return _export(run_dir, out, name, o, trust_code)
 
 

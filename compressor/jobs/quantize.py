@@ -46,12 +46,19 @@ def quantize(source: str | Path, out: str | Path | None = None, *, data: str | N
 
 
 def _quantize(src: Path, dst: Path, o: QuantizeOptions, data: str | None, data_dir: str | None) -> dict[str, Any]:
-    from exporters.accuracy import onnx_accuracy
     from exporters.metadata import read_metadata
-    from exporters.quantize import quantize_onnx
 
     meta = read_metadata(src)
     run_dir = source_run(src, meta)
+    with lock.run_directory_if_writable(run_dir):  # its report.json records the INT8 file
+        return _quantize_run(src, dst, o, data, data_dir, meta, run_dir)
+
+
+def _quantize_run(src: Path, dst: Path, o: QuantizeOptions, data: str | None, data_dir: str | None,
+                  meta: dict[str, str], run_dir: Path | None) -> dict[str, Any]:  # fmt: skip
+    from exporters.accuracy import onnx_accuracy
+    from exporters.quantize import quantize_onnx
+
     bundle = load_split_data(resolve_data(run_dir, meta, data, data_dir=data_dir), batch_size=o.calib_batch_size,
                              eval_batch_size=EVAL_BATCH)  # fmt: skip
     bundle.train.set_epoch(0)

@@ -84,7 +84,7 @@ def _open_locked(lock: Path, what: str) -> int:
 def locked(lock: str | os.PathLike[str], what: str) -> Iterator[Path]:
     """Hold the lock file ``lock`` for the block; ``what`` names the locked thing in the refusal."""
     lock = Path(lock)
-    key = os.path.abspath(lock)
+    key = os.path.realpath(lock)
     if key in _held:
         _held[key][1] += 1
         try:
@@ -143,6 +143,14 @@ def _rmdirs(made: list[Path]) -> None:
 def run_directory(directory: str | os.PathLike[str], option: str = "--out") -> contextlib.AbstractContextManager:
     """The lock of a run directory (``RUN/.compress.lock``)."""
     return locked(run_dir_lock(directory), f"{option} {directory}")
+
+
+def run_directory_if_writable(directory: str | os.PathLike[str] | None) -> contextlib.AbstractContextManager:
+    """The run directory's lock for a command that updates the run (export, quantize); none when there is no
+    run or it is not writable (a read-only run can still be exported elsewhere)."""
+    if directory is None or not os.access(directory, os.W_OK | os.X_OK):
+        return contextlib.nullcontext()
+    return locked(run_dir_lock(directory), f"run directory {directory}")
 
 
 def output_file(path: str | os.PathLike[str], option: str = "output") -> contextlib.AbstractContextManager:
