@@ -191,7 +191,7 @@ def save_pruned(slim: nn.Module, path: str | Path, pruner: Pruner, *, model_spec
     defaults to True for such specs). A factory gets ``num_classes``/``in_channels`` only if it takes them
     (defaults here: 1 and the example input's channels; give them if your factory uses them).
     """
-    from compressor.runtime.atomic import atomic_path
+    from compressor.runtime.atomic import write_torch
 
     if pruner.history is None:
         raise BadInput("save_pruned: call pruner.materialize() first (the file holds its pruning history)")
@@ -202,8 +202,7 @@ def save_pruned(slim: nn.Module, path: str | Path, pruner: Pruner, *, model_spec
             "in_channels": int(in_channels or pruner.example.shape[1]),
             "trust_code": user if trust_code is None else bool(trust_code)}  # fmt: skip
     out = Path(path)
-    with atomic_path(out) as tmp:
-        torch.save(pruned_payload(spec, tuple(pruner.example.shape[1:]), pruner.history, slim), tmp)
+    write_torch(out, pruned_payload(spec, tuple(pruner.example.shape[1:]), pruner.history, slim))
     return out
 
 

@@ -24,6 +24,7 @@ from compressor.errors import BadInput, Interrupted
 from compressor.methods.base import Method
 from compressor.runtime import checkpoint as checkpoints
 from compressor.runtime import distributed
+from compressor.runtime.atomic import append_line
 
 
 @dataclass
@@ -302,8 +303,7 @@ class Trainer:
 
     def _append_history(self, row: dict[str, Any]) -> None:
         if self.history_path is not None and distributed.is_main():
-            with open(self.history_path, "a") as fh:
-                fh.write(json.dumps(row, default=float) + "\n")
+            append_line(self.history_path, json.dumps(row, default=float))
 
     def state(self, epoch: int, step: int = 0) -> dict[str, Any]:
         return {

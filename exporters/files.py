@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 from onnx.external_data_helper import uses_external_data
 
-from compressor.errors import BadInput, one_line
+from compressor.errors import BadInput, WriteFailed, one_line
 from exporters.proto import _all_tensors
 
 log = logging.getLogger("compress.export")
@@ -110,6 +110,13 @@ def _references(model_path: Path, location: str) -> bool:
 def _write(proto: onnx.ModelProto, out: Path, external: bool) -> list[Path]:
     """Write ``out`` (and ``out.data`` with ``external``) through temp files in the same directory, renamed into
     place; nothing is left behind on failure. Returns the files written."""
+    try:
+        return _write_files(proto, out, external)
+    except OSError as exc:  # a full disk, an I/O error, a vanished directory: one line naming the file (exit 2)
+        raise WriteFailed.of(exc, out) from None
+
+
+def _write_files(proto: onnx.ModelProto, out: Path, external: bool) -> list[Path]:
     data = data_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stale = not external and data.is_file() and _references(out, data.name)  # the old model's weights

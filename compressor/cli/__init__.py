@@ -6,6 +6,7 @@ provider or backend is not available here; 130/143 stopped by SIGINT/SIGTERM (tr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -19,8 +20,11 @@ import yaml
 
 from compressor.cli.options import click_options
 from compressor.config import TRUST_HELP, BenchOptions, EvalOptions, ExportOptions, PruneOptions, QuantizeOptions
-from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, one_line
+from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, WriteFailed, one_line
 from compressor.runtime.signals import interruptible
+
+#: OSError numbers that mean an output could not be written (no space, quota, I/O error, read-only, too large).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 
 
 def _rank() -> int:
@@ -75,6 +79,8 @@ class _Group(click.Group):
         except Exception as exc:  # a bug or an environment failure: one line unless --debug
             if debug:
                 raise
+            if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:  # a write the write layer did not wrap
+                _fail(str(WriteFailed.of(exc, exc.filename or "an output file")), 2)
             _fail(f"internal error: {one_line(exc, 400, typed=True)} (rerun with --debug for the traceback)", 3)
         finally:
             if (mod := sys.modules.get("compressor.runtime.distributed")) is not None:
@@ -329,12 +335,15 @@ def bench(models: tuple[str, ...], baseline: str | None, labels: tuple[str, ...]
     """
     from compressor.jobs.bench import BASELINE_LABEL, bench_gate, bench_models, model_labels
     from compressor.runtime.atomic import check_output_file
+    from compressor.runtime.lock import output_files
 
     named = model_labels(models, labels, baseline)
-    for option, path in (("--json-out", json_out), ("--csv", csv_out), ("--md", md_out), ("--plot", plot_out)):
-        if path:
-            check_output_file(path, option)
-    with interruptible("bench") as guard:  # SIGINT/SIGTERM: exit 130/143, no file written
+    outputs = [(option, path) for option, path in (("--json-out", json_out), ("--csv", csv_out), ("--md", md_out),
+                                                   ("--plot", plot_out)) if path]  # fmt: skip
+    for option, path in outputs:
+        check_output_file(path, option)
+    # one process writes a file at a time (FILE.lock beside each); SIGINT/SIGTERM: exit 130/143, no file written
+    with output_files(outputs), interruptible("bench") as guard:
         result = bench_models(named, BASELINE_LABEL if baseline else None, **options)
         guard.during, guard.note = "bench's output", "each requested file is whole or absent"
         _emit_bench(result, as_json, json_out=json_out, csv_out=csv_out, md_out=md_out, plot_out=plot_out)

@@ -20,6 +20,7 @@ from compressor.jobs.accuracy import (
     run_config,
 )
 from compressor.models import categories
+from compressor.runtime import lock
 from compressor.runtime.atomic import write_json
 
 _log = logging.getLogger("compress.export")
@@ -35,7 +36,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = 
     exporter's default for the precision, fp32 1e-3/1e-4, fp16 2e-2/5e-2). The result's ``accuracy_gates``
     lists the failed accuracy gates (the caller raises after printing).
     """
-    from exporters.onnx import check_options, export_onnx
+    from exporters.onnx import check_options
 
     unknown = sorted(set(options) - set(defaults(ExportOptions)))
     if unknown:
@@ -47,8 +48,17 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, dense: bool = 
     if not run_dir.is_dir():
         raise BadInput(f"run directory {run_dir} does not exist")
     name = "dense" if dense else "pruned"
-    model, payload = load_pruned(run_dir / f"{name}.pt", trust_code=trust_code)
+    option = "--out" if out else "output"
     out = Path(out) if out else run_dir / f"{name}.onnx"
+    # one process writes a run directory (its report.json records the file) and a file at a time
+    with lock.run_directory_if_writable(run_dir), lock.output_file(out, option):
+        return _export(run_dir, out, name, o, trust_code)
+
+
+def _export(run_dir: Path, out: Path, name: str, o: ExportOptions, trust_code: bool) -> dict[str, Any]:
+    from exporters.onnx import export_onnx
+
+    model, payload = load_pruned(run_dir / f"{name}.pt", trust_code=trust_code)
     meta = {"source_run": str(run_dir), "model_spec": payload["spec"]["model"], "variant": name}
     summary = payload.get("report") or {}
     meta.update({k: str(v) for k, v in summary.items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,8 +31,8 @@ from compressor.jobs.report import build_report, group_table, plot_kept_ratios, 
 from compressor.methods.base import Method
 from compressor.methods.registry import build_method, method_parameters
 from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
-from compressor.runtime import checkpoint, distributed
-from compressor.runtime.atomic import atomic_path, check_writable_dir, write_json, write_text
+from compressor.runtime import checkpoint, distributed, lock
+from compressor.runtime.atomic import check_writable_dir, write_json, write_text, write_torch, writing
 from compressor.runtime.hardware import auto_round_to
 from compressor.search.latency_alloc import ALLOCATION_FILE, allocation_for_run
 from compressor.search.latency_target import final_record, load_search, save_search, search_for_run
@@ -70,7 +71,7 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
     do), and a missing or empty directory (a run killed before it wrote anything)."""
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} exists and is not a directory")
-    started = out.is_dir() and any(out.iterdir())
+    started = out.is_dir() and any(p.name != lock.RUN_LOCK for p in out.iterdir())
     if started and not (cfg.resume or cfg.overwrite):
         raise BadInput(f"--out {out} is not empty: pass --resume to continue it or --overwrite to replace it")
     if cfg.resume and started:
@@ -78,7 +79,6 @@ def _prepare_out(out: Path, cfg: PruneConfig) -> None:
         if not (ckpt.is_file() or checkpoint.previous(ckpt).is_file() or (out / "config.yaml").is_file()):
             raise BadInput(f"--resume: {out} holds no compress run (no {CHECKPOINT} or config.yaml)")
         _check_resume_config(out, cfg)
-    check_writable_dir(out, "--out")  # now, not after an hour of training
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -110,7 +110,17 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     round_note = _resolve_round_to(cfg)  # before the run directory (and --resume) sees the config
     method = build_method(cfg.method, **cfg.method_options())  # an unknown name or option value is BadInput
     out = Path(cfg.out)
-    _prepare_out(out, cfg)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} exists and is not a directory")
+    check_writable_dir(out, "--out")  # now, not after an hour of training
+    # one process writes a run directory at a time (under torchrun: rank 0, which writes it, holds the lock)
+    with lock.run_directory(out) if distributed.is_main() else contextlib.nullcontext():
+        _prepare_out(out, cfg)
+        return _prune(cfg, out, method, metric, target, round_note)
+
+
+def _prune(cfg: PruneConfig, out: Path, method: Method, metric: str, target: float,
+           round_note: str | None) -> dict[str, Any]:  # fmt: skip
     progress = Progress(enabled=not cfg.quiet and distributed.is_main())
     if round_note:
         progress.log(f"--round-to auto: {cfg.round_to} ({round_note})")
@@ -209,11 +219,14 @@ def _open_run_dir(cfg: PruneConfig, out: Path, search: dict[str, Any] | None,
     main = distributed.is_main()
     distributed.barrier()  # every rank has checked the directory before it changes
     if main:
-        if cfg.overwrite and out.exists() and not cfg.resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # a temp file left by a killed write
-            stale.unlink(missing_ok=True)
+        with writing(out):
+            if cfg.overwrite and out.exists() and not cfg.resume:
+                for old in out.iterdir():  # all but the lock this process holds
+                    if old.name != lock.RUN_LOCK:
+                        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in out.glob(".*.tmp"):  # a temp file left by a killed write
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     resume_state = checkpoint.load(out / CHECKPOINT, _warn) if cfg.resume else None
     distributed.barrier()  # every rank has read the checkpoint before rank 0 writes a new one
     history_rows = _rewind_history(out / "history.jsonl", resume_state, write=main) if resume_state else []
@@ -248,8 +261,7 @@ def _dense_phase(run: _Run, model: torch.nn.Module, resume_state: dict[str, Any]
     run.dense_eval = evaluate(model, run.data.test, run.device)
     run.dense_counts = count_ops_and_params(model.cpu(), run.input_shape)
     if distributed.is_main() and not (out / "dense.pt").is_file():
-        with atomic_path(out / "dense.pt") as tmp:
-            torch.save(pruned_payload(run.spec, run.input_shape, [], model), tmp)
+        write_torch(out / "dense.pt", pruned_payload(run.spec, run.input_shape, [], model))
     flops, params = run.dense_counts
     run.progress.log(f"dense: acc={run.dense_eval['acc']:.4f} MACs={flops / 1e6:.2f}M params={params / 1e6:.3f}M")
     # --distill: the teacher of the prune and finetune phases is the dense model as dense.pt holds it (on --resume
@@ -279,8 +291,8 @@ def _prune_phase(run: _Run, pruner: Pruner, model: torch.nn.Module, resume_state
     frozen = cfg.materialize_early and trainer.epochs_done < cfg.epochs  # the mask was final before the last epoch
     if frozen or cfg.finetune_epochs > 0:
         if distributed.is_main():
-            with atomic_path(run.out / "pruned.pt") as tmp:  # the slim architecture, for resuming the later phases
-                torch.save(pruned_payload(run.spec, run.input_shape, history, slim), tmp)
+            # the slim architecture, for resuming the later phases
+            write_torch(run.out / "pruned.pt", pruned_payload(run.spec, run.input_shape, history, slim))
         distributed.barrier()
         state = {"holder": holder, "slim": slim, "history": history, "start_epoch": trainer.epochs_done}
         return _finetune(run, state, history_rows, "frozen" if frozen else "finetune")
@@ -402,8 +414,8 @@ def _write_run(run: _Run, slim: torch.nn.Module, history: list, method: Finished
     """Measure and write the run directory (report, pruned.pt, plot); the report is written last."""
     cfg, out = run.cfg, run.out
     report = _report(run, slim, method, history_rows, pruned_eval)
-    with atomic_path(out / "pruned.pt") as tmp:
-        torch.save(pruned_payload(run.spec, run.input_shape, history, slim, {"report": _summary(report)}), tmp)
+    summary = {"report": _summary(report)}
+    write_torch(out / "pruned.pt", pruned_payload(run.spec, run.input_shape, history, slim, summary))
     write_text(out / "report.md", render_markdown(report))
     if cfg.method in PLOTS and method.log:
         plot, name = PLOTS[cfg.method]
@@ -470,12 +482,21 @@ def _gate(report: dict[str, Any], cfg: PruneConfig) -> None:
 def _rewind_history(path: Path, state: dict[str, Any], write: bool = True) -> list[dict[str, Any]]:
     """Make history.jsonl match the checkpoint (a kill between the row and the checkpoint leaves one extra row);
     return the rows of the phases before the checkpoint's (pretraining, when resuming the prune phase)."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    rows = [r for line in path.read_text().splitlines() if (r := _json_row(line))] if path.is_file() else []
     before = PHASES[: PHASES.index(state["phase"])]
     earlier = [r for r in rows if r.get("phase") in before]
     if write:
         write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in earlier + list(state["history"])))
     return earlier
+
+
+def _json_row(line: str) -> dict[str, Any] | None:
+    """One history row; None for a blank line or the half line a killed append left."""
+    try:
+        row = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 PHASES = ("pretrain", "prune", "frozen", "finetune")

@@ -10,6 +10,7 @@ from compressor.config import QuantizeOptions, defaults
 from compressor.errors import BadInput
 from compressor.jobs.accuracy import dense_accuracy, gate_failures, load_split_data, resolve_data, source_run
 from compressor.jobs.export import EVAL_BATCH, record_export
+from compressor.runtime import lock
 from compressor.runtime.atomic import check_output_file
 
 #: Keys of the fp32 file's metadata that do not describe the INT8 file (its verification and accuracy).
@@ -32,10 +33,6 @@ def quantize(source: str | Path, out: str | Path | None = None, *, data: str | N
              data_dir: str | None = None, **options: Any) -> dict[str, Any]:  # fmt: skip
     """Quantize a run's (or any) fp32 ONNX file to INT8 (see ``exporters.quantize``), calibrated on the run's
     training split and measured on its test split; the result's ``accuracy_gates`` lists failed gates."""
-    from exporters.accuracy import onnx_accuracy
-    from exporters.metadata import read_metadata
-    from exporters.quantize import quantize_onnx
-
     unknown = sorted(set(options) - set(defaults(QuantizeOptions)))
     if unknown:
         raise BadInput(f"unknown quantize option(s): {', '.join(unknown)}")
@@ -44,8 +41,24 @@ def quantize(source: str | Path, out: str | Path | None = None, *, data: str | N
     if dst.resolve() == src.resolve():
         raise BadInput(f"--out {dst} is the file being quantized")
     check_output_file(dst, "--out" if out else "output")
+    with lock.output_file(dst, "--out" if out else "output"):  # one process writes a file at a time
+        return _quantize(src, dst, o, data, data_dir)
+
+
+def _quantize(src: Path, dst: Path, o: QuantizeOptions, data: str | None, data_dir: str | None) -> dict[str, Any]:
+    from exporters.metadata import read_metadata
+
     meta = read_metadata(src)
     run_dir = source_run(src, meta)
+    with lock.run_directory_if_writable(run_dir):  # its report.json records the INT8 file
+        return _quantize_run(src, dst, o, data, data_dir, meta, run_dir)
+
+
+def _quantize_run(src: Path, dst: Path, o: QuantizeOptions, data: str | None, data_dir: str | None,
+                  meta: dict[str, str], run_dir: Path | None) -> dict[str, Any]:  # fmt: skip
+    from exporters.accuracy import onnx_accuracy
+    from exporters.quantize import quantize_onnx
+
     bundle = load_split_data(resolve_data(run_dir, meta, data, data_dir=data_dir), batch_size=o.calib_batch_size,
                              eval_batch_size=EVAL_BATCH)  # fmt: skip
     bundle.train.set_epoch(0)

@@ -23,7 +23,8 @@ from compressor.jobs.config import PruneConfig
 from compressor.jobs.export import export
 from compressor.jobs.prune import prune
 from compressor.jobs.quantize import quantize
-from compressor.runtime.atomic import write_json, write_text
+from compressor.runtime import lock
+from compressor.runtime.atomic import check_writable_dir, write_json, write_text
 from compressor.runtime.ci import append_step_summary
 from compressor.runtime.signals import interruptible
 
@@ -63,6 +64,15 @@ def run_recipe(recipe: dict[str, Any], *, out: str | None = None, quiet_json: bo
     _check_export_bench(e, bench_opts)  # fail before any work, not after minutes of training
 
     run_dir = Path(p["out"])
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BadInput(f"--out {run_dir} exists and is not a directory")
+    check_writable_dir(run_dir, "--out")
+    with lock.run_directory(run_dir):  # the whole recipe: no neighbour writes the run directory meanwhile
+        return _run_locked(config, run_dir, e, q, bench_opts, quiet_json)
+
+
+def _run_locked(config: PruneConfig, run_dir: Path, e: dict[str, Any], q: dict[str, Any] | None,
+                bench_opts: dict[str, Any], quiet_json: bool) -> dict[str, Any]:  # fmt: skip
     report, gates = _pruned(config, run_dir)
     # SIGINT/SIGTERM from here on: Interrupted at once (exit 130/143); the finished stages' files stay, the
     # interrupted stage leaves nothing (every file goes through a temp file and a rename)
