@@ -146,7 +146,8 @@ def _prune(cfg: PruneConfig, out: Path, method: Method, metric: str, target: flo
                     steps_per_epoch=len(data.train), max_layer_ratio=cfg.max_layer_ratio, graph=graph, budget=budget,
                     weights=weights, train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(), lr=cfg.lr,
                     device=device, log=progress.log, start=False)  # fmt: skip
-    fresh = not (out.is_dir() and any(out.iterdir())) or (cfg.overwrite and not cfg.resume)
+    fresh = not (out.is_dir() and any(p.name != lock.RUN_LOCK for p in out.iterdir())) or (
+        cfg.overwrite and not cfg.resume)
     resume_state, history_rows = _open_run_dir(cfg, out, search, alloc)  # inputs are valid: rank 0 writes now
     with _removed_on_bad_input(out, fresh and distributed.is_main()):
         run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape,
@@ -166,8 +167,10 @@ def _removed_on_bad_input(out: Path, fresh: bool) -> Iterator[None]:
     try:
         yield
     except BadInput:
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
+        if fresh:  # all but the lock this process holds (its release removes the directory it made)
+            for p in out.iterdir():
+                if p.name != lock.RUN_LOCK:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         raise
 
 
