@@ -23,7 +23,7 @@ from compressor.artifacts import build_from_spec, load_pruned, pruned_payload
 from compressor.budget import Budget
 from compressor.config import ROUND_AUTO
 from compressor.data import load_data
-from compressor.errors import BadInput, GateFailed
+from compressor.errors import BadInput, GateFailed, WriteFailed
 from compressor.graph import PruningGraph, count_ops_and_params
 from compressor.jobs.accuracy import gate_failures, preprocessing, raise_failed
 from compressor.jobs.config import RESUME_FIXED, PruneConfig
@@ -163,11 +163,13 @@ def _prune(cfg: PruneConfig, out: Path, method: Method, metric: str, target: flo
 @contextmanager
 def _removed_on_bad_input(out: Path, fresh: bool) -> Iterator[None]:
     """Remove the run directory this invocation made when a BadInput found only now (an image that does not
-    decode, read lazily by the loaders) stops the run: a bad input leaves nothing half-written."""
+    decode, read lazily by the loaders) stops the run: a bad input leaves nothing half-written. A write that
+    failed (a full disk) is not a bad input of the run: what it wrote, the checkpoint above all, stays."""
     try:
         yield
-    except BadInput:
-        if fresh:  # all but the lock this process holds (its release removes the directory it made)
+    except BadInput as exc:
+        if fresh and not isinstance(exc, WriteFailed):  # a failed write keeps the checkpoint: it stays resumable
+            # all but the lock this process holds (its release removes the directory it made)
             for p in out.iterdir():
                 if p.name != lock.RUN_LOCK:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
