@@ -32,12 +32,11 @@ from torch import nn
 from compressor.artifacts import pruned_payload
 from compressor.budget import Budget, solve_counts
 from compressor.config import DEFAULT_PRUNE as _P
-from compressor.config import ROUND_AUTO
 from compressor.errors import BadInput
 from compressor.graph import Masks, PruningGraph
 from compressor.methods.base import Context, Method
 from compressor.methods.registry import METHODS, build_method, method_parameters
-from compressor.runtime.hardware import auto_round_to
+from compressor.runtime.hardware import resolve_round_to
 
 
 class Pruner:
@@ -69,8 +68,7 @@ class Pruner:
             raise BadInput(f"target_{self.metric} must be a drop fraction strictly between 0 and 1, got {self.target}")
         if epochs < 0 or steps_per_epoch < 1:
             raise BadInput(f"need epochs >= 0 and steps_per_epoch >= 1, got {epochs} and {steps_per_epoch}")
-        if round_to == ROUND_AUTO:  # the multiple this CPU's ONNX Runtime kernels run fastest
-            round_to = auto_round_to("cpu")[0]
+        round_to = resolve_round_to(round_to)[0]  # auto: the multiple this CPU's ONNX Runtime kernels run fastest
         self.model, self.example = model, example_inputs
         self.epochs, self.steps_per_epoch, self.max_ratio = int(epochs), int(steps_per_epoch), max_layer_ratio
         self.graph = graph or PruningGraph(model, example_inputs, round_to=round_to, arch=arch, ignore=list(ignore),

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -137,13 +139,24 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 300) -> bool:
     return False
 
 
+@contextmanager
+def _running(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -m compressor ARGS`` in the background; killed on the way out if it still runs."""
+    proc = subprocess.Popen([sys.executable, "-m", "compressor", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_second_prune_refused_while_the_first_trains_then_sigterm_and_resume(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [*PRUNE, "--data", "synthetic:1x28x28:10:512:32", "--epochs", "3", "--checkpoint-every", "1",
             "--out", str(run)]  # fmt: skip
-    first = subprocess.Popen([sys.executable, "-m", "compressor", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)  # fmt: skip
-    try:
+    with _running(*args) as first:
         assert _wait_for(run / "config.yaml", first), "the first prune did not start"
         second = compress(*args, "--resume")
         if first.poll() is not None:
@@ -151,10 +164,6 @@ def test_second_prune_refused_while_the_first_trains_then_sigterm_and_resume(tmp
         assert_refused(second, f"--out {run}", holder=f"PID {first.pid} on {socket.gethostname()}")
         first.send_signal(signal.SIGTERM)
         _, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     if first.returncode == 0:
         pytest.skip("the first prune finished before SIGTERM arrived")
     assert first.returncode == 143, err
@@ -168,16 +177,10 @@ def test_second_prune_refused_while_the_first_trains_then_sigterm_and_resume(tmp
 def test_sigterm_removes_an_output_lock(tmp_path: Path, exported: Path) -> None:
     out = tmp_path / "b.json"
     args = ["bench", str(exported / "pruned.onnx"), "--warmup", "1", "--iters", "100000", "--json-out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "compressor", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)  # fmt: skip
-    try:
+    with _running(*args) as proc:
         assert _wait_for(lock.file_lock(out), proc), "bench did not take the lock"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM"), err
     assert list(tmp_path.iterdir()) == []

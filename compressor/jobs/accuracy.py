@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from compressor.errors import BadInput, GateFailed, one_line
+from compressor.runtime.atomic import write_json
 
 #: The config.yaml keys that decide which images a run's splits hold.
 DATA_KEYS = ("data", "data_dir", "train_subset", "val_subset", "test_subset", "seed", "image_size")
@@ -123,3 +124,32 @@ def raise_failed(failures: list[str]) -> None:
     """GateFailed (exit 1) naming every failed gate; called after every output is written."""
     if failures:
         raise GateFailed("accuracy gate failed: " + "; ".join(failures))
+
+
+def gated_and_recorded(result: dict[str, Any], run_dir: Path | None, out: Path, what: str, gates: Any) -> dict:
+    """An exported or quantized file's ``result`` with its accuracy gates judged (``accuracy_gates``, against the
+    run's dense model) and the file noted in the run's report.json; ``gates`` has the two gate options."""
+    result["dense_acc"] = dense_accuracy(run_dir) if run_dir is not None else None
+    result["accuracy_gates"] = gate_failures(what, (result["accuracy"] or {}).get("acc"), result["dense_acc"],
+                                             gates.min_accuracy, gates.max_accuracy_drop)  # fmt: skip
+    if run_dir is not None:
+        record_export(run_dir, out, result)
+    return result
+
+
+def record_export(run_dir: Path, out: Path, result: dict[str, Any]) -> None:
+    """Note the file (precision, verification, accuracy) under ``exports`` in the run's report.json."""
+    path = run_dir / "report.json"
+    if not path.is_file():
+        return
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    verification = result.get("verification") or {}
+    report.setdefault("exports", {})[out.name] = {
+        "path": str(out), "precision": result.get("precision"), "accuracy": result.get("accuracy"),
+        "verified": verification.get("passed"), "max_abs_diff": verification.get("max_abs_diff"),
+        "size_bytes": result.get("size_bytes"),
+    }  # fmt: skip
+    write_json(path, report)

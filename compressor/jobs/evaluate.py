@@ -71,4 +71,4 @@ def _torch_accuracy(path: Path, bundle: Any, trust_code: bool) -> dict[str, Any]
         columns = model.eval()(torch.zeros(1, *bundle.input_shape)).shape[-1]
     if columns != bundle.num_classes:
         raise BadInput(f"{path} outputs {columns} classes, the data has {bundle.num_classes}: is it the right data?")
-    return {k: v for k, v in evaluate(model, bundle.test, torch.device("cpu")).items()}
+    return evaluate(model, bundle.test, torch.device("cpu"))

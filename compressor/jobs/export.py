@@ -12,8 +12,7 @@ from compressor.config import ExportOptions, defaults
 from compressor.errors import BadInput, one_line
 from compressor.jobs.accuracy import (
     data_options,
-    dense_accuracy,
-    gate_failures,
+    gated_and_recorded,
     load_split_data,
     preprocessing,
     read_class_names,
@@ -21,7 +20,6 @@ from compressor.jobs.accuracy import (
 )
 from compressor.models import categories
 from compressor.runtime import lock
-from compressor.runtime.atomic import write_json
 
 _log = logging.getLogger("compress.export")
 EVAL_BATCH = 256  # images per ONNX Runtime call when measuring a file's accuracy
@@ -63,30 +61,24 @@ def _export(run_dir: Path, out: Path, name: str, o: ExportOptions, trust_code: b
     summary = payload.get("report") or {}
     meta.update({k: str(v) for k, v in summary.items()})
     meta.update(_report_figures(run_dir, name))
-    measure = o.accuracy and (run_dir / "config.yaml").is_file()
-    if o.accuracy and not measure:
+    cfg = run_config(run_dir) if (run_dir / "config.yaml").is_file() else None
+    if o.accuracy and cfg is None:
         _log.warning("%s has no config.yaml (not made by compress prune): the file's accuracy is not measured; "
                      "compress eval FILE --data SPEC measures it", run_dir)  # fmt: skip
-    evaluate, bundle = _accuracy_on_test(run_dir) if measure else (None, None)
-    meta.update(deployment_metadata(run_dir, bundle, o.class_names,
+    evaluate, bundle = _accuracy_on_test(cfg) if o.accuracy and cfg is not None else (None, None)
+    meta.update(deployment_metadata(run_dir, cfg, bundle, o.class_names,
                                     categories(payload["spec"]["model"], int(payload["spec"]["num_classes"]))))
     result = export_onnx(model.eval(), tuple(payload["input_shape"]), out, opset=o.opset,
                          dynamic_batch=o.dynamic_batch, simplify=o.simplify, metadata=meta, rtol=o.rtol,
                          atol=o.atol, exporter=o.exporter, fp16=o.fp16, external_data=o.external_data,
                          evaluate=evaluate)  # fmt: skip
-    acc = (result["accuracy"] or {}).get("acc")
-    result["dense_acc"] = dense_accuracy(run_dir)
-    result["accuracy_gates"] = gate_failures(f"{out.name} ({result['precision']})", acc, result["dense_acc"],
-                                             o.min_accuracy, o.max_accuracy_drop)  # fmt: skip
-    record_export(run_dir, out, result)
-    return result
+    return gated_and_recorded(result, run_dir, out, f"{out.name} ({result['precision']})", o)
 
 
-def _accuracy_on_test(run_dir: Path) -> tuple[Any, Any]:
+def _accuracy_on_test(cfg: dict[str, Any]) -> tuple[Any, Any]:
     """``(evaluate, bundle)``: ONNX Runtime CPU over the run's test split (rebuilt from its config.yaml)."""
     from exporters.accuracy import onnx_accuracy
 
-    cfg = run_config(run_dir)
     bundle = load_split_data(data_options(cfg), batch_size=EVAL_BATCH)
 
     def evaluate(model: Any) -> dict[str, Any]:
@@ -95,7 +87,7 @@ def _accuracy_on_test(run_dir: Path) -> tuple[Any, Any]:
     return evaluate, bundle
 
 
-def deployment_metadata(run_dir: Path, bundle: Any, class_names: str | None,
+def deployment_metadata(run_dir: Path, cfg: dict[str, Any] | None, bundle: Any, class_names: str | None,
                         pretrained: list[str] | None = None) -> dict[str, str]:  # fmt: skip
     """Preprocessing and class names for the file: from the loaded data, else from the run's report.json.
 
@@ -108,8 +100,7 @@ def deployment_metadata(run_dir: Path, bundle: Any, class_names: str | None,
         pre["classes"] = read_class_names(class_names, len(pre["classes"]))
     elif pretrained:
         pre["classes"] = pretrained
-    cfg_path = run_dir / "config.yaml"
-    data = data_options(run_config(run_dir)) if cfg_path.is_file() else {}
+    data = data_options(cfg) if cfg is not None else {}
     data.pop("data_dir", None)  # a path on the training machine
     return {"input_layout": pre["layout"], "input_channel_order": pre["channel_order"],
             "input_pixel_scale": pre["pixel_scale"], "norm_mean": json.dumps(pre["mean"]),
@@ -122,24 +113,6 @@ def _reported_preprocessing(run_dir: Path) -> dict[str, Any] | None:
         return dict(json.loads((run_dir / "report.json").read_text())["data"]["preprocess"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def record_export(run_dir: Path, out: Path, result: dict[str, Any]) -> None:
-    """Note the file (precision, verification, accuracy) under ``exports`` in the run's report.json."""
-    path = run_dir / "report.json"
-    if not path.is_file():
-        return
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    verification = result.get("verification") or {}
-    report.setdefault("exports", {})[out.name] = {
-        "path": str(out), "precision": result.get("precision"), "accuracy": result.get("accuracy"),
-        "verified": verification.get("passed"), "max_abs_diff": verification.get("max_abs_diff"),
-        "size_bytes": result.get("size_bytes"),
-    }  # fmt: skip
-    write_json(path, report)
 
 
 def _report_figures(run_dir: Path, variant: str) -> dict[str, str]:

@@ -9,11 +9,11 @@ import torch
 
 from compressor.budget import Budget, reachable, solve_counts
 from compressor.config import DEFAULT_PRUNE as _P
-from compressor.config import ROUND_AUTO, parse_patterns, parse_ratios
+from compressor.config import parse_patterns, parse_ratios
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import PruningGraph, count_ops_and_params
 from compressor.models import build_model, pretrained_record
-from compressor.runtime.hardware import auto_round_to
+from compressor.runtime.hardware import resolve_round_to
 
 DATA_SHAPES = {
     "fashion-mnist": ((1, 28, 28), 10),
@@ -59,8 +59,7 @@ def model_info(
 ) -> dict[str, Any]:
     if not 0 < max_ratio < 1:
         raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {max_ratio}")
-    if round_to == ROUND_AUTO:
-        round_to = auto_round_to("cpu")[0]
+    round_to = resolve_round_to(round_to)[0]
     if round_to < 1:
         raise BadInput(f"--round-to must be >= 1 (1: no rounding) or auto, got {round_to}")
     shape, classes = _shape(data, input_shape, num_classes)

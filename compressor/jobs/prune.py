@@ -21,7 +21,6 @@ from compressor import tool_version
 from compressor.api import Pruner
 from compressor.artifacts import build_from_spec, load_pruned, pruned_payload
 from compressor.budget import Budget
-from compressor.config import ROUND_AUTO
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, WriteFailed
 from compressor.graph import PruningGraph, count_ops_and_params
@@ -33,7 +32,7 @@ from compressor.methods.registry import build_method, method_parameters
 from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
 from compressor.runtime import checkpoint, distributed, lock
 from compressor.runtime.atomic import check_writable_dir, write_json, write_text, write_torch, writing
-from compressor.runtime.hardware import auto_round_to
+from compressor.runtime.hardware import resolve_round_to
 from compressor.search.latency_alloc import ALLOCATION_FILE, allocation_for_run
 from compressor.search.latency_target import final_record, load_search, save_search, search_for_run
 from compressor.train import Progress, TrainConfig, Trainer, evaluate, frozen_copy, pick_device, seed_everything
@@ -43,10 +42,8 @@ TARGET_TOL = 0.01  # gate: the materialized drop may fall short of the target by
 
 def _resolve_round_to(cfg: PruneConfig) -> str | None:
     """``--round-to auto`` becomes the multiple for the target runtime (``compressor.runtime.hardware``); why."""
-    if cfg.round_to != ROUND_AUTO:
-        return None
     provider = str(cfg.latency_provider).strip().lower() if cfg.target_latency is not None else "cpu"
-    cfg.round_to, why = auto_round_to(provider)
+    cfg.round_to, why = resolve_round_to(cfg.round_to, provider)
     return why
 
 

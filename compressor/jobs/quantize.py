@@ -8,8 +8,8 @@ from typing import Any
 
 from compressor.config import QuantizeOptions, defaults
 from compressor.errors import BadInput
-from compressor.jobs.accuracy import dense_accuracy, gate_failures, load_split_data, resolve_data, source_run
-from compressor.jobs.export import EVAL_BATCH, record_export
+from compressor.jobs.accuracy import gated_and_recorded, load_split_data, resolve_data, source_run
+from compressor.jobs.export import EVAL_BATCH
 from compressor.runtime import lock
 from compressor.runtime.atomic import check_output_file
 
@@ -72,10 +72,4 @@ def _quantize_run(src: Path, dst: Path, o: QuantizeOptions, data: str | None, da
                            preprocess=o.preprocess, keep_stem=o.keep_stem, keep_head=o.keep_head,
                            keep_fp32=o.keep_fp32, metadata=kept,
                            evaluate=evaluate if o.accuracy else None)  # fmt: skip
-    acc = (result["accuracy"] or {}).get("acc")
-    result["dense_acc"] = dense_accuracy(run_dir) if run_dir else None
-    result["accuracy_gates"] = gate_failures(f"{dst.name} (int8)", acc, result["dense_acc"], o.min_accuracy,
-                                             o.max_accuracy_drop)  # fmt: skip
-    if run_dir is not None:
-        record_export(run_dir, dst, result)
-    return result
+    return gated_and_recorded(result, run_dir, dst, f"{dst.name} (int8)", o)

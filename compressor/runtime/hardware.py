@@ -9,6 +9,8 @@ measured to win, so ``auto`` keeps 8 there.
 
 from __future__ import annotations
 
+from compressor.config import ROUND_AUTO
+
 #: ``--round-to auto`` per target: (multiple, why).
 AUTO_ROUND_TO = {
     "avx512": (16, "ONNX Runtime CPU with AVX-512: multiples of 16 measured 3-53% faster than 8"),
@@ -30,3 +32,9 @@ def auto_round_to(provider: str) -> tuple[int, str]:
     if provider in ("cuda", "tensorrt"):
         return AUTO_ROUND_TO["gpu"]
     return AUTO_ROUND_TO["avx512" if cpu_has_avx512() else "cpu"]
+
+
+def resolve_round_to(value: int | str, provider: str = "cpu") -> tuple[int, str | None]:
+    """``(multiple, why)``: ``--round-to`` as given, or ``auto`` resolved for ``provider`` (``why`` is None
+    when it was a number)."""
+    return auto_round_to(provider) if value == ROUND_AUTO else (int(value), None)
