@@ -15,16 +15,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/compress run recipes/demo.yaml
 
+# The tests run on every core (at most 4 workers; most tests are one-threaded, many wait on subprocesses).
+XDIST := -n auto --maxprocesses 4 --dist worksteal
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests $(XDIST)
 
 # The quick loop while editing: no slow, multi-process or GPU tests (CI runs `make test`, all of them).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest tests -m "not slow and not ddp and not gpu"
+	$(BIN)/pytest tests $(XDIST) -m "not slow and not ddp and not gpu"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -144,7 +144,7 @@ def test_quantize_writes_a_checked_measured_int8_qdq_file(run: Path, exported: d
     assert int8["dynamic_batch"] and not proto.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
     assert int8["size_bytes"] < 0.5 * int8["source_bytes"]  # int8 weights: about a quarter of fp32
     train = json.loads((run / "report.json").read_text())["data"]["sizes"]["train"]
-    assert int8["calib_images"] == min(8 * 32, train)  # 8 batches of 32, or the whole (smaller) split
+    assert int8["calib_images"] == 32 * min(8, train // 32)  # 8 equal batches of 32, or every full one
     fp32_acc, int8_acc = exported["accuracy"]["acc"], int8["accuracy"]["acc"]
     assert abs(int8_acc - fp32_acc) <= 0.15, (fp32_acc, int8_acc)  # a broken quantization falls to chance
     meta = read_metadata(path)
@@ -169,6 +169,43 @@ def test_quantize_keeps_chosen_nodes_in_fp32(run: Path, exported: dict[str, Any]
         node = next(n for n in proto.graph.node if n.name == name)
         weight = node.input[1]  # a kept node reads its float weight directly, not through DequantizeLinear
         assert weight not in producers or producers[weight].op_type != "DequantizeLinear", name
+
+
+def test_quantize_histogram_calibration_over_an_uneven_split(run: Path, exported: dict[str, Any],
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """Every calibration batch of the run's training split (its last one is smaller): the histogram methods stack
+    the batches' outputs, so the reader hands them equal slices."""
+    train = json.loads((run / "report.json").read_text())["data"]["sizes"]["train"]
+    assert train % 32, train  # the case under test: a smaller last batch
+    res = json.loads(_invoke(["quantize", str(run / "pruned.onnx"), "--out", str(tmp_path / "p.onnx"),
+                              "--calib-method", "percentile", "--calib-batches", "100", "--json"]).stdout)  # fmt: skip
+    assert res["calib_images"] == 32 * (train // 32) and res["accuracy"]["acc"] > 0.5
+
+
+def _activation_types(path: Path) -> set[int]:
+    """The element types of the activation zero points (the QuantizeLinear nodes' third inputs)."""
+    proto = onnx.load(path)
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    return {inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits}
+
+
+def test_quantize_activation_types(run: Path, exported: dict[str, Any], int8: dict[str, Any], tmp_path: Path) -> None:
+    """uint8 activations and 7-bit weights by default (the u8 x s8 kernels x86 CPUs run natively, without the
+    saturation of CPUs lacking VNNI), int8 activations and the full range on request; each recorded in the
+    result and the file."""
+    path = run / "pruned.int8.onnx"
+    assert _activation_types(path) == {onnx.TensorProto.UINT8}
+    assert int8["activations"] == "uint8" and int8["reduce_range"]
+    assert read_metadata(path)["quantization"].endswith("uint8 activations, int8 weights (7-bit range)")
+    out = tmp_path / "s8s8.onnx"
+    res = json.loads(_invoke(["quantize", str(run / "pruned.onnx"), "--out", str(out), "--activations", "int8",
+                              "--full-range", "--calib-batches", "2", "--no-accuracy", "--json"]).stdout)  # fmt: skip
+    assert res["activations"] == "int8" and not res["reduce_range"]
+    assert _activation_types(out) == {onnx.TensorProto.INT8}
+    assert read_metadata(out)["quantization"].endswith("int8 activations, int8 weights")
+    _one_line_error(_invoke(["quantize", str(run / "pruned.onnx"), "--out", str(tmp_path / "x.onnx"),
+                             "--activations", "int4"], 2), "int4")  # fmt: skip
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_quantize_bad_input_is_one_line_exit_2(run: Path, exported: dict[str, Any], tmp_path: Path) -> None:

@@ -306,17 +306,20 @@ def test_materialize_early_trains_the_slim_model_under_one_schedule(tmp_path) ->
     from compressor.jobs.prune import prune
 
     # one SGD step: equal up to float rounding (longer runs drift apart as rounding noise is amplified through BN
-    # at random init; the gradients themselves agree to 1e-15 in float64)
+    # at random init; the gradients themselves agree to 1e-15 in float64). oneDNN picks a different convolution
+    # algorithm for the slim shapes on some CPUs (AVX2: 3e-4 apart after the step); the reference kernels agree
+    # to 6e-8 on every CPU, so the comparison runs on them.
     one = {"method": "l1", "epochs": 1, "train_subset": 48}
-    soft = prune(_early(tmp_path / "soft", **one))
-    early = prune(_early(tmp_path / "early", materialize_early=True, **one))
+    with torch.backends.mkldnn.flags(enabled=False):
+        soft = prune(_early(tmp_path / "soft", **one))
+        early = prune(_early(tmp_path / "early", materialize_early=True, **one))
     assert [h["phase"] for h in early["history"]] == ["frozen"]
     assert [h["lr"] for h in early["history"]] == [h["lr"] for h in soft["history"]]
     assert early["groups"] == soft["groups"] and early["method"]["mask_final_epoch"] == 0.0
     a, b = _slim_state(tmp_path / "soft"), _slim_state(tmp_path / "early")
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
     psap = prune(_early(tmp_path / "psap", materialize_early=True))
     assert [h["phase"] for h in psap["history"]] == ["prune"] * 2 + ["frozen"] * 3
     assert [h["epoch"] for h in psap["history"]] == [1, 2, 3, 4, 5]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,15 @@ def _files(name: str, drop: float, round_to: int, tmp: Path) -> tuple[dict[str, 
         q = quantize(files[variant], accuracy=False, calib_batches=4, calib_batch_size=16)
         files[f"{variant}-int8"] = q["path"]
         sizes[variant], sizes[f"{variant}-int8"] = q["source_bytes"], q["size_bytes"]
-    info = {"spec": spec, "data": data, "flops_drop": report["flops_drop"], "round_to": round_to,
-            "dense_macs": report["dense"]["flops"], "pruned_macs": report["pruned"]["flops"], "bytes": sizes}
+    info = {
+        "spec": spec,
+        "data": data,
+        "flops_drop": report["flops_drop"],
+        "round_to": round_to,
+        "dense_macs": report["dense"]["flops"],
+        "pruned_macs": report["pruned"]["flops"],
+        "bytes": sizes,
+    }
     return {k: files[k] for k in FILES}, info
 
 
@@ -84,23 +92,11 @@ def _markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(SUITE))
-    ap.add_argument("--drop", type=float, default=0.5)
-    ap.add_argument("--round-to", type=int, default=8)
-    ap.add_argument("--batch", default="1,8")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--out", default="int8", help="Result name under benchmarks/results/.")
-    args = ap.parse_args(argv)
-    from compressor.runtime.hardware import cpu_has_avx512
-
-    command = "python -m benchmarks.suites.int8 " + " ".join(argv or sys.argv[1:])
-    doc: dict[str, Any] = {"command": command, "cpu_kind": "AVX-512" if cpu_has_avx512() else "no AVX-512",
-                           "models": {}, "rows": []}  # fmt: skip
-    for name in args.models.split(","):
+def timed(models: list[str], args: argparse.Namespace, on_model: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Prune, export, quantize and time each model (four files in one bench run); ``on_model`` sees the document
+    after each model (the suites write their results there, so a stopped run keeps what it measured)."""
+    doc: dict[str, Any] = {"models": {}, "rows": []}
+    for name in models:
         with tempfile.TemporaryDirectory() as tmp:
             files, info = _files(name, args.drop, args.round_to, Path(tmp))
             print(f"{name}: 4 files; timing", flush=True)
@@ -112,10 +108,42 @@ def main(argv: list[str] | None = None) -> None:
         doc["models"][name] = {"info": info, "warnings": result["warnings"], "results": result["results"]}
         doc["rows"] += _rows(name, info, result)
         doc["settings"], doc["env"] = result["settings"], result["env"]
+        on_model(doc)
+    return doc
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The timing options (shared with ``benchmarks.suites.deploy``)."""
+    ap.add_argument("--models", default=",".join(SUITE))
+    ap.add_argument("--drop", type=float, default=0.5)
+    ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30)
+
+
+def cpu_kind() -> str:
+    from compressor.runtime.hardware import cpu_has_avx512
+
+    return "AVX-512" if cpu_has_avx512() else "no AVX-512"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    ap.add_argument("--out", default="int8", help="Result name under benchmarks/results/.")
+    args = ap.parse_args(argv)
+    command = "python -m benchmarks.suites.int8 " + " ".join(argv or sys.argv[1:])
+    head = {"command": command, "cpu_kind": cpu_kind()}
+
+    def write(doc: dict[str, Any]) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        write_json(RESULTS / f"{args.out}.json", doc)
-        write_text(RESULTS / f"{args.out}.md", _markdown(doc))
-    print(_markdown(doc))
+        write_json(RESULTS / f"{args.out}.json", {**head, **doc})
+        write_text(RESULTS / f"{args.out}.md", _markdown({**head, **doc}))
+
+    doc = timed(args.models.split(","), args, write)
+    print(_markdown({**head, **doc}))
 
 
 if __name__ == "__main__":

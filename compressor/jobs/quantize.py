@@ -69,7 +69,8 @@ def _quantize_run(src: Path, dst: Path, o: QuantizeOptions, data: str | None, da
 
     kept = {k: v for k, v in meta.items() if not k.startswith(_STALE)}
     result = quantize_onnx(src, dst, calibration, calib_method=o.calib_method, per_channel=o.per_channel,
-                           preprocess=o.preprocess, keep_stem=o.keep_stem, keep_head=o.keep_head,
+                           activations=o.activations, reduce_range=o.reduce_range, preprocess=o.preprocess,
+                           keep_stem=o.keep_stem, keep_head=o.keep_head,
                            keep_fp32=o.keep_fp32, metadata=kept,
                            evaluate=evaluate if o.accuracy else None)  # fmt: skip
     return gated_and_recorded(result, run_dir, dst, f"{dst.name} (int8)", o)
