@@ -22,6 +22,7 @@ from torch import nn
 
 from compressor.errors import BadInput, Interrupted
 from compressor.methods.base import Method
+from compressor.models.checkpoints import with_module_versions
 from compressor.runtime import checkpoint as checkpoints
 from compressor.runtime import distributed
 from compressor.runtime.atomic import append_line
@@ -325,7 +326,7 @@ class Trainer:
 
     def resume(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`save`, at an epoch end or mid-epoch."""
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(with_module_versions(state["model"], self.model))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])

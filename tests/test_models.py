@@ -196,3 +196,21 @@ def test_a_registered_spec_wins_over_its_prefix_handler() -> None:
         assert isinstance(model, nn.Sequential) and model[0].in_channels == 1
     finally:
         registry._REGISTRY.pop("timm:mine", None)
+
+
+def test_a_module_that_checks_its_state_version_reloads_from_our_files(tmp_path):
+    """Our files hold plain state dicts (no ``_metadata``); torchvision's MNASNet refuses a state without its
+    version, so a pruned MNASNet must still rebuild (found by the coverage suite's fresh-process reload)."""
+    from compressor import load_pruned
+    from compressor.jobs.prune import PruneConfig, prune
+
+    out = tmp_path / "mn"
+    prune(PruneConfig(model="torchvision:mnasnet0_5", data="synthetic:3x32x32:4:16:8", out=str(out), method="l2",
+                      target_flops=0.3, epochs=0, batch_size=8, device="cpu", quiet=True))  # fmt: skip
+    slim, _ = load_pruned(out / "pruned.pt")
+    x = torch.randn(2, 3, 32, 32)
+    want = torch.load(out / "pruned.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(slim.state_dict()[k], v) for k, v in want.items())
+    dense = build_model("torchvision:mnasnet0_5", num_classes=4, in_channels=3)
+    load_weights(dense, out / "dense.pt")  # --weights from our own dense file
+    assert slim.eval()(x).shape == dense.eval()(x).shape == (2, 4)

@@ -30,6 +30,7 @@ from compressor.jobs.report import build_report, group_table, plot_kept_ratios, 
 from compressor.methods.base import Method
 from compressor.methods.registry import build_method, method_parameters
 from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
+from compressor.models.checkpoints import with_module_versions
 from compressor.runtime import checkpoint, distributed, lock
 from compressor.runtime.atomic import check_writable_dir, write_json, write_text, write_torch, writing
 from compressor.runtime.hardware import resolve_round_to
@@ -144,7 +145,8 @@ def _prune(cfg: PruneConfig, out: Path, method: Method, metric: str, target: flo
                     weights=weights, train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(), lr=cfg.lr,
                     device=device, log=progress.log, start=False)  # fmt: skip
     fresh = not (out.is_dir() and any(p.name != lock.RUN_LOCK for p in out.iterdir())) or (
-        cfg.overwrite and not cfg.resume)
+        cfg.overwrite and not cfg.resume
+    )
     resume_state, history_rows = _open_run_dir(cfg, out, search, alloc)  # inputs are valid: rank 0 writes now
     with _removed_on_bad_input(out, fresh and distributed.is_main()):
         run = _Run(cfg, out, data, device, progress, graph, budget, metric, target, spec, input_shape,
@@ -259,7 +261,9 @@ def _dense_phase(run: _Run, model: torch.nn.Module, resume_state: dict[str, Any]
         trainer.fit()
         rows = trainer.history
     elif resume_state and (out / "dense.pt").is_file():
-        model.load_state_dict(read_checkpoint(out / "dense.pt", "dense model")["state_dict"])
+        model.load_state_dict(
+            with_module_versions(read_checkpoint(out / "dense.pt", "dense model")["state_dict"], model)
+        )
     run.dense_eval = evaluate(model, run.data.test, run.device)
     run.dense_counts = count_ops_and_params(model.cpu(), run.input_shape)
     if distributed.is_main() and not (out / "dense.pt").is_file():

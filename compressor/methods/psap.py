@@ -491,7 +491,8 @@ class PSAP(Method):
         self._watch(not final)
         self.log.append(rec)
         ctx.log(f"[psap] step {self.done_steps}/{len(self.points)} (epoch {rec['epoch']}): target {target:.4f}, "
-                f"{ctx.metric} drop {rec['drop']:.4f}, protected {rec['protected']}, re-admitted {readmitted}"
+                f"{ctx.metric} drop {rec['drop']:.4f}, protected {rec['protected']}, re-admitted {readmitted} "
+                f"({readmitted_zero} as zeros)"
                 + (", frozen" if final else "") + (f" ({note})" if note else ""))  # fmt: skip
         return rec
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
         shapes = _preview([f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in bad], 2)
         raise BadInput(f"{source} has mismatched shapes: {shapes} (a pruned model? load it with its pruning history)")
     try:
-        model.load_state_dict(sd, strict=True)
+        model.load_state_dict(with_module_versions(sd, model), strict=True)
     except Exception as e:
         raise BadInput(f"cannot load {source}: {one_line(e)[:200]}") from None
     return loaded
@@ -190,3 +191,14 @@ def load_weights(model: nn.Module, path: str | Path, head: str = "strict") -> Lo
     hint = f"save model.state_dict() instead, or pass the file as --model {path} with --trust-code"
     sd = _extract_state_dict(read_checkpoint(path, module_hint=hint), path)
     return load_state(model, sd, f"checkpoint {path}", head)
+
+
+def with_module_versions(state: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[str, torch.Tensor]:
+    """``state`` with the module versions ``load_state_dict`` hands each module's ``_load_from_state_dict``
+    (``state_dict()._metadata``), taken from ``model`` when the state has none: our files hold plain dicts, and
+    some modules refuse a state without their version (torchvision's MNASNet: "version should be set to 1 or 2")."""
+    if getattr(state, "_metadata", None) is not None:
+        return state
+    versioned = OrderedDict(state)
+    versioned._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+    return versioned
