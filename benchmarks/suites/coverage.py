@@ -343,6 +343,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"- Target: {result['target']:.0%} FLOPs drop, one-step masks (no training), random-init weights; "
         f"input {result['size']}x{result['size']} (ViT/Swin/MaxViT: 224x224); verified at batch 1 and 2.",
+        "- Every row of ours goes the user's path too: `pruned.pt` written, loaded in a fresh process, its outputs "
+        "compared with the in-process model's (*reload diff*), exported and verified again; a row passes only when "
+        "both do (a failure after the reload is stage `reload`).",
         f"- Torch-Pruning alone (`tp-raw`) prunes+exports {s['tp_prunable_models']} models; on those, ours: "
         f"{s['ours_on_tp_prunable']['pass']}/{s['ours_on_tp_prunable']['rows']} rows pass"
         + (f" (not: {', '.join(s['ours_on_tp_prunable']['not_pass'])})" if s["ours_on_tp_prunable"]["not_pass"] else "")
@@ -351,8 +354,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{m}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for m, c in sorted(s["by_method"].items())
         ),
         "",
-        "| model | method | status | stage | FLOPs drop | max abs diff | s | groups | reason |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | method | status | stage | FLOPs drop | max abs diff | reload diff | s | groups | reason |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in result["rows"]:
         diff = r.get("max_abs_diff")
@@ -361,8 +364,10 @@ def render_markdown(result: dict[str, Any]) -> str:
             if "flops_drop" in r
             else f"| {r['model']} | {r['method']} | {r['status']} | {r.get('stage', '')} | | "
         )
+        reload = r.get("reload_max_abs_diff")
         lines[-1] += (
-            f"{'' if diff is None else f'{diff:.1e}'} | {r.get('seconds', '')} | {r.get('groups', '')} | "
+            f"{'' if diff is None else f'{diff:.1e}'} | {'' if reload is None else f'{reload:.1e}'} | "
+            f"{r.get('seconds', '')} | {r.get('groups', '')} | "
             f"{(r.get('reason') or '').replace('|', '/')[:160]} |"
         )
     if result["skipped"]:
