@@ -78,16 +78,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="The recipe of the accuracy part (prune section: a Fashion-MNIST model).")  # fmt: skip
     ap.add_argument("--no-accuracy", action="store_true", help="Only the latency part.")
     ap.add_argument("--no-latency", action="store_true", help="Only the accuracy part.")
-    ap.add_argument("--out", default="deploy", help="Result name under benchmarks/results/.")
+    ap.add_argument("--out", default="deploy", help="Result name under --results.")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="Where the results go (benchmarks/results).")
     args = ap.parse_args(argv)
     doc: dict[str, Any] = {"command": "python -m benchmarks.suites.deploy " + " ".join(argv or sys.argv[1:]),
                            "cpu_kind": cpu_kind()}  # fmt: skip
 
     def write(part: dict[str, Any]) -> None:
         doc.update(part)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        write_json(RESULTS / f"{args.out}.json", doc)
-        write_text(RESULTS / f"{args.out}.md", _markdown(doc))
+        args.results.mkdir(parents=True, exist_ok=True)
+        write_json(args.results / f"{args.out}.json", doc)
+        write_text(args.results / f"{args.out}.md", _markdown(doc))
 
     if not args.no_latency:
         timed(args.models.split(","), args, write)

@@ -124,9 +124,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def cpu_kind() -> str:
-    from compressor.runtime.hardware import cpu_has_avx512
+    """The CPU kind the ONNX Runtime kernels dispatch on: AVX-512, AVX2 (no AVX-512) or other."""
+    from compressor.runtime.hardware import cpu_kind as kind
 
-    return "AVX-512" if cpu_has_avx512() else "no AVX-512"
+    return {"avx512": "AVX-512", "avx2": "AVX2, no AVX-512"}.get(kind(), "no AVX2")
 
 
 def main(argv: list[str] | None = None) -> None:
