@@ -1,7 +1,10 @@
 """The GPU half, checked in one run: CUDA training, ORT CUDA (+ IO binding), torch CUDA, accuracy on CUDA.
 
     python -m benchmarks.suites.gpu_check                      # on a GPU machine: writes benchmarks/results/gpu.*
-    python -m benchmarks.suites.gpu_check --out /tmp/gpu       # elsewhere (every row says why it did not run)
+    python -m benchmarks.suites.gpu_check --out /tmp/gpu --allow-no-gpu   # a CPU rehearsal (CUDA rows: not run)
+
+Without a CUDA device it refuses in one line with exit 4 (the code for "not available here") and writes
+nothing, unless ``--allow-no-gpu`` asks for the rehearsal: the CPU rows run, every CUDA row says why it did not.
 
 Each check runs the public CLI (``python -m compressor ...``) in its own process with a time limit, so one
 failure does not hide the others, and becomes a row: ``pass``, ``fail`` (exit code and the last stderr line)
@@ -123,10 +126,15 @@ def render(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(RESULTS / "gpu"), help="Output path without suffix.")
+    ap.add_argument("--allow-no-gpu", action="store_true", help="Without CUDA: run the CPU rows (a rehearsal).")
     args = ap.parse_args(argv)
     from compressor.runtime.atomic import write_json, write_text
 
     env = _env()
+    if not env["cuda_available"] and not args.allow_no_gpu:
+        print("error: the GPU check needs a CUDA device and torch sees none (--allow-no-gpu rehearses the CPU rows "
+              "and marks the CUDA ones not run)", file=sys.stderr)  # fmt: skip
+        raise SystemExit(4)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         rows = run_checks(Path(tmp), env)
     doc = {"command": "python -m benchmarks.suites.gpu_check " + " ".join(argv or sys.argv[1:]), "env": env,
