@@ -196,8 +196,11 @@ def load_weights(model: nn.Module, path: str | Path, head: str = "strict") -> Lo
 def with_module_versions(state: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[str, torch.Tensor]:
     """``state`` with the module versions ``load_state_dict`` hands each module's ``_load_from_state_dict``
     (``state_dict()._metadata``), taken from ``model`` when the state has none: our files hold plain dicts, and
-    some modules refuse a state without their version (torchvision's MNASNet: "version should be set to 1 or 2")."""
-    if getattr(state, "_metadata", None) is not None:
+    some modules refuse a state without their version (torchvision's MNASNet: "version should be set to 1 or 2").
+    Only a state holding every key of ``model`` (one a current model wrote) gets them: an older checkpoint's
+    missing keys are what a module's version-less path fills in (BatchNorm's ``num_batches_tracked`` in
+    torchvision's DenseNet weights)."""
+    if getattr(state, "_metadata", None) is not None or not set(model.state_dict()) <= set(state):
         return state
     versioned = OrderedDict(state)
     versioned._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
