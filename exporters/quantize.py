@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from compressor.config import ACTIVATION_TYPES
 from compressor.errors import BadInput, one_line
 from exporters.check import _check
 from exporters.files import _write, load_model
@@ -58,8 +59,8 @@ def quantize_onnx(src: str | os.PathLike[str], out: str | os.PathLike[str], cali
     props = {p.key: p.value for p in source.metadata_props}
     if props.get("precision", "fp32") != "fp32":
         raise BadInput(f"{src} is {props['precision']}: quantize the fp32 export (compress export without --fp16)")
-    if activations not in ("uint8", "int8"):
-        raise BadInput(f"unknown activation type {activations!r}; choose uint8 or int8")
+    if activations not in ACTIVATION_TYPES:
+        raise BadInput(f"unknown activation type {activations!r}; choose {' or '.join(ACTIVATION_TYPES)}")
     if calib_method not in CALIBRATE:
         raise BadInput(f"unknown calibration method {calib_method!r}; choose one of {', '.join(CALIBRATE)}")
     with tempfile.TemporaryDirectory(prefix="compress-quantize-") as tmp:
@@ -162,8 +163,7 @@ class _Reader:
 
 
 def _quantize(model_in: Path, q_path: Path, calibration: Iterable[np.ndarray], calib_method: str,
-              per_channel: bool, excluded: list[str], activations: str = "uint8",
-              reduce_range: bool = True) -> int:  # fmt: skip
+              per_channel: bool, excluded: list[str], activations: str, reduce_range: bool) -> int:  # fmt: skip
     """Run ``quantize_static``; the number of calibration images it read."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

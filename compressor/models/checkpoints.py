@@ -200,8 +200,11 @@ def with_module_versions(state: Mapping[str, torch.Tensor], model: nn.Module) ->
     Only a state holding every key of ``model`` (one a current model wrote) gets them: an older checkpoint's
     missing keys are what a module's version-less path fills in (BatchNorm's ``num_batches_tracked`` in
     torchvision's DenseNet weights)."""
-    if getattr(state, "_metadata", None) is not None or not set(model.state_dict()) <= set(state):
+    if getattr(state, "_metadata", None) is not None:
+        return state
+    own = model.state_dict()
+    if not set(own) <= set(state):
         return state
     versioned = OrderedDict(state)
-    versioned._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+    versioned._metadata = own._metadata  # type: ignore[attr-defined]
     return versioned

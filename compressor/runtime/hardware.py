@@ -25,9 +25,7 @@ AUTO_ROUND_TO = {
 
 def cpu_has_avx512() -> bool:
     """Whether this CPU runs AVX-512 kernels (what PyTorch's and ONNX Runtime's dispatch would pick)."""
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512")
+    return cpu_kind() == "avx512"
 
 
 def cpu_kind() -> str:
