@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -93,8 +94,9 @@ def test_plan_overrides_dependencies_and_distill_at_scratch(capsys):
     assert exc.value.code == 2
 
 
-def test_control_options_come_from_the_dependency_row():
-    args = methods.build_parser().parse_args(["--tier", "dev", "--device", "cpu", "--quiet"])
+def test_control_options_come_from_the_dependency_row(tmp_path):
+    args = methods.build_parser().parse_args(["--tier", "dev", "--device", "cpu", "--quiet",
+                                              "--out-dir", str(tmp_path)])  # fmt: skip
     tier = methods.TIERS["dev"]
     key = methods._key("dev", MODEL, "trained", 0.7, "psap", 0)
     dense = {(MODEL, 0): {"path": "runs/dense.pt", "error": None}}
@@ -117,6 +119,14 @@ def test_control_options_come_from_the_dependency_row():
     assert task["error"] is None and task["epochs"] == 8 and task["lr"] == 0.02
     task = methods._prepare(row("random-alloc-psap"), tier, args, finished, dense, set())
     assert task["options"] == {"method": "random", "allocation_from": "runs/psap/s0"}
+    # the psap row's run directory is gone (a fresh checkout): its recorded allocation stands in for its report
+    finished[key] = {**finished[key], "allocation": [["conv1", 16, 5], ["layer1.0.conv1", 16, 7]]}
+    where = Path(methods._prepare(row("random-alloc-psap"), tier, args, finished, dense, set())["options"]
+                 ["allocation_from"])  # fmt: skip
+    assert where.parent == tmp_path / "dev" / "cifar_resnet20" / "trained" / "t70" / "random-alloc-psap"
+    report = json.loads((where / "report.json").read_text())
+    assert report == {"groups": [{"root": "conv1", "channels": 16, "kept": 5},
+                                 {"root": "layer1.0.conv1", "channels": 16, "kept": 7}]}  # fmt: skip
     finished[key] = {"epochs_final": None, "run_dir": "x", "error": None}
     assert "no epochs_final" in methods._prepare(row("l1-matched-psap"), tier, args, finished, dense, set())["error"]
     finished[key] = {"error": "GateFailed: no"}
@@ -127,6 +137,24 @@ def test_control_options_come_from_the_dependency_row():
         finished[k] = {"tier": "dev", "variant": variant, "seed": 0, "acc": acc, "last_val_acc": val, "error": None}
     task = methods._prepare(row(methods.BEST_DISTILL), tier, args, finished, dense, set())
     assert task["variant"] == "bn-scale+distill" and task["options"] == {"method": "bn-scale", "distill": True}
+
+
+def test_rows_from_a_retrained_dense_checkpoint_are_stale(tmp_path):
+    store = tmp_path / "store"
+    path = methods.dense_path(store, "dev", MODEL, 0)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"dense weights")
+    sha = methods.file_sha(path)
+    rows = {
+        "same": {"tier": "dev", "model": MODEL, "start": "trained", "variant": "l1", "seed": 0, "dense_sha": sha},
+        "other": {"tier": "dev", "model": MODEL, "start": "trained", "variant": "psap", "seed": 0, "dense_sha": "0"},
+        "dense": {"tier": "dev", "model": MODEL, "start": "scratch", "variant": "dense", "seed": 0, "dense_sha": "1"},
+        "scratch": {"tier": "dev", "model": MODEL, "start": "scratch", "variant": "l1", "seed": 0, "dense_sha": None},
+        "legacy": {"tier": "dev", "model": MODEL, "start": "trained", "variant": "sfp", "seed": 0},
+        "no store": {"tier": "dev", "model": MODEL, "start": "trained", "variant": "l1", "seed": 1, "dense_sha": "2"},
+    }  # fmt: skip
+    assert sorted(methods.stale_rows(rows, store)) == ["dense", "other"]
+    assert methods.stale_rows(rows, tmp_path / "empty") == []
 
 
 def test_epochs_final():
@@ -238,6 +266,12 @@ def test_tiny_study_end_to_end(study):
         assert 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["last_val_acc"] <= 1.0 and row["test_size"] == 256
         assert row["cpu_kind"] in ("avx512", "avx2", "other") and row["wall_s"] >= 0
     assert rows[("trained", "dense")]["acc"] == rows[("scratch", "dense")]["acc"]  # one dense training per seed
+    stored = tmp / "results" / "methods_store" / "dev" / "cifar_resnet20" / "dense" / "s0" / "dense.pt"
+    sha = methods.file_sha(stored)  # kept beside the results, named by every row that starts from it
+    assert rows[("trained", "dense")]["dense_sha"] == rows[("trained", "l1")]["dense_sha"] == sha
+    assert rows[("scratch", "l1")]["dense_sha"] is None
+    allocation = rows[("trained", "l1")]["allocation"]
+    assert allocation and all(isinstance(root, str) and 0 < kept <= channels for root, channels, kept in allocation)
     assert rows[("trained", "dense")]["target"] is None and rows[("trained", "dense")]["flops_in_band"] is None
     for start in ("trained", "scratch"):
         l1 = rows[(start, "l1")]

@@ -32,9 +32,14 @@ variants in the blocks that list them, and puts one no selected block lists into
 distill) or else the main ones. A control whose method row is not planned gets it planned just before it.
 
 Writes ``<results>.json`` and ``<results>.md`` atomically after every finished row; ``--merge`` continues a study
-(rows already there without an error are skipped). Without ``--merge`` the tier's rows are replaced; rows of the
-other tier in the same results file are kept. ``--merge`` into a file whose rows of this tier were made with other
-tier settings (data, subsets, batch, epochs, learning rates) is refused.
+(rows already there without an error are skipped; ``--redo`` runs the selected ones again). The dense checkpoints
+live in ``--store`` (beside the results, committed), so a study continued in a fresh checkout starts its trained rows
+from the same weights; every trained-start row records its checkpoint's ``dense_sha``, and a done row whose
+checkpoint in the store has another hash is stale and runs again. A control reads its method row's allocation from
+the row itself (``allocation``) when that row's run directory is gone.
+Without ``--merge`` the tier's rows are replaced; rows of the other tier in the same results file are kept.
+``--merge`` into a file whose rows of this tier were made with other tier settings (data, subsets, batch, epochs,
+learning rates) is refused.
 
 Exit codes: 2 with one line on stderr for bad arguments or inputs (also: a planned variant sets a PruneConfig option
 this checkout lacks; ``--dry-run`` lists those); 0 otherwise: a failed row records its ``error``, it does not stop
@@ -85,6 +90,7 @@ KIND = "compress.methods"
 PROG = "python -m benchmarks.suites.methods"
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "methods"
 OUT_DIR = "runs/methods"
+STORE_SUFFIX = "_store"  # the store of --results R is R_store (benchmarks/results/methods_store)
 STARTS = ("trained", "scratch")
 DENSE = "dense"
 BASELINES = ("l1", "bn-scale")  # the best baseline is chosen among these, on validation accuracy
@@ -273,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--merge", action="store_true", help="continue the results file: skip rows already done")
     ap.add_argument("--results", default=str(RESULTS), help="path prefix of the .json and .md results")
     ap.add_argument("--out-dir", default=OUT_DIR, help="run directories")
+    ap.add_argument("--store", help=f"dense checkpoints kept for a continued study (default: <results>{STORE_SUFFIX})")
+    ap.add_argument("--redo", action="store_true", help="with --merge: run the selected rows again even if done")
     ap.add_argument("--jobs", type=_positive, default=1, help="worker processes (each cpu_count//jobs threads)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
@@ -285,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace, tiers: dict[str, dict[str, Any]]) -> None:
     if args.tier not in tiers:
         ap.error(f"--tier: unknown {args.tier!r}; choose from {', '.join(tiers)}")
+    if args.store is None:
+        args.store = args.results + STORE_SUFFIX
+    if args.redo and not args.merge:
+        ap.error("--redo needs --merge (without it every row of the tier runs again anyway)")
     if args.starts is not None:
         args.starts = list(dict.fromkeys(args.starts))
         bad = [s for s in args.starts if s not in STARTS]
@@ -395,9 +407,22 @@ def _task(row: dict[str, Any], tier: dict[str, Any], args: argparse.Namespace) -
 
 def _dense_task(tier_name: str, model: str, seed: int, tier: dict[str, Any], args: argparse.Namespace,
                 starts: list[str]) -> dict[str, Any]:  # fmt: skip
-    path = Path(args.out_dir) / tier_name / _slug(model) / "dense" / f"s{seed}" / "dense.pt"
+    path = dense_path(args.store, tier_name, model, seed)
     return {**_common(tier, args), "tier": tier_name, "model": model, "seed": seed, "epochs": tier["dense_epochs"],
             "lr": tier["lr"]["scratch"], "path": str(path), "reuse": bool(args.merge), "starts": starts}  # fmt: skip
+
+
+def dense_path(store: str | Path, tier_name: str, model: str, seed: int) -> Path:
+    """Where the dense checkpoint of one (tier, model, seed) is kept."""
+    return Path(store) / tier_name / _slug(model) / "dense" / f"s{seed}" / "dense.pt"
+
+
+def file_sha(path: str | Path) -> str:
+    """The first 16 hex digits of a file's SHA-256 (which dense checkpoint a row started from)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def _common(tier: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -448,7 +473,7 @@ def dense_job(task: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         return {"error": one_line(exc, typed=True), "wall_s": round(time.perf_counter() - t0, 1),
                 "device": device_name(task["device"]), "path": task["path"]}  # fmt: skip
-    return {**result, "error": None}
+    return {**result, "dense_sha": file_sha(task["path"]), "error": None}
 
 
 def dense_rows(task: dict[str, Any], result: dict[str, Any], starts: Iterable[str]) -> list[dict[str, Any]]:
@@ -462,7 +487,7 @@ def dense_rows(task: dict[str, Any], result: dict[str, Any], starts: Iterable[st
         "epochs": task["epochs"], "lr": task["lr"], "error": result["error"],
         "export_error": result.get("export_error"), "max_abs_diff": result.get("max_abs_diff"),
         "run_dir": str(Path(task["path"]).parent), "wall_s": result.get("wall_s"), "device": result.get("device"),
-        "cpu_kind": cpu_info()["cpu_kind"], "reused": bool(result.get("reused")),
+        "cpu_kind": cpu_info()["cpu_kind"], "reused": bool(result.get("reused")), "dense_sha": result.get("dense_sha"),
         "train_size": sizes.get("train"), "val_size": sizes.get("val"), "test_size": sizes.get("test"),
     } for start in starts]  # fmt: skip
 
@@ -544,10 +569,11 @@ def run_row(task: dict[str, Any]) -> dict[str, Any]:
         row.update(train_size=sizes.get("train"), val_size=sizes.get("val"), test_size=sizes.get("test"))
         if report["method"]["name"] == "psap":
             row.update(_readmitted(report))
+        row["allocation"] = [[g["root"], g["channels"], g["kept"]] for g in report.get("groups", [])]
         if (out / "pruned.pt").is_file():
             row.update(export_fields(out))
     row.update(run_dir=str(out), wall_s=round(time.perf_counter() - t0, 1), device=device_name(task["device"]),
-               cpu_kind=cpu_info()["cpu_kind"])  # fmt: skip
+               cpu_kind=cpu_info()["cpu_kind"], dense_sha=task.get("dense_sha"))  # fmt: skip
     return row
 
 
@@ -1121,6 +1147,8 @@ def main(argv: Sequence[str] | None = None, *, tiers: dict[str, dict[str, Any]] 
     base = _load_base(json_path, args, tier_name, tier)
     done = {row_key(r): r for r in (base or {}).get("rows", []) if args.merge and not r.get("error")}
     plan = build_plan(tier_name, tier, args)
+    for key in stale_rows(done, args.store) + ([r["key"] for r in plan] if args.redo else []):
+        done.pop(key, None)
     missing = missing_options(dict.fromkeys(r["variant"] for r in plan))
     command = PROG + ("" if not argv else " " + shlex.join(argv))
 
@@ -1129,6 +1157,7 @@ def main(argv: Sequence[str] | None = None, *, tiers: dict[str, dict[str, Any]] 
     _check_missing(missing)
     check_writable_dir(results.parent, "--results")
     check_writable_dir(Path(args.out_dir), "--out-dir")
+    check_writable_dir(Path(args.store), "--store")
 
     device = device_name(args.device)
     invocation = {"command": command, "tier": tier_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1381,7 +1410,7 @@ def _prepare(r: dict[str, Any], tier: dict[str, Any], args: argparse.Namespace, 
         dense = dense_results[(r["model"], r["seed"])]
         if dense.get("error"):
             task["error"] = f"dense checkpoint failed: {dense['error']}"
-        task["weights"] = dense.get("path")
+        task["weights"], task["dense_sha"] = dense.get("path"), dense.get("dense_sha")
     if r["dep"] and task["error"] is None:
         dep = finished[_key(r["tier"], r["model"], r["start"], r["target"], r["dep"], r["seed"])]
         if dep.get("error"):
@@ -1392,8 +1421,37 @@ def _prepare(r: dict[str, Any], tier: dict[str, Any], args: argparse.Namespace, 
             else:
                 task["options"]["prune_at"] = _number(task["epochs"] - dep["epochs_final"])
         elif "allocation_from" in task["options"]:
-            task["options"]["allocation_from"] = dep["run_dir"]
+            task["options"]["allocation_from"] = allocation_dir(dep, Path(task["out"]))
     return task
+
+
+def allocation_dir(dep: dict[str, Any], out: Path) -> str:
+    """A run directory whose ``report.json`` holds the dependency row's allocation: its own run directory, or (gone,
+    e.g. in a fresh checkout) one written beside ``out`` from the row's recorded ``allocation``."""
+    if (Path(dep["run_dir"]) / "report.json").is_file() or not dep.get("allocation"):
+        return dep["run_dir"]  # without a recorded allocation, --allocation-from names the missing report
+    where = out.with_name(out.name + "-allocation")
+    groups = [{"root": root, "channels": channels, "kept": kept} for root, channels, kept in dep["allocation"]]
+    where.mkdir(parents=True, exist_ok=True)
+    write_json(where / "report.json", {"groups": groups})
+    return str(where)
+
+
+def stale_rows(done: dict[tuple, dict[str, Any]], store: str | Path) -> list[tuple]:
+    """Done trained-start (and dense) rows whose recorded ``dense_sha`` differs from the checkpoint now in the store
+    (retrained): they no longer pair with the rows that start from it. Rows without a recorded hash are kept."""
+    shas: dict[tuple, str | None] = {}
+    stale = []
+    for key, row in done.items():
+        if row.get("start") != "trained" and row.get("variant") != DENSE or not row.get("dense_sha"):
+            continue
+        ms = (row["tier"], row["model"], int(row["seed"]))
+        if ms not in shas:
+            path = dense_path(store, *ms)
+            shas[ms] = file_sha(path) if path.is_file() else None
+        if shas[ms] is not None and shas[ms] != row["dense_sha"]:
+            stale.append(key)
+    return stale
 
 
 def cli(argv: Sequence[str] | None = None, *, tiers: dict[str, dict[str, Any]] | None = None) -> int:
