@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -153,8 +154,8 @@ def test_rows_from_a_retrained_dense_checkpoint_are_stale(tmp_path):
         "legacy": {"tier": "dev", "model": MODEL, "start": "trained", "variant": "sfp", "seed": 0},
         "no store": {"tier": "dev", "model": MODEL, "start": "trained", "variant": "l1", "seed": 1, "dense_sha": "2"},
     }  # fmt: skip
-    assert sorted(methods.stale_rows(rows, store)) == ["dense", "other"]
-    assert methods.stale_rows(rows, tmp_path / "empty") == []
+    assert sorted(methods.stale_rows(rows, store)) == ["dense", "legacy", "no store", "other"]
+    assert sorted(methods.stale_rows(rows, tmp_path / "empty")) == sorted(set(rows) - {"scratch"})
 
 
 def test_epochs_final():
@@ -312,6 +313,24 @@ def test_merge_skips_finished_rows_and_refuses_other_tier_settings(study, monkey
     other = _tiers()
     other["confirm"] = copy.deepcopy(other["confirm"]) | {"train_subset": 999}
     assert methods.main([*argv, "--merge"], tiers=other)["rows"] == first["rows"]
+
+
+def test_a_kept_dense_checkpoint_is_reused_where_it_now_lies(study, tmp_path, monkeypatch):
+    tmp, argv, first = study
+    moved = tmp_path / "clone" / "methods_store"  # the store as a fresh checkout has it
+    shutil.copytree(tmp / "results" / "methods_store", moved)
+
+    def boom(*a, **k):
+        raise AssertionError("the kept dense checkpoint was trained again")
+
+    monkeypatch.setattr("compressor.train.Trainer.fit", boom)
+    args = methods.build_parser().parse_args([*argv, "--merge", "--store", str(moved)])
+    task = methods._dense_task("dev", MODEL, 0, _tiers()["dev"], args, ["trained"])
+    result = methods.dense_job(task)
+    stored = moved / "dev" / "cifar_resnet20" / "dense" / "s0" / "dense.pt"
+    assert result["error"] is None and result["reused"] is True and result["path"] == str(stored)
+    dense = next(r for r in first["rows"] if r["variant"] == "dense" and r["start"] == "trained")
+    assert result["dense_sha"] == dense["dense_sha"] and result["acc"] == dense["acc"]
 
 
 def test_bad_results_file_is_refused_on_merge(tmp_path, capsys):

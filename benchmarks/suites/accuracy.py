@@ -231,7 +231,7 @@ def train_dense(task: dict[str, Any]) -> dict[str, Any]:
     if task.get("reuse") and path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == _dense_key(task):
-            return {**meta["result"], "reused": True}
+            return {**meta["result"], "path": str(path), "reused": True}  # the file here (moved or re-cloned)
     seed_everything(task["seed"])  # the same sequence as prune(): seed, data, model -> the same random init
     data = _data(task, task["seed"])
     model = build_model(task["model"], num_classes=data.num_classes, in_channels=data.input_shape[0])

@@ -35,8 +35,9 @@ Writes ``<results>.json`` and ``<results>.md`` atomically after every finished r
 (rows already there without an error are skipped; ``--redo`` runs the selected ones again). The dense checkpoints
 live in ``--store`` (beside the results, committed), so a study continued in a fresh checkout starts its trained rows
 from the same weights; every trained-start row records its checkpoint's ``dense_sha``, and a done row whose
-checkpoint in the store has another hash is stale and runs again. A control reads its method row's allocation from
-the row itself (``allocation``) when that row's run directory is gone.
+checkpoint is not the one in the store (another hash, none recorded, none kept) is stale and runs again. A
+control reads its method row's allocation from the row itself (``allocation``) when that row's run directory is
+gone.
 Without ``--merge`` the tier's rows are replaced; rows of the other tier in the same results file are kept.
 ``--merge`` into a file whose rows of this tier were made with other tier settings (data, subsets, batch, epochs,
 learning rates) is refused.
@@ -1438,18 +1439,19 @@ def allocation_dir(dep: dict[str, Any], out: Path) -> str:
 
 
 def stale_rows(done: dict[tuple, dict[str, Any]], store: str | Path) -> list[tuple]:
-    """Done trained-start (and dense) rows whose recorded ``dense_sha`` differs from the checkpoint now in the store
-    (retrained): they no longer pair with the rows that start from it. Rows without a recorded hash are kept."""
+    """Done dense and trained-start rows whose recorded ``dense_sha`` is not the checkpoint now in the store: made
+    from another (retrained, lost, or unrecorded) dense model, they do not pair with rows that start from this one,
+    so they run again. A dense training is not bit-reproducible across machines."""
     shas: dict[tuple, str | None] = {}
     stale = []
     for key, row in done.items():
-        if row.get("start") != "trained" and row.get("variant") != DENSE or not row.get("dense_sha"):
+        if row.get("start") != "trained" and row.get("variant") != DENSE:
             continue
         ms = (row["tier"], row["model"], int(row["seed"]))
         if ms not in shas:
             path = dense_path(store, *ms)
             shas[ms] = file_sha(path) if path.is_file() else None
-        if shas[ms] is not None and shas[ms] != row["dense_sha"]:
+        if shas[ms] is None or row.get("dense_sha") != shas[ms]:
             stale.append(key)
     return stale
 
