@@ -340,3 +340,18 @@ def test_bad_results_file_is_refused_on_merge(tmp_path, capsys):
     assert "not a compress.methods results file" in capsys.readouterr().err
     with pytest.raises(BadInput):
         methods.load_results(bad)
+
+
+def test_a_stop_signal_ends_the_study_in_one_line(monkeypatch, capsys):
+    """SIGTERM mid-study: exit 143 and one line saying how to continue (the finished rows are already written)."""
+    import signal
+
+    from compressor.errors import Interrupted
+
+    def stopped(*_a, **_k):
+        raise Interrupted(signal.SIGTERM, resume=False)
+
+    monkeypatch.setattr(methods, "main", stopped)
+    assert methods.cli(["--tier", "dev"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--merge" in err and "Traceback" not in err

@@ -1463,6 +1463,9 @@ def cli(argv: Sequence[str] | None = None, *, tiers: dict[str, dict[str, Any]] |
     except BadInput as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # finished rows are written; --merge continues the study
+        print(f"stopped by signal {exc.signum}: the finished rows are written; continue with --merge", file=sys.stderr)
+        return 128 + exc.signum
     return 0
 
 
