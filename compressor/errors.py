@@ -50,6 +50,15 @@ def one_line(text: object, limit: int = 300, *, typed: bool = False) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``MemoryError``, torch's ``OutOfMemoryError`` (CUDA) or the CPU
+    allocator's ``RuntimeError`` ("can't allocate memory")."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
 class Interrupted(BaseException):
     """SIGINT/SIGTERM stopped the command (exit code 128 + signal): training after saving a checkpoint, any
     other stage at once (``during`` names it, ``note`` says what was kept). A ``BaseException``, like

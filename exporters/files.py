@@ -168,7 +168,8 @@ def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
-        target = (folder / location).resolve()
-        if not location or os.path.isabs(location) or Path(location).drive or not target.is_relative_to(folder):
+        target = (folder / location.replace("\0", "")).resolve()  # a NUL is refused below (resolve cannot take it)
+        unsafe = "\0" in location or os.path.isabs(location) or Path(location).drive
+        if not location or unsafe or not target.is_relative_to(folder):
             raise BadInput(f"{path}: tensor {tensor.name!r} keeps its external data at {location!r}, outside the "
                            "model's folder; only relative paths inside it are read")  # fmt: skip

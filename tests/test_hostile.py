@@ -73,6 +73,48 @@ def _chmod_restricts() -> bool:
 
 
 CHMOD_RESTRICTS = _chmod_restricts()
+_RO_MOUNTS: list[Path] = []  # read-only bind mounts made by the cases, undone once they have run
+
+
+def _bind_read_only(path: Path) -> bool:
+    """Make ``path`` a read-only bind mount of itself (binds root too, unlike a mode); False where we cannot."""
+    for cmd in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,bind,ro", str(path)]):
+        if subprocess.run(cmd, capture_output=True).returncode != 0:
+            subprocess.run(["umount", str(path)], capture_output=True)
+            return False
+    _RO_MOUNTS.append(path)
+    return True
+
+
+def _unmount_read_only() -> None:
+    while _RO_MOUNTS:
+        subprocess.run(["umount", "-l", str(_RO_MOUNTS.pop())], capture_output=True)
+
+
+def _read_only_mounts_work() -> bool:
+    """Whether a read-only bind mount refuses writes here (as root, where a mode does not)."""
+    import tempfile
+
+    if CHMOD_RESTRICTS or os.geteuid() != 0:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        if not _bind_read_only(Path(tmp)):
+            return False
+        try:
+            return not os.access(tmp, os.W_OK)
+        finally:
+            _unmount_read_only()
+
+
+#: Where read-only directories can be made: by mode (not root), or by a read-only bind mount (root, as in CI).
+READ_ONLY_WORKS = CHMOD_RESTRICTS or _read_only_mounts_work()
+
+
+def _make_read_only(path: Path) -> Path:
+    path.chmod(0o500)
+    if not CHMOD_RESTRICTS:
+        _bind_read_only(path)
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,8 +202,7 @@ def _user_file(d: Path, name: str, body: str) -> str:
 def _read_only_dir(d: Path, name: str = "ro") -> Path:
     ro = d / name
     ro.mkdir(exist_ok=True)
-    ro.chmod(0o500)
-    return ro
+    return _make_read_only(ro)
 
 
 def _dir(path: Path) -> Path:
@@ -285,7 +326,7 @@ def _case_export_state_dict_as_pt(d: Path) -> list[str]:
 
 
 def _case_export_run_read_only(d: Path) -> list[str]:
-    _run_dir(d).chmod(0o500)
+    _make_read_only(_run_dir(d))
     return ["export", "run"]
 
 
@@ -445,6 +486,18 @@ def _png_bytes() -> bytes:
     return buf.getvalue()
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header that claims ``width`` x ``height`` pixels (a decompression bomb: PIL refuses it on open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
 def _bytes_file(name: str, data: bytes) -> Callable[[Path], Path]:
     def make(d: Path) -> Path:
         (d / name).write_bytes(data)
@@ -464,6 +517,7 @@ def _config_bytes(data: bytes, command: Callable[[Path], list[str]] | None = Non
 _LATIN1 = "prune:\n  model: cifar:resnet20\n  out: caf\u00e9\n".encode("latin-1")
 _UTF16 = "prune:\n  model: cifar:resnet20\n".encode("utf-16")
 _RANDOM = random.Random(1).randbytes(512)
+_DEEP = ("prune: " + "[" * 3000 + "]" * 3000 + "\n").encode()  # nested past Python's recursion limit
 
 
 _USER_SPEC = {"model": f"{USER}:se_net", "num_classes": 10, "in_channels": 1, "trust_code": True}
@@ -661,6 +715,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
     "bench-external-escapes": (_bench_external("../../../etc/passwd"), 2, "external data"),
     "bench-external-absolute": (_bench_external("/etc/hostname"), 2, "external data"),
     "quantize-external-escapes": (_quantize(external="../secret.bin"), 2, "external data"),
+    "recipe-nested-deep": (_recipe_bytes(_DEEP), 2, "nested too deeply"),
+    "config-nested-deep": (_config_bytes(_DEEP), 2, "nested too deeply"),
+    "imagefolder-decompression-bomb": (_imagefolder({"a": 3, "b": 3}, _png_claiming(20000, 20000)), 2, "0.png"),
+    "cifar-string-labels": (_cifar(labels=["x", "y"]), 2, "not an array of int64"),
+    "cifar-nested-labels": (_cifar(labels=[[0, 1], [1, 0]]), 2, "N labels"),
+    "cifar-data-beyond-uint8": (_cifar(lambda p: p.write_bytes(__import__("pickle").dumps(
+        {"data": [[300] * 3072] * 2, "labels": [0, 1]}))), 2, "not an array of uint8"),
+    "eval-external-nul": (_eval(external="w\x00.bin"), 2, "external data"),
     "quantize-garbage-onnx": (lambda d: ["quantize", _random_bytes(d / "m.onnx").name, "--data", SYN_8], 2,
                               "m.onnx"),
     # --- class 2: requests beyond the machine, refused up front with the estimate
@@ -669,6 +731,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
     "synthetic-many-images": (lambda d: _prune(data="synthetic:3x1024x1024:10:100000:10"), 2, "memory"),
     "eval-synthetic-huge": (_eval(data="synthetic:1x8x8:10:1000000000000:8"), 2, "memory"),
     "bench-batch-huge": (_bench("--batch", "1000000000"), 2, "memory"),
+    "num-classes-beyond-memory": (lambda d: _prune("--num-classes", "10000000000"), 2, "memory"),
+    "info-num-classes-beyond-memory": (lambda d: ["info", "torchvision:resnet18", "--input-shape", "3x32x32",
+                                                  "--num-classes", "10000000000"],
+                                       2, "memory"),
     "info-input-shape-huge": (lambda d: ["info", "cifar:resnet20", "--input-shape", "3x100000x100000"], 2, "memory"),
     # --- class 3: degenerate data
     "synthetic-one-class": (lambda d: _prune(data="synthetic:1x28x28:1"), 2, "classes >= 2"),
@@ -759,6 +825,7 @@ def _collect(base: Path, cases: list[dict[str, Any]], codes: dict[str, dict[str,
         results[c["name"]] = {**codes[c["name"]], "args": c["args"], "before": c["before"],
                               "after": _tree(Path(c["cwd"])), "stdout": Path(c["out"]).read_text(),
                               "stderr": Path(c["err"]).read_text()}  # fmt: skip
+    _unmount_read_only()
     for p in base.rglob("*"):  # let pytest clean up the read-only directories
         if p.is_dir():
             p.chmod(0o700)
@@ -795,13 +862,16 @@ def _run_processes(base: Path, names: list[str], extra: tuple[str, ...] = ()) ->
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    names = [n for n in CASES if CHMOD_RESTRICTS or n not in NEEDS_CHMOD]
-    return _run_forked(tmp_path_factory.mktemp("hostile"), names)
+    names = [n for n in CASES if READ_ONLY_WORKS or n not in NEEDS_CHMOD]
+    try:
+        return _run_forked(tmp_path_factory.mktemp("hostile"), names)
+    finally:
+        _unmount_read_only()
 
 
 def _skip_without_chmod(case: str) -> None:
-    if not CHMOD_RESTRICTS and case in NEEDS_CHMOD:
-        pytest.skip("a directory with mode 0o500 is writable here (root)")
+    if not READ_ONLY_WORKS and case in NEEDS_CHMOD:
+        pytest.skip("no read-only directory can be made here (root, and no read-only bind mount)")
 
 
 def test_the_corpus_covers_every_command(bad_runs: dict[str, dict[str, Any]]) -> None:
@@ -869,3 +939,37 @@ def test_prune_and_export_a_pickled_module(tmp_path: Path) -> None:
     exported = CliRunner().invoke(main, ["export", str(run), "--trust-code", "--json"])
     assert exported.exit_code == 0, (exported.output, exported.exception)
     assert json.loads(exported.stdout)["verification"]["passed"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 2560000000000 bytes"),
+                                   MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")])
+def test_an_allocation_failure_no_estimate_caught_is_bad_input(error: BaseException, monkeypatch) -> None:
+    """Past the up-front estimates, an allocator failure is still a request beyond the machine: exit 2, one line."""
+    from click.testing import CliRunner
+
+    import compressor.jobs.info
+    from compressor.cli import main
+
+    def fails(*_a: Any, **_k: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(compressor.jobs.info, "model_info", fails)
+    result = CliRunner().invoke(main, ["info", "cifar:resnet20"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    _assert_one_line(result.stderr)
+    assert result.stderr.startswith("error: out of memory") and "smaller" in result.stderr
+
+
+def test_a_bug_is_still_an_internal_error(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import compressor.jobs.info
+    from compressor.cli import main
+
+    def fails(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("shape mismatch in our own code")
+
+    monkeypatch.setattr(compressor.jobs.info, "model_info", fails)
+    result = CliRunner().invoke(main, ["info", "cifar:resnet20"])
+    assert result.exit_code == 3 and "internal error" in result.stderr

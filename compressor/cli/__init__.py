@@ -20,7 +20,7 @@ import yaml
 
 from compressor.cli.options import click_options
 from compressor.config import TRUST_HELP, BenchOptions, EvalOptions, ExportOptions, PruneOptions, QuantizeOptions
-from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, WriteFailed, one_line
+from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, WriteFailed, one_line, out_of_memory
 from compressor.runtime.signals import interruptible
 
 #: OSError numbers that mean an output could not be written (no space, quota, I/O error, read-only, too large).
@@ -81,6 +81,8 @@ class _Group(click.Group):
                 raise
             if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:  # a write the write layer did not wrap
                 _fail(str(WriteFailed.of(exc, exc.filename or "an output file")), 2)
+            if out_of_memory(exc):  # a request beyond the machine that no estimate caught up front
+                _fail(f"out of memory: {one_line(exc, 200)}; use a smaller batch size, input or model", 2)
             _fail(f"internal error: {one_line(exc, 400, typed=True)} (rerun with --debug for the traceback)", 3)
         finally:
             if (mod := sys.modules.get("compressor.runtime.distributed")) is not None:
@@ -105,6 +107,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise click.BadParameter(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:  # a mapping nested thousands deep: no recipe looks like that
+        raise click.BadParameter(f"{path} is nested too deeply to be a recipe") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of option names to values")
     return data

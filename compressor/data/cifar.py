@@ -82,6 +82,21 @@ def _cifar_dir(root: Path, folder: str, files: list[str]) -> Path | None:
     return None
 
 
+def _as_array(value: Any, dtype: type, path: Path, key: str) -> np.ndarray:
+    """``value`` as a numpy array of ``dtype``; :class:`BadInput` when it holds anything else (strings, ragged
+    lists, values out of the type's range)."""
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind not in "iub" or array.dtype == object:
+            raise ValueError(f"holds {array.dtype} values, not integers")
+        info = np.iinfo(dtype)
+        if array.size and (int(array.min()) < info.min or int(array.max()) > info.max):
+            raise ValueError(f"values outside [{info.min}, {info.max}]")
+        return array.astype(dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise BadInput(f"{path}: '{key}' is not an array of {np.dtype(dtype).name}: {one_line(e)[:120]}") from None
+
+
 def _read_cifar_split(d: Path, names: list[str], label_key: str) -> tuple[Tensor, Tensor]:
     """Images ``(N, 3, 32, 32)`` uint8 and labels of the batch files ``names`` in ``d``."""
     xs, ys = [], []
@@ -89,9 +104,9 @@ def _read_cifar_split(d: Path, names: list[str], label_key: str) -> tuple[Tensor
         entry = _load_pickle(d / name)
         if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
             raise BadInput(f"{d / name} is not a CIFAR batch (needs 'data' and '{label_key}')")
-        x = np.asarray(entry["data"], dtype=np.uint8)
-        y = np.asarray(entry[label_key], dtype=np.int64)
-        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.shape[0] != y.shape[0]:
+        x = _as_array(entry["data"], np.uint8, d / name, "data")
+        y = _as_array(entry[label_key], np.int64, d / name, label_key)
+        if y.ndim != 1 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.shape[0] != y.shape[0]:
             raise BadInput(f"{d / name}: expected data (N, 3072) and N labels, got {x.shape} and {y.shape}")
         xs.append(x.reshape(-1, 3, 32, 32))
         ys.append(y)

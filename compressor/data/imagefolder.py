@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from compressor.data.bundle import DataBundle, LoadRequest
@@ -35,7 +36,7 @@ class _TransformSubset(torch.utils.data.Dataset):
         path, target = self.base.samples[self.indices[i]]
         try:  # PIL decodes lazily: a corrupt or truncated file fails in the transform as often as in the open
             return self.transform(self.base.loader(path)), target
-        except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
             raise BadInput(f"imagefolder image {path} cannot be decoded: {one_line(e, 200)}") from None
 
 

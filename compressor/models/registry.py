@@ -32,6 +32,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from compressor.config import WEIGHTS_HEADS, pretrained_spec
@@ -39,6 +40,7 @@ from compressor.errors import BadInput
 from compressor.models.builtin_sources import Factory, _build_timm, _cifar_factories, _torchvision_factories
 from compressor.models.pretrained import build_pretrained
 from compressor.models.user_code import PICKLED_SUFFIXES, _build_pickled, _build_user
+from compressor.runtime.memory import check_fits
 
 _REGISTRY: dict[str, Factory] = {}
 _BUILT_IN = [False]  # the built-in specs are added once, whatever a user registered before
@@ -173,4 +175,22 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
     source = next((s for s in SOURCES.values() if s.claims(spec)), None)
     # a registered spec wins over a prefix handler (a user's register("timm:x") is not timm's "x")
     build = _build_registered if source is None or spec in _REGISTRY else source.build
+    if not trust_code:  # user code is not run twice; its allocation failures are caught where they happen
+        _check_fits(build, spec, num_classes, in_channels)
     return build(spec, num_classes, in_channels, trust_code)
+
+
+def _check_fits(build: Callable[..., nn.Module], spec: str, num_classes: int, in_channels: int) -> None:
+    """:class:`BadInput` before building when the model's parameters and buffers alone (counted on the ``meta``
+    device: no memory, no random numbers drawn) exceed the memory available. A model that cannot be built on
+    ``meta`` is not estimated."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            meta = build(spec, num_classes, in_channels, False)
+        tensors = [*meta.parameters(), *meta.buffers()]
+    except Exception:  # noqa: BLE001 (the real build reports its own errors)
+        return
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    count = sum(t.numel() for t in meta.parameters())
+    check_fits(f"model {spec} ({count:,} parameters, {num_classes} classes)", needed,
+               "a smaller model or --num-classes")  # fmt: skip
