@@ -12,8 +12,11 @@ for epoch in range(E):
         optimizer.step(); pruner.after_step(); optimizer.zero_grad()
     pruner.epoch_end(epoch)
 slim = pruner.materialize()              # physically smaller nn.Module, same function as the masked model
-compressor.save_pruned(slim, "pruned.pt", pruner, model_spec="my_model.py:build")
+compressor.save_pruned(slim, "pruned.pt", pruner)    # weights_only-loadable; load_pruned rebuilds it
 ```
+
+``save_pruned`` rebuilds the dense model from ``Pruner(..., arch=SPEC)`` (or its ``model_spec=``): a registry spec
+(``cifar:resnet20``) or your own ``path/to/file.py:factory``.
 
 ``compress prune`` is built on this same object (:mod:`compressor.jobs.prune`). Method options are the method's
 own names (``variant="v2"``, ``gamma=2.0`` for PSAP; ``sensitivity="gradient"`` for ASTER; see
@@ -69,7 +72,7 @@ class Pruner:
         if epochs < 0 or steps_per_epoch < 1:
             raise BadInput(f"need epochs >= 0 and steps_per_epoch >= 1, got {epochs} and {steps_per_epoch}")
         round_to = resolve_round_to(round_to)[0]  # auto: the multiple this CPU's ONNX Runtime kernels run fastest
-        self.model, self.example = model, example_inputs
+        self.model, self.example, self.arch = model, example_inputs, arch
         self.epochs, self.steps_per_epoch, self.max_ratio = int(epochs), int(steps_per_epoch), max_layer_ratio
         self.graph = graph or PruningGraph(model, example_inputs, round_to=round_to, arch=arch, ignore=list(ignore),
                                            ignore_stem=ignore_stem, group_max_ratio=group_max_ratio,
@@ -165,12 +168,6 @@ class Pruner:
 
 def make_method(name: str, options: dict[str, Any]) -> Method:
     """A method by name with its own options; an option it does not take is BadInput (nothing is dropped)."""
-    if name not in METHODS:
-        raise BadInput(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    unknown = sorted(set(options) - method_parameters(name))
-    if unknown:
-        raise BadInput(f"method {name!r} has no option {unknown[0]!r}; its options: "
-                       f"{', '.join(sorted(method_parameters(name))) or 'none'}")  # fmt: skip
     return build_method(name, **options)
 
 
@@ -180,28 +177,48 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------- files and lists
-def save_pruned(slim: nn.Module, path: str | Path, pruner: Pruner, *, model_spec: str, num_classes: int | None = None,
-                in_channels: int | None = None, trust_code: bool | None = None) -> Path:  # fmt: skip
+def save_pruned(slim: nn.Module, path: str | Path, pruner: Pruner, *, model_spec: str | None = None,
+                num_classes: int | None = None, in_channels: int | None = None,
+                trust_code: bool | None = None) -> Path:  # fmt: skip
     """Write ``slim`` as a pruned-model file that :func:`load_pruned` rebuilds with ``weights_only=True``.
 
-    ``model_spec`` rebuilds the dense architecture: a registry spec (``cifar:resnet20``, give ``num_classes``
-    and ``in_channels``) or your own ``path/to/file.py:factory`` (loading it runs your code: ``trust_code``
-    defaults to True for such specs). A factory gets ``num_classes``/``in_channels`` only if it takes them
-    (defaults here: 1 and the example input's channels; give them if your factory uses them).
+    ``model_spec`` (default: the Pruner's ``arch``) rebuilds the dense architecture: a registry spec
+    (``cifar:resnet20``) or your own ``path/to/file.py:factory`` (loading it runs your code: ``trust_code``
+    defaults to True for such specs). ``in_channels`` defaults to the example input's channels; a registry spec's
+    ``num_classes`` to the width of the model's ``(N, classes)`` output. A factory gets ``num_classes`` /
+    ``in_channels`` only if it takes them (``num_classes`` defaults to 1 there: give it if your factory uses it).
     """
     from compressor.runtime.atomic import write_torch
 
     if pruner.history is None:
         raise BadInput("save_pruned: call pruner.materialize() first (the file holds its pruning history)")
+    model_spec = model_spec or pruner.arch
+    if not model_spec:
+        raise BadInput("save_pruned: give model_spec= (the spec that rebuilds the dense model: 'cifar:resnet20' or "
+                       "'path/to/file.py:factory'), or build the Pruner with arch=SPEC")  # fmt: skip
     user = ".py:" in model_spec
-    if not user and not (num_classes and in_channels):
-        raise BadInput(f"save_pruned: {model_spec!r} is built from num_classes and in_channels: give both")
+    if not user and num_classes is None:
+        num_classes = _classes_of(slim, pruner.example, model_spec)
     spec = {"model": model_spec, "num_classes": int(num_classes or 1),
             "in_channels": int(in_channels or pruner.example.shape[1]),
             "trust_code": user if trust_code is None else bool(trust_code)}  # fmt: skip
     out = Path(path)
     write_torch(out, pruned_payload(spec, tuple(pruner.example.shape[1:]), pruner.history, slim))
     return out
+
+
+def _classes_of(model: nn.Module, example: torch.Tensor, spec: str) -> int:
+    """The width of ``model``'s ``(N, classes)`` output on ``example``; BadInput for any other output."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example.to(_device_of(model)))
+    finally:
+        model.train(was_training)
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2):
+        raise BadInput(f"save_pruned: {spec!r} is built from num_classes, and this model's output is not one "
+                       "(N, classes) tensor: give num_classes")  # fmt: skip
+    return int(out.shape[1])
 
 
 def list_methods() -> dict[str, list[str]]:

@@ -456,7 +456,7 @@ class PruneOptions:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
     def method_options(self) -> dict[str, Any]:
-        """Every method option; each method's factory takes the ones it uses."""
+        """Every method option (a shared namespace: ``methods.registry.options_for`` takes a method's part)."""
         own = f"{self.method}_"  # psap_* options go to PSAP, aster_* to ASTER (both have e.g. a variant)
         prefixed = {k[len(own) :]: getattr(self, k) for k in vars(self) if k.startswith(own)}
         return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every, "prune_at": self.prune_at,

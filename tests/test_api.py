@@ -54,8 +54,9 @@ def test_a_registry_model_round_trips(tmp_path: Path) -> None:
     pruner = compressor.Pruner(model, torch.zeros(1, 1, 28, 28), method="l1", target_flops=0.5, epochs=0,
                                steps_per_epoch=1)  # fmt: skip
     slim = pruner.materialize()
-    with pytest.raises(BadInput, match="num_classes and in_channels"):
-        compressor.save_pruned(slim, tmp_path / "x.pt", pruner, model_spec="cifar:resnet20")
+    with pytest.raises(BadInput, match="give model_spec="):  # no arch= on the Pruner, no model_spec
+        compressor.save_pruned(slim, tmp_path / "x.pt", pruner)
+    assert not (tmp_path / "x.pt").exists()
     path = compressor.save_pruned(slim, tmp_path / "r20.pt", pruner, model_spec="cifar:resnet20", num_classes=10,
                                   in_channels=1)  # fmt: skip
     again, payload = compressor.load_pruned(path)
@@ -63,6 +64,24 @@ def test_a_registry_model_round_trips(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.allclose(again.eval()(x), slim.eval()(x), atol=1e-6)
     assert 0.5 <= pruner.drop() <= 0.505 and payload["spec"]["model"] == "cifar:resnet20"
+
+
+def test_save_pruned_as_design_md_calls_it(tmp_path: Path) -> None:
+    """``save_pruned(slim, path, pruner)``: the spec from ``Pruner(arch=...)``, classes from the model's output,
+    channels from the example input."""
+    from compressor.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cifar:resnet20", num_classes=7, in_channels=1)
+    pruner = compressor.Pruner(model, torch.zeros(1, 1, 28, 28), method="l1", target_flops=0.5, epochs=0,
+                               steps_per_epoch=1, arch="cifar:resnet20")  # fmt: skip
+    slim = pruner.materialize()
+    assert slim.training  # the output probe leaves the model's mode as it was
+    again, payload = compressor.load_pruned(compressor.save_pruned(slim, tmp_path / "r20.pt", pruner))
+    assert payload["spec"]["num_classes"] == 7 and payload["spec"]["in_channels"] == 1
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(again.eval()(x), slim.eval()(x), atol=1e-6)
 
 
 @pytest.mark.slow

@@ -54,7 +54,9 @@ def test_torch_compile_backend(run_dir):
     (row,) = res["results"]
     st = row["models"]["pruned"]
     assert "compiled on cpu" in row["providers_used"]["pruned"][0] and st["n"] == 3
-    assert st["warmup"]["first_ms"] > 10 * st["p50_ms"]  # the first run compiles: reported apart, not timed
+    # the first run compiles: reported apart, never one of the timed runs (no bound on its time: a test asserts
+    # behaviour, not speed)
+    assert st["warmup"]["first_ms"] > 0 and len(st["samples_ms"]) == 3
 
 
 def test_file_resolution_errors(run_dir, tmp_path):
@@ -151,22 +153,21 @@ def test_gpu_device_and_host_io_rows(run_dir, provider):
         used = row["providers_used"]["pruned"][0]
         expected = "CUDAExecutionProvider" if provider == "cuda" else f"eager on {torch.cuda.get_device_name(0)}"
         assert used.endswith(expected), used
-    # host IO adds the copies: never faster than device-resident IO at the larger batch (p50, generous margin)
-    assert rows[("host", 8)]["models"]["dense"]["p50_ms"] >= 0.9 * rows[("device", 8)]["models"]["dense"]["p50_ms"]
+        assert all(m["n"] == 20 and m["p50_ms"] > 0 for m in row["models"].values())  # timed, no bound on speed
 
 
 @needs_gpu
-def test_tensorrt_engine_cache_makes_the_second_build_cheap(run_dir, tmp_path):
+def test_tensorrt_engine_cache_is_reused_by_the_second_build(run_dir, tmp_path):
     cache = tmp_path / "trt"
     try:
         first = bench({"m": run_dir}, providers="tensorrt", io="device", warmup=2, iters=5, trt_cache=str(cache))
     except GateFailed as exc:
         pytest.skip(f"TensorRT not usable here: {exc}")
+    engines = {p.name: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert engines and first["results"][0]["providers_used"]["m"][0] == "TensorrtExecutionProvider"  # cached
     second = bench({"m": run_dir}, providers="tensorrt", io="device", warmup=2, iters=5, trt_cache=str(cache))
-    assert any(cache.iterdir())  # engines were cached
-    build1 = first["results"][0]["models"]["m"]["warmup"]["first_ms"]
-    build2 = second["results"][0]["models"]["m"]["warmup"]["first_ms"]
-    assert build2 < build1
+    assert second["results"][0]["providers_used"]["m"][0] == "TensorrtExecutionProvider"
+    assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == engines  # reused, not rebuilt
     fp16 = bench({"m": run_dir}, providers="tensorrt", io="device", warmup=2, iters=5, trt_fp16=True)
     assert fp16["settings"]["trt_fp16"] and fp16["results"][0]["providers_used"]["m"][0] == "TensorrtExecutionProvider"
 

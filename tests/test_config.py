@@ -56,6 +56,10 @@ def test_unknown_or_invalid_method_options_raise() -> None:
 
     with pytest.raises(BadInput, match="has no option 'gama'"):
         make_method("psap", {"gama": 2.0})
+    with pytest.raises(BadInput, match="method 'l1' has no option 'gama'"):
+        build_method("l1", gama=2.0)
+    with pytest.raises(BadInput, match="method 'l1' has no option 'variant'"):  # PSAP's, not l1's
+        build_method("l1", variant="v2")
     with pytest.raises(ValueError, match="psap has no option 'gama'"):
         PSAPOptions.of({"gama": 2.0})
     with pytest.raises(BadInput, match="psap mode must be one of gate, filter"):

@@ -11,6 +11,7 @@ from compressor.data import load_data
 from compressor.errors import BadInput
 from compressor.graph import PruningGraph
 from compressor.methods import METHODS, Context, build_method
+from compressor.methods.registry import options_for
 from compressor.models import build_model
 from compressor.train import TrainConfig, Trainer
 
@@ -28,7 +29,7 @@ def _setup(name: str, data, *, steps: int = 1, epochs: int = 0, target: float = 
     model = build_model("cifar:resnet20", num_classes=10, in_channels=1)
     graph = PruningGraph(model, torch.zeros(1, *SHAPE))
     budget = Budget(graph)
-    method = build_method(name, steps=steps, seed=0)
+    method = build_method(name, **options_for(name, {"steps": steps, "seed": 0}))
     ctx = Context(model=model, graph=graph, budget=budget, target=target, metric=metric, epochs=epochs,
                   steps_per_epoch=len(data.train), train_loader=data.train, loss_fn=nn.CrossEntropyLoss(),
                   device=torch.device("cpu"), log=lambda _msg: None)  # fmt: skip

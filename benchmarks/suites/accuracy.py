@@ -403,6 +403,7 @@ def _overhead_trainers(model_spec: str, method_name: str, cfg: PruneConfig, args
     from compressor.budget import Budget
     from compressor.graph import PruningGraph
     from compressor.methods import Context, build_method
+    from compressor.methods.registry import options_for
     from compressor.models import build_model
     from compressor.train import TrainConfig, Trainer, seed_everything
 
@@ -420,7 +421,7 @@ def _overhead_trainers(model_spec: str, method_name: str, cfg: PruneConfig, args
         # as compressor.jobs.prune.prune builds it
         graph = PruningGraph(model, torch.zeros(1, *data.input_shape), round_to=cfg.round_to, arch=model_spec)
         budget = Budget(graph)
-        method = build_method(method_name, **cfg.method_options())
+        method = build_method(method_name, **options_for(method_name, cfg.method_options()))
         model.to(device)
         ctx = Context(model=model, graph=graph, budget=budget, target=target, metric="flops", epochs=k + 1,
                       steps_per_epoch=len(data.train), train_loader=data.train, loss_fn=torch.nn.CrossEntropyLoss(),

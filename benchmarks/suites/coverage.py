@@ -140,6 +140,7 @@ def _method_row(name: str, method: str, model: Any, graph: Any, shape: tuple[int
     from compressor.errors import BadInput
     from compressor.graph import count_ops_and_params
     from compressor.methods import Context, build_method
+    from compressor.methods.registry import options_for
 
     row: dict[str, Any] = {"model": name, "method": method, "stage": "masks"}
     t0 = time.perf_counter()
@@ -151,7 +152,7 @@ def _method_row(name: str, method: str, model: Any, graph: Any, shape: tuple[int
         ctx = Context(model=work, graph=graph, budget=Budget(graph), target=target, metric="flops", epochs=0,
                       steps_per_epoch=len(batches), train_loader=batches, loss_fn=nn.CrossEntropyLoss(),
                       device=torch.device("cpu"), lr=0.01, log=lambda _m: None)  # fmt: skip
-        m = build_method(method, seed=0, steps=1, bn_batches=2)
+        m = build_method(method, **options_for(method, {"seed": 0, "steps": 1, "bn_batches": 2}))
         try:
             m.check(graph, ctx.budget, target, "flops", ctx.max_ratio)
         except BadInput as exc:  # the method does not apply to this model (ASTER without BatchNorm)

@@ -28,7 +28,7 @@ from compressor.jobs.accuracy import gate_failures, preprocessing, raise_failed
 from compressor.jobs.config import RESUME_FIXED, PruneConfig
 from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.methods.base import Method
-from compressor.methods.registry import build_method, method_parameters
+from compressor.methods.registry import build_method, method_parameters, options_for
 from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
 from compressor.models.checkpoints import with_module_versions
 from compressor.runtime import checkpoint, distributed, lock
@@ -106,7 +106,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     metric, target = cfg.target()
     cfg.check()
     round_note = _resolve_round_to(cfg)  # before the run directory (and --resume) sees the config
-    method = build_method(cfg.method, **cfg.method_options())  # an unknown name or option value is BadInput
+    method = build_method(cfg.method, **options_for(cfg.method, cfg.method_options()))  # a bad name/value: BadInput
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} exists and is not a directory")

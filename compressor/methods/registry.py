@@ -42,13 +42,24 @@ def method_parameters(name: str) -> frozenset[str]:
     return getattr(METHODS.get(name), "parameters", frozenset())
 
 
+def options_for(name: str, options: dict[str, object]) -> dict[str, object]:
+    """The part of a shared option namespace (``PruneConfig.method_options()``) that method ``name`` takes."""
+    return {k: v for k, v in options.items() if k in method_parameters(name)}
+
+
 def build_method(name: str, **kwargs: object) -> Method:
+    """Method ``name`` with its options; an unknown name, an option it does not take or a bad value is BadInput
+    (nothing is silently dropped: narrow a shared namespace with :func:`options_for` first)."""
     if name not in METHODS:
         raise BadInput(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    unknown = sorted(set(kwargs) - method_parameters(name))
+    if unknown:
+        raise BadInput(f"method {name!r} has no option {unknown[0]!r}; its options: "
+                       f"{', '.join(sorted(method_parameters(name))) or 'none'}")  # fmt: skip
     try:
         return METHODS[name](**kwargs)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
 
-__all__ = ["METHODS", "Context", "Method", "build_method", "method_parameters"]
+__all__ = ["METHODS", "Context", "Method", "build_method", "method_parameters", "options_for"]

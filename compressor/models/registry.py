@@ -175,7 +175,7 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
     source = next((s for s in SOURCES.values() if s.claims(spec)), None)
     # a registered spec wins over a prefix handler (a user's register("timm:x") is not timm's "x")
     build = _build_registered if source is None or spec in _REGISTRY else source.build
-    if not trust_code:  # user code is not run twice; its allocation failures are caught where they happen
+    if build is not _build_registered and not trust_code:  # user code (a file, a registered factory) runs once
         _check_fits(build, spec, num_classes, in_channels)
     return build(spec, num_classes, in_channels, trust_code)
 
@@ -187,10 +187,9 @@ def _check_fits(build: Callable[..., nn.Module], spec: str, num_classes: int, in
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             meta = build(spec, num_classes, in_channels, False)
-        tensors = [*meta.parameters(), *meta.buffers()]
-    except Exception:  # noqa: BLE001 (the real build reports its own errors)
+        needed = sum(t.numel() * t.element_size() for t in [*meta.parameters(), *meta.buffers()])
+        count = sum(t.numel() for t in meta.parameters())
+    except Exception:  # noqa: BLE001 (lazy modules, tensor maths at build time: the real build reports errors)
         return
-    needed = sum(t.numel() * t.element_size() for t in tensors)
-    count = sum(t.numel() for t in meta.parameters())
     check_fits(f"model {spec} ({count:,} parameters, {num_classes} classes)", needed,
                "a smaller model or --num-classes")  # fmt: skip
