@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'compressor' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
+
 def tool_version() -> str:
     """The installed version of the ``compress`` package (``0+unknown`` when run from a bare checkout)."""
     try:

@@ -109,6 +109,13 @@ def test_no_link_to_shared(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
+def test_no_link_leaves_the_repository(path: Path) -> None:
+    """The docs a user reads are all in the repository: no web link (a name or a package is fine as text)."""
+    external = [(n, t) for n, t in links(path) if t.lower().startswith(EXTERNAL)]
+    assert not external, f"{path.relative_to(ROOT)}: links that leave the repository: {external}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
 def test_relative_links_resolve(path: Path) -> None:
     problems = []
     for n, target in links(path):
