@@ -119,15 +119,21 @@ class Pruner:
             if getattr(self.method, "eta", None) == "lr":
                 self.method.eta0 = ctx.lr  # type: ignore[attr-defined]
 
-    def after_backward(self, loss: torch.Tensor | float | None = None, batch_size: int = 0) -> None:
-        """Gradients are ready, before ``optimizer.step()``; ``loss`` is the batch's mean loss."""
+    def after_backward(self, loss: torch.Tensor | float | None = None, batch_size: int = 0, *,
+                       step: int | None = None) -> None:  # fmt: skip
+        """Gradients are ready, before ``optimizer.step()``; ``loss`` is the batch's mean loss. ``step`` (default:
+        the Pruner's own counter) is for a loop that numbers its steps itself, as ``compress prune``'s does."""
+        if step is not None:
+            self.step = int(step)
         if isinstance(loss, torch.Tensor):
             loss = float(loss.detach())
         value = None if loss is None else torch.tensor(float(loss))
         self.method.on_after_backward(self.step, value, int(batch_size))
 
-    def after_step(self) -> None:
+    def after_step(self, *, step: int | None = None) -> None:
         """After ``optimizer.step()``: the method holds its masks (and may prune at planned batches)."""
+        if step is not None:
+            self.step = int(step)
         self.method.on_after_step(self.step)
         self.step += 1
 

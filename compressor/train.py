@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -154,8 +154,56 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     return tally.result()
 
 
+@runtime_checkable
+class Hooks(Protocol):
+    """What the Trainer calls: the surface of :class:`compressor.Pruner` (the prune job hands its Pruner in, so the
+    CLI runs the same calls as a user's own loop). ``step`` is the Trainer's global step."""
+
+    finished: bool
+
+    def after_backward(self, loss: torch.Tensor | float | None = None, batch_size: int = 0, *,
+                       step: int | None = None) -> None: ...  # fmt: skip
+
+    def after_step(self, *, step: int | None = None) -> None: ...
+
+    def epoch_end(self, epoch: int | None = None) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class MethodHooks:
+    """A bare :class:`Method` behind the :class:`Hooks` surface (phases without a Pruner: pretraining, fine-tuning
+    a finished method's slim model, tests that drive a method directly). Its state is the method's own."""
+
+    def __init__(self, method: Method) -> None:
+        self.method = method
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.method.finished)
+
+    def after_backward(self, loss: torch.Tensor | float | None = None, batch_size: int = 0, *,
+                       step: int | None = None) -> None:  # fmt: skip
+        self.method.on_after_backward(int(step or 0), loss, int(batch_size))  # type: ignore[arg-type]
+
+    def after_step(self, *, step: int | None = None) -> None:
+        self.method.on_after_step(int(step or 0))
+
+    def epoch_end(self, epoch: int | None = None) -> dict[str, Any]:
+        return self.method.on_epoch_end(int(epoch or 0))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state)
+
+
 class Trainer:
-    """SGD + cosine/step LR; calls the method's hooks; checkpoints to ``checkpoint`` (crash-safe, see
+    """SGD + cosine/step LR; calls ``method``'s hooks (a :class:`Hooks` such as a Pruner, or a bare
+    :class:`Method`); checkpoints to ``checkpoint`` (crash-safe, see
     ``compressor.runtime.checkpoint``) at every epoch end, every ``checkpoint_every`` steps and on SIGINT/SIGTERM.
 
     Under ``torchrun`` the model trains wrapped in DistributedDataParallel: each step's loss, batch size and
@@ -169,13 +217,13 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, *,
-                 method: Method | None = None, device: torch.device | None = None,
+                 method: Hooks | Method | None = None, device: torch.device | None = None,
                  checkpoint: Path | None = None, history: Path | None = None,
                  progress: Progress | None = None, phase: str = "train",
                  checkpoint_every: int = 0, teacher: nn.Module | None = None,
                  stop_when_finished: bool = False) -> None:  # fmt: skip
         self.model, self.train_loader, self.val_loader, self.cfg = model, train_loader, val_loader, cfg
-        self.method = method or Method()
+        self.hooks: Hooks = method if isinstance(method, Hooks) else MethodHooks(method or Method())
         self.device = device or pick_device()
         self.checkpoint, self.history_path, self.phase = checkpoint, history, phase
         self.checkpoint_every = checkpoint_every
@@ -215,7 +263,7 @@ class Trainer:
         with STOP.armed() as stop:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 resuming_inside = epoch == self.start_epoch and self.start_step > 0  # finish a started epoch
-                if self.stop_when_finished and self.method.finished and not resuming_inside:
+                if self.stop_when_finished and self.hooks.finished and not resuming_inside:
                     break
                 self.model.train()
                 if hasattr(self.train_loader, "set_epoch"):
@@ -259,10 +307,10 @@ class Trainer:
         local = [loss.item() * len(y), float((out.argmax(1) == y).sum()), float(len(y)), float(bool(stop.signum))]
         loss_sum, correct, seen, stopping = distributed.all_sum(local) if distributed.active() else local
         # the training loss the method sees: the distillation loss when distilling, else the cross-entropy
-        self.method.on_after_backward(step, torch.tensor(loss_sum / seen), int(seen))
+        self.hooks.after_backward(torch.tensor(loss_sum / seen), int(seen), step=step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.method.on_after_step(step)
+        self.hooks.after_step(step=step)
         self.running = [self.running[0] + loss_sum, self.running[1] + correct, self.running[2] + seen]
         return stopping > 0
 
@@ -280,11 +328,11 @@ class Trainer:
         loss_sum, correct, seen = self.running
         row = {"phase": self.phase, "epoch": epoch + 1, "lr": self.lr_at(epoch),
                "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}  # fmt: skip
-        row.update(self.method.on_epoch_end(epoch))
+        row.update(self.hooks.epoch_end(epoch))
         if distributed.active():
             distributed.average_bn_stats(self.model)
             what = f"the method state after {self.phase} epoch {epoch + 1}"
-            row["rank_state"] = distributed.check_agree(distributed.digest(self.method.state_dict()), what)
+            row["rank_state"] = distributed.check_agree(distributed.digest(self.hooks.state_dict()), what)
         row["seconds"] = round(time.perf_counter() - t0, 3)  # training + the method's epoch-end work
         if self.val_loader is not None:
             val = evaluate(self.model, self.val_loader, self.device)
@@ -315,7 +363,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "method": self.method.state_dict(),
+            "method": self.hooks.state_dict(),
             "history": self.history,
             "rng": torch.get_rng_state(),  # data order and augmentation use their own per-epoch generators
         }
@@ -329,7 +377,7 @@ class Trainer:
         self.model.load_state_dict(with_module_versions(state["model"], self.model))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state["method"])
+        self.hooks.load_state_dict(state["method"])
         self.history = list(state["history"])
         self.start_epoch, self.start_step = int(state["epoch"]), int(state.get("step", 0))
         self.running = [float(v) for v in state.get("running", [0.0, 0.0, 0.0])]

@@ -282,7 +282,7 @@ def _prune_phase(run: _Run, pruner: Pruner, model: torch.nn.Module, resume_state
     cfg, method = run.cfg, pruner.method
     model.to(run.device)
     pruner.start()  # the method sets up on the (pretrained) weights
-    trainer = Trainer(model, run.data.train, run.data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=method,
+    trainer = Trainer(model, run.data.train, run.data.val, _train_cfg(cfg, cfg.epochs, cfg.lr), method=pruner,
                       phase="prune", teacher=run.teacher, stop_when_finished=cfg.materialize_early,
                       **run.trainer_io)  # fmt: skip
     pruner.attach(trainer.optimizer)
