@@ -37,15 +37,16 @@ def pretrained_spec(model: str) -> tuple[str, str] | None:
 
 def opt(default: Any, help: str = "", *, choices: tuple[str, ...] | None = None, flag: str | None = None,
         metavar: str | None = None, resume: str = "fixed", show_default: bool = True,
-        off: str | None = None) -> Any:  # fmt: skip
+        off: str | None = None, cli: str | None = None) -> Any:  # fmt: skip
     """A dataclass field that defines one option; ``default`` ``list``/``dict`` gives an empty one per instance.
 
     ``flag``: a bool's CLI form (``plain``: ``--x``; default ``--x/--no-x``, or ``--x/OFF`` with ``off``);
-    ``resume``: ``free`` where ``--resume`` may change the value."""
+    ``resume``: ``free`` where ``--resume`` may change the value; ``cli``: the option's name on the command line
+    where it is not the field's (``--csv`` for ``csv_out``)."""
     assert flag in (None, *FLAGS) and resume in RESUME, (flag, resume)
     assert not (flag == "plain" and default is True), "a plain flag is off unless given: default False"
     meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "resume": resume,
-            "show_default": show_default, "off": off}  # fmt: skip
+            "show_default": show_default, "off": off, "cli": cli}  # fmt: skip
     if default is REQUIRED:
         return field(metadata=meta)
     if default in (list, dict):
@@ -619,6 +620,57 @@ class BenchOptions:
     )
 
 
+# --------------------------------------------------------------------------------------------- command-line only
+# The files and inputs a command is pointed at: options of the command line (and --config), not recipe keys.
+@dataclass
+class LaunchOptions:
+    """How ``compress prune`` starts: in this process, or under torchrun."""
+
+    nproc: int | None = opt(None, "Train with N processes: launches torchrun --standalone --nproc-per-node N (DDP; "
+                                  "NCCL on CUDA, gloo on the CPU). --batch-size stays the global batch.")  # fmt: skip
+
+
+@dataclass
+class ExportFiles:
+    """What ``compress export`` writes."""
+
+    out: str | None = opt(None, "ONNX file to write (default RUN_DIR/pruned.onnx).")
+    dense: bool = opt(False, "Export the run's dense model instead (RUN_DIR/dense.onnx).", flag="plain")
+
+
+@dataclass
+class QuantizeInputs:
+    """What ``compress quantize`` writes and calibrates on."""
+
+    out: str | None = opt(None, "INT8 file to write (default: SOURCE's name with .int8.onnx).")
+    data: str | None = opt(None, "Data spec for calibration and accuracy (default: the run's).")
+    data_dir: str | None = opt(None, "Where the dataset lives (default: the run's).")
+
+
+@dataclass
+class BenchFiles:
+    """The baseline ``compress bench`` compares with, the models' labels and the files it writes."""
+
+    baseline: str | None = opt(None, "Dense model to compare against, measured in the same run.")
+    labels: list[str] = opt(list, "Label of each MODEL, in order (repeat it once per MODEL). Default: the file stem "
+                                  "(a run directory: its name; clashes take the parent directory); one MODEL alone: "
+                                  "'model'.", cli="--label", metavar="NAME")  # fmt: skip
+    json_out: str | None = opt(None, "Write the result JSON here.")
+    csv_out: str | None = opt(None, "Write one CSV row per setting and model here.", cli="--csv")
+    md_out: str | None = opt(None, "Write the Markdown table here.", cli="--md")
+    plot_out: str | None = opt(None, "Write a PNG of the latency distributions here.", cli="--plot")
+
+
+@dataclass
+class InfoOptions:
+    """What ``compress info`` shows a model with (its other options are the prune options it shares)."""
+
+    data: str = opt(PruneOptions.__dataclass_fields__["data"].default, "Sets input shape and classes.")
+    input_shape: str | None = opt(None, "CxHxW instead of --data, e.g. 3x224x224.")
+    num_classes: int = opt(10, "With --input-shape.")
+    target_flops: float | None = opt(None, "Dry run: can this FLOPs drop be reached?")
+
+
 #: The defaults as objects, for library signatures (``round_to: int = DEFAULT_PRUNE.round_to``): the API, the
 #: exporter and the harness take their defaults from the same fields as the CLI and recipes.
 DEFAULT_PRUNE = PruneOptions(model="", out="")
@@ -626,3 +678,4 @@ DEFAULT_EXPORT = ExportOptions()
 DEFAULT_QUANTIZE = QuantizeOptions()
 DEFAULT_EVAL = EvalOptions()
 DEFAULT_BENCH = BenchOptions()
+DEFAULT_INFO = InfoOptions()

@@ -72,22 +72,32 @@ def test_cli_recipe_and_api_defaults_are_one_object() -> None:
     """Every click option of prune/export/bench/info is generated from a dataclass field with the same default;
     the recipe sections take exactly those fields."""
     from compressor.cli import main
-    from compressor.config import BenchOptions, ExportOptions, PruneOptions, defaults
+    from compressor.config import (BenchFiles, BenchOptions, ExportFiles, ExportOptions, InfoOptions, LaunchOptions,
+                                   PruneOptions, QuantizeInputs, QuantizeOptions, defaults)  # fmt: skip
     from compressor.jobs.bench import BENCH_DEFAULTS
     from compressor.jobs.run import EXPORT_KEYS
 
-    for command, cls, extra in (("prune", PruneConfig, {"nproc"}), ("export", ExportOptions, {"out", "dense",
-                                "trust_code", "run_dir"}), ("bench", BenchOptions, {"models", "baseline", "labels",
-                                "trust_code", "json_out", "csv_out", "md_out", "plot_out"})):  # fmt: skip
-        want = defaults(cls)
+    # every option but --config, --json, --trust-code and the arguments comes from a dataclass field
+    shared = ({"trust_code"}, {"run_dir"}, {"models"}, {"source"}, {"model"})
+    for command, classes, extra in (("prune", (PruneConfig, LaunchOptions), set()),
+                                    ("export", (ExportOptions, ExportFiles), {"trust_code", "run_dir"}),
+                                    ("quantize", (QuantizeOptions, QuantizeInputs), {"trust_code", "source"}),
+                                    ("bench", (BenchOptions, BenchFiles), {"models", "trust_code"}),
+                                    ("info", (InfoOptions,), {"model", "list_models", "list_methods", "trust_code",
+                                                              "weights_head", "round_to", "max_layer_ratio", "ignore",
+                                                              "ignore_stem", "group_max_ratio"})):  # fmt: skip
+        assert extra <= set().union(*shared) | {"list_models", "list_methods", "weights_head", "round_to",
+                                                "max_layer_ratio", "ignore", "ignore_stem", "group_max_ratio"}
+        every = [f for cls in classes for f in fields(cls)]
+        want = {k: v for cls in classes for k, v in defaults(cls).items()}
         params = {p.name: p for p in main.commands[command].params if p.name not in ("config", "as_json")}
-        assert set(params) - extra == {f.name for f in fields(cls)}, command
+        assert set(params) - extra == {f.name for f in every}, command
         for name, p in params.items():
             if name in want and not p.multiple:
                 plain = p.is_flag and not p.secondary_opts and not isinstance(p.default, bool)
                 default = False if plain else p.default  # a plain flag left out is False
                 assert default == want[name], (command, name, default, want[name])
-                assert p.help == (next(f for f in fields(cls) if f.name == name).metadata["help"] or None)
+                assert p.help == (next(f for f in every if f.name == name).metadata["help"] or None)
     assert BENCH_DEFAULTS == defaults(BenchOptions)
     assert set(EXPORT_KEYS) == set(defaults(ExportOptions))
     info = {p.name: p.default for p in main.commands["info"].params}

@@ -19,7 +19,19 @@ import click
 import yaml
 
 from compressor.cli.options import click_options
-from compressor.config import TRUST_HELP, BenchOptions, EvalOptions, ExportOptions, PruneOptions, QuantizeOptions
+from compressor.config import (
+    TRUST_HELP,
+    BenchFiles,
+    BenchOptions,
+    EvalOptions,
+    ExportFiles,
+    ExportOptions,
+    InfoOptions,
+    LaunchOptions,
+    PruneOptions,
+    QuantizeInputs,
+    QuantizeOptions,
+)
 from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, WriteFailed, one_line, out_of_memory
 from compressor.runtime.signals import interruptible
 
@@ -150,10 +162,7 @@ def prune_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Every ``compress prune`` option, generated from ``compressor.jobs.config.PruneConfig``, plus ``--nproc``."""
     from compressor.jobs.config import PruneConfig
 
-    f = click.option("--nproc", type=int, default=None,
-                     help="Train with N processes: launches torchrun --standalone --nproc-per-node N (DDP; NCCL on "
-                     "CUDA, gloo on the CPU). --batch-size stays the global batch.")(f)  # fmt: skip
-    return click_options(PruneConfig)(f)
+    return click_options(PruneConfig)(click_options(LaunchOptions)(f))
 
 
 @main.command()
@@ -196,8 +205,7 @@ def prune(as_json: bool, nproc: int | None, **options: Any) -> None:
 @main.command()
 @config_option
 @click.argument("run_dir")
-@click.option("--out", default=None, help="ONNX file to write (default RUN_DIR/pruned.onnx).")
-@click.option("--dense", is_flag=True, help="Export the run's dense model instead (RUN_DIR/dense.onnx).")
+@click_options(ExportFiles)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click_options(ExportOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -258,9 +266,7 @@ def _diff_text(v: dict[str, Any]) -> str:
 @main.command()
 @config_option
 @click.argument("source")
-@click.option("--out", default=None, help="INT8 file to write (default: SOURCE's name with .int8.onnx).")
-@click.option("--data", default=None, help="Data spec for calibration and accuracy (default: the run's).")
-@click.option("--data-dir", default=None, help="Where the dataset lives (default: the run's).")
+@click_options(QuantizeInputs)
 @click_options(QuantizeOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def quantize(source: str, as_json: bool, **options: Any) -> None:
@@ -318,17 +324,11 @@ def eval_(model: str, as_json: bool, **options: Any) -> None:
               "(no file written).")  # fmt: skip
 @config_option
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
-@click.option("--baseline", default=None, help="Dense model to compare against, measured in the same run.")
-@click.option("--label", "labels", multiple=True, metavar="NAME",
-              help="Label of each MODEL, in order (repeat it once per MODEL). Default: the file stem (a run "
-              "directory: its name; clashes take the parent directory); one MODEL alone: 'model'.")  # fmt: skip
+@click_options(BenchFiles, only=("baseline", "labels"))
 @click_options(BenchOptions)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (instead of the table).")
-@click.option("--json-out", "json_out", default=None, help="Write the result JSON here.")
-@click.option("--csv", "csv_out", default=None, help="Write one CSV row per setting and model here.")
-@click.option("--md", "md_out", default=None, help="Write the Markdown table here.")
-@click.option("--plot", "plot_out", default=None, help="Write a PNG of the latency distributions here.")
+@click_options(BenchFiles, skip=("baseline", "labels"))
 def bench(models: tuple[str, ...], baseline: str | None, labels: tuple[str, ...], as_json: bool,
           json_out: str | None, csv_out: str | None, md_out: str | None, plot_out: str | None,
           **options: Any) -> None:  # fmt: skip
@@ -411,10 +411,7 @@ def _read_yaml_or_bad(path: str) -> dict[str, Any]:
 @click.option("--list-models", "list_models", flag_value="*", default=None, is_flag=False,
               help="List the model specs matching a glob (e.g. 'torchvision:resnet*'; '*' or no value: all) and exit.")
 @click.option("--list-methods", is_flag=True, help="List every pruning method with its options and exit.")
-@click.option("--data", default="fashion-mnist", show_default=True, help="Sets input shape and classes.")
-@click.option("--input-shape", default=None, help="CxHxW instead of --data, e.g. 3x224x224.")
-@click.option("--num-classes", type=int, default=10, show_default=True, help="With --input-shape.")
-@click.option("--target-flops", type=float, default=None, help="Dry run: can this FLOPs drop be reached?")
+@click_options(InfoOptions)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @click_options(PruneOptions, only=("weights_head", "round_to", "max_layer_ratio", *PRUNE_GRAPH_RULES))

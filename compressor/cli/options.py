@@ -27,7 +27,8 @@ _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "int | str": _
 
 def click_option(f: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The click option of one field: ``--name-with-dashes``; bools as flags, lists/dicts repeatable."""
-    m, name = f.metadata, "--" + f.name.replace("_", "-")
+    m = f.metadata
+    name = m.get("cli") or "--" + f.name.replace("_", "-")
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     kw: dict[str, Any] = {"help": m.get("help") or None, "metavar": m.get("metavar")}
     kind = option_kind(f)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from compressor.budget import Budget, reachable, solve_counts
+from compressor.config import DEFAULT_INFO as _I
 from compressor.config import DEFAULT_PRUNE as _P
 from compressor.config import parse_patterns, parse_ratios
 from compressor.errors import BadInput, GateFailed
@@ -45,18 +46,20 @@ def _shape(data: str, input_shape: str | None, num_classes: int) -> tuple[tuple[
 def model_info(
     model: str,
     *,
-    data: str = "fashion-mnist",
-    input_shape: str | None = None,
-    num_classes: int = 10,
+    data: str = _I.data,
+    input_shape: str | None = _I.input_shape,
+    num_classes: int = _I.num_classes,
     round_to: int | str = _P.round_to,
     max_ratio: float = _P.max_layer_ratio,
-    target_flops: float | None = None,
+    target_flops: float | None = _I.target_flops,
     trust_code: bool = False,
     ignore: Any = None,
     ignore_stem: bool = False,
     group_max_ratio: Any = None,
     weights_head: str = _P.weights_head,
 ) -> dict[str, Any]:
+    """What ``compress info`` shows: the model's groups, FLOPs and params, every layer left alone and why, the
+    reachable drop, and (with ``target_flops``) whether that drop can be reached. Builds nothing it keeps."""
     if not 0 < max_ratio < 1:
         raise BadInput(f"--max-layer-ratio must be strictly between 0 and 1, got {max_ratio}")
     round_to = resolve_round_to(round_to)[0]
@@ -71,8 +74,19 @@ def model_info(
     graph = PruningGraph(net, torch.zeros(1, *shape), round_to=round_to, arch=model, ignore=parse_patterns(ignore),
                          ignore_stem=ignore_stem, group_max_ratio=parse_ratios(group_max_ratio))  # fmt: skip
     budget = Budget(graph)
+    result = _describe(model, net, graph, budget, shape, classes, round_to, max_ratio)
+    if record:
+        result["pretrained"] = {k: v for k, v in record.items() if k not in ("messages", "categories")}
+    if target_flops is not None:
+        result["dry_run"] = _dry_run(graph, budget, target_flops, max_ratio)
+    return result
+
+
+def _describe(model: str, net: torch.nn.Module, graph: PruningGraph, budget: Budget, shape: tuple[int, ...],
+              classes: int, round_to: int, max_ratio: float) -> dict[str, Any]:  # fmt: skip
+    """The model's counts, groups, reachable drop and left-alone layers."""
     flops, params = count_ops_and_params(net, shape)
-    result: dict[str, Any] = {
+    return {
         "model": model,
         "input_shape": list(shape),
         "num_classes": classes,
@@ -95,18 +109,18 @@ def model_info(
         "reachable_flops_drop": reachable(graph, budget, max_ratio),
         "left_alone": [{"layer": n, "why": why} for n, why in graph.left_alone()],
     }
-    if record:
-        result["pretrained"] = {k: v for k, v in record.items() if k not in ("messages", "categories")}
-    if target_flops is not None:
-        if not 0 < target_flops < 1:
-            raise BadInput(f"--target-flops must be strictly between 0 and 1, got {target_flops}")
-        try:
-            counts = solve_counts(graph, budget, target_flops, max_ratio=max_ratio)
-            result["dry_run"] = {"target_flops": target_flops, "feasible": True,
-                                 "flops_drop": budget.drop_of_counts(counts), "kept": counts}  # fmt: skip
-        except GateFailed as exc:
-            result["dry_run"] = {"target_flops": target_flops, "feasible": False, "why": str(exc)}
-    return result
+
+
+def _dry_run(graph: PruningGraph, budget: Budget, target_flops: float, max_ratio: float) -> dict[str, Any]:
+    """Whether ``target_flops`` can be reached, and with which kept counts (or why not)."""
+    if not 0 < target_flops < 1:
+        raise BadInput(f"--target-flops must be strictly between 0 and 1, got {target_flops}")
+    try:
+        counts = solve_counts(graph, budget, target_flops, max_ratio=max_ratio)
+        return {"target_flops": target_flops, "feasible": True, "flops_drop": budget.drop_of_counts(counts),
+                "kept": counts}  # fmt: skip
+    except GateFailed as exc:
+        return {"target_flops": target_flops, "feasible": False, "why": str(exc)}
 
 
 def render_info(r: dict[str, Any]) -> str:
