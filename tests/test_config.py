@@ -72,8 +72,18 @@ def test_cli_recipe_and_api_defaults_are_one_object() -> None:
     """Every click option of prune/export/bench/info is generated from a dataclass field with the same default;
     the recipe sections take exactly those fields."""
     from compressor.cli import main
-    from compressor.config import (BenchFiles, BenchOptions, ExportFiles, ExportOptions, InfoOptions, LaunchOptions,
-                                   PruneOptions, QuantizeInputs, QuantizeOptions, defaults)  # fmt: skip
+    from compressor.config import (
+        BenchFiles,
+        BenchOptions,
+        ExportFiles,
+        ExportOptions,
+        InfoOptions,
+        LaunchOptions,
+        PruneOptions,  # fmt: skip
+        QuantizeInputs,
+        QuantizeOptions,
+        defaults,
+    )
     from compressor.jobs.bench import BENCH_DEFAULTS
     from compressor.jobs.run import EXPORT_KEYS
 
