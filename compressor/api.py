@@ -39,6 +39,7 @@ from compressor.errors import BadInput
 from compressor.graph import Masks, PruningGraph
 from compressor.methods.base import Context, Method
 from compressor.methods.registry import METHODS, build_method, method_parameters
+from compressor.models import known_spec
 from compressor.runtime.hardware import resolve_round_to
 
 
@@ -51,7 +52,9 @@ class Pruner:
     PSAP step, ASTER's ``curvature="same-batch"``, the ``taylor`` baseline); ``lr`` (default: the attached
     optimizer's) is ASTER v1's eta0. ``start=False`` builds and checks everything but calls the method's setup
     only in :meth:`start` (``compress prune`` pretrains in between); ``graph``/``budget`` reuse ones already built
-    (the CLI builds them first to search a latency target or an allocation).
+    (the CLI builds them first to search a latency target or an allocation). ``arch``: the model's spec
+    (``cifar:resnet20``, ``path/to/file.py:factory``): architecture rules key on it, and :func:`save_pruned`
+    rebuilds the dense model from it.
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, method: str | Method = "psap",
@@ -163,6 +166,11 @@ class Pruner:
         return {"step": self.step, "method": self.method.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A :meth:`state_dict`, or (a checkpoint written before the Trainer drove the Pruner) the method's own
+        state, whose step the Trainer passes on."""
+        if set(state) != {"step", "method"}:
+            self.method.load_state_dict(state)
+            return
         self.step = int(state["step"])
         self.method.load_state_dict(state["method"])
 
@@ -203,6 +211,9 @@ def save_pruned(slim: nn.Module, path: str | Path, pruner: Pruner, *, model_spec
         raise BadInput("save_pruned: give model_spec= (the spec that rebuilds the dense model: 'cifar:resnet20' or "
                        "'path/to/file.py:factory'), or build the Pruner with arch=SPEC")  # fmt: skip
     user = ".py:" in model_spec
+    if not user and not known_spec(model_spec):
+        raise BadInput(f"save_pruned: {model_spec!r} is not a model spec load_pruned can rebuild (a registry spec "
+                       "such as 'cifar:resnet20', or 'path/to/file.py:factory'); give model_spec=")  # fmt: skip
     if not user and num_classes is None:
         num_classes = _classes_of(slim, pruner.example, model_spec)
     spec = {"model": model_spec, "num_classes": int(num_classes or 1),
@@ -215,12 +226,13 @@ def save_pruned(slim: nn.Module, path: str | Path, pruner: Pruner, *, model_spec
 
 def _classes_of(model: nn.Module, example: torch.Tensor, spec: str) -> int:
     """The width of ``model``'s ``(N, classes)`` output on ``example``; BadInput for any other output."""
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # restored one by one (a frozen BatchNorm stays in eval)
     try:
         with torch.no_grad():
             out = model.eval()(example.to(_device_of(model)))
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     if not (isinstance(out, torch.Tensor) and out.dim() == 2):
         raise BadInput(f"save_pruned: {spec!r} is built from num_classes, and this model's output is not one "
                        "(N, classes) tensor: give num_classes")  # fmt: skip

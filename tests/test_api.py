@@ -125,3 +125,37 @@ def test_info_lists_models_by_glob_and_methods_with_options() -> None:
     lines = dict(line.split(": ", 1) for line in res.stdout.strip().splitlines())
     assert res.exit_code == 0 and "variant" in lines["psap"] and "importance" not in lines["l1"]
     assert CliRunner().invoke(main, ["info", "--list-models", "nothing*"]).exit_code == 2
+
+
+def test_save_pruned_refuses_a_spec_it_cannot_rebuild_and_keeps_module_modes(tmp_path: Path) -> None:
+    from compressor.models import build_model
+
+    model = build_model("cifar:resnet20", num_classes=10, in_channels=1)
+    pruner = compressor.Pruner(model, torch.zeros(1, 1, 28, 28), method="l1", target_flops=0.5, epochs=0,
+                               steps_per_epoch=1, arch="MyNet")  # fmt: skip
+    slim = pruner.materialize()
+    with pytest.raises(BadInput, match="'MyNet' is not a model spec"):
+        compressor.save_pruned(slim, tmp_path / "x.pt", pruner)
+    assert not (tmp_path / "x.pt").exists()
+    slim.train()
+    frozen = next(m for m in slim.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    frozen.eval()  # a frozen BatchNorm in a training model: the output probe leaves it as it was
+    compressor.save_pruned(slim, tmp_path / "r20.pt", pruner, model_spec="cifar:resnet20")
+    assert slim.training and not frozen.training
+
+
+def test_pruner_resumes_a_method_state_written_before_it_drove_the_trainer() -> None:
+    """Checkpoints from before the Trainer called the Pruner hold the method's own state under "method"."""
+    from compressor.models import build_model
+
+    def pruner() -> compressor.Pruner:
+        torch.manual_seed(0)
+        model = build_model("cifar:resnet20", num_classes=10, in_channels=1)
+        return compressor.Pruner(model, torch.zeros(1, 1, 28, 28), method="psap", target_flops=0.5, epochs=2,
+                                 steps_per_epoch=4)  # fmt: skip
+
+    old, new = pruner(), pruner()
+    new.load_state_dict(old.method.state_dict())  # the old layout
+    assert new.method.state_dict().keys() == old.method.state_dict().keys() and new.step == 0
+    new.load_state_dict(old.state_dict())  # the new layout
+    assert new.step == old.step

@@ -16,6 +16,7 @@ every time); ``test_debug_shows_the_traceback`` runs its cases as ``python -m co
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -91,8 +92,10 @@ def _unmount_read_only() -> None:
         subprocess.run(["umount", "-l", str(_RO_MOUNTS.pop())], capture_output=True)
 
 
+@functools.cache
 def _read_only_mounts_work() -> bool:
-    """Whether a read-only bind mount refuses writes here (as root, where a mode does not)."""
+    """Whether a read-only bind mount refuses writes here (as root, where a mode does not); probed once, when a case
+    first needs it."""
     import tempfile
 
     if CHMOD_RESTRICTS or os.geteuid() != 0:
@@ -106,8 +109,9 @@ def _read_only_mounts_work() -> bool:
             _unmount_read_only()
 
 
-#: Where read-only directories can be made: by mode (not root), or by a read-only bind mount (root, as in CI).
-READ_ONLY_WORKS = CHMOD_RESTRICTS or _read_only_mounts_work()
+def _read_only_works() -> bool:
+    """Where read-only directories can be made: by mode (not root), or by a read-only bind mount (root, as in CI)."""
+    return CHMOD_RESTRICTS or _read_only_mounts_work()
 
 
 def _make_read_only(path: Path) -> Path:
@@ -731,10 +735,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
     "synthetic-many-images": (lambda d: _prune(data="synthetic:3x1024x1024:10:100000:10"), 2, "memory"),
     "eval-synthetic-huge": (_eval(data="synthetic:1x8x8:10:1000000000000:8"), 2, "memory"),
     "bench-batch-huge": (_bench("--batch", "1000000000"), 2, "memory"),
-    "num-classes-beyond-memory": (lambda d: _prune("--num-classes", "10000000000"), 2, "memory"),
+    "num-classes-beyond-memory": (lambda d: _prune("--num-classes", "10000000000"), 2, "needs about 2.6 TB"),
     "info-num-classes-beyond-memory": (lambda d: ["info", "torchvision:resnet18", "--input-shape", "3x32x32",
                                                   "--num-classes", "10000000000"],
-                                       2, "memory"),
+                                       2, "needs about 20.5 TB"),
     "info-input-shape-huge": (lambda d: ["info", "cifar:resnet20", "--input-shape", "3x100000x100000"], 2, "memory"),
     # --- class 3: degenerate data
     "synthetic-one-class": (lambda d: _prune(data="synthetic:1x28x28:1"), 2, "classes >= 2"),
@@ -862,7 +866,7 @@ def _run_processes(base: Path, names: list[str], extra: tuple[str, ...] = ()) ->
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    names = [n for n in CASES if READ_ONLY_WORKS or n not in NEEDS_CHMOD]
+    names = [n for n in CASES if _read_only_works() or n not in NEEDS_CHMOD]
     try:
         return _run_forked(tmp_path_factory.mktemp("hostile"), names)
     finally:
@@ -870,7 +874,7 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
 
 
 def _skip_without_chmod(case: str) -> None:
-    if not READ_ONLY_WORKS and case in NEEDS_CHMOD:
+    if not _read_only_works() and case in NEEDS_CHMOD:
         pytest.skip("no read-only directory can be made here (root, and no read-only bind mount)")
 
 

@@ -27,7 +27,7 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput(f"{path} does not exist: is {run_dir} a compress run directory?") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BadInput(f"{path} cannot be read: {one_line(exc, typed=True)}") from None
     if not isinstance(cfg, dict) or "data" not in cfg:
         raise BadInput(f"{path} is not a compress run config (no data spec)")

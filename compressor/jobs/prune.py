@@ -86,7 +86,7 @@ def _check_resume_config(out: Path, cfg: PruneConfig) -> None:
     saved_path = out / "config.yaml"
     try:
         saved = yaml.safe_load(saved_path.read_bytes().decode("utf-8-sig")) if saved_path.is_file() else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):  # RecursionError: nested thousands deep
         saved = None
     if not isinstance(saved, dict):
         raise BadInput(f"--resume: {saved_path} is missing or unreadable; cannot check the run's options")

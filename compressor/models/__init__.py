@@ -12,11 +12,12 @@ from compressor.models.batchnorm import init_bn_gamma
 from compressor.models.checkpoints import Loaded, load_state, load_weights, read_checkpoint
 from compressor.models.cifar import BasicBlock, CifarResNet, CifarVGG
 from compressor.models.pretrained import categories, pretrained_record
-from compressor.models.registry import _REGISTRY, build_model, list_models, register
+from compressor.models.registry import _REGISTRY, build_model, known_spec, list_models, register
 from compressor.models.stem import adapt_stem
 
 __all__ = [
     "build_model",
+    "known_spec",
     "load_weights",
     "load_state",
     "Loaded",

@@ -44,6 +44,7 @@ from compressor.runtime.memory import check_fits
 
 _REGISTRY: dict[str, Factory] = {}
 _BUILT_IN = [False]  # the built-in specs are added once, whatever a user registered before
+_BUILT_INS: dict[str, Factory] = {}  # the built-in factories (a user's register() under the same spec wins)
 
 Builder = Callable[[str, int, int, bool], nn.Module]  # (spec, num_classes, in_channels, trust_code) -> model
 
@@ -76,20 +77,55 @@ def _build_timm_spec(spec: str, num_classes: int, in_channels: int, trust_code: 
     return _build_timm(spec[len("timm:") :], num_classes, in_channels)
 
 
-def _build_registered(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
-    """A registered spec (built-in or :func:`register`-ed), or a bare name that exactly one of them has."""
+def _registered(spec: str) -> tuple[str, Factory] | None:
+    """The registered spec and factory ``spec`` names (a bare name: when exactly one spec has it), else None."""
     _populate()
-    factory = _REGISTRY.get(spec)
-    if factory is None and ":" not in spec:
+    if spec in _REGISTRY:
+        return spec, _REGISTRY[spec]
+    if ":" not in spec:
         # Bare names are accepted when unambiguous (resnet20 -> cifar:resnet20, resnet18 -> torchvision:).
         matches = [s for s in _REGISTRY if s.split(":", 1)[1] == spec]
-        if len(matches) == 1:
-            factory = _REGISTRY[matches[0]]
-        elif len(matches) > 1:
+        if len(matches) > 1:
             raise BadInput(f"ambiguous model name {spec!r}: use one of {', '.join(sorted(matches))}")
-    if factory is None:
+        if matches:
+            return matches[0], _REGISTRY[matches[0]]
+    return None
+
+
+def _build_registered(spec: str, num_classes: int, in_channels: int, trust_code: bool) -> nn.Module:
+    """A registered spec (built-in or :func:`register`-ed), or a bare name that exactly one of them has."""
+    found = _registered(spec)
+    if found is None:
         raise BadInput(f"unknown model spec {spec!r}{_suggest(spec)}")
-    return factory(num_classes, in_channels)
+    return found[1](num_classes, in_channels)
+
+
+def known_spec(spec: str) -> bool:
+    """Whether :func:`build_model` can resolve ``spec`` (a source claims it or the registry has it); the spec's own
+    checks (a user file exists, timm is installed, weights are cached) happen when it is built."""
+    if pretrained_spec(spec) is not None:
+        return True
+    source = next((s for s in SOURCES.values() if s.claims(spec)), None)
+    if source is not None and source.build is not _build_registered:
+        return True
+    try:
+        return _registered(spec) is not None
+    except BadInput:  # an ambiguous bare name
+        return False
+
+
+def _ours(spec: str, build: Builder) -> bool:
+    """Whether ``spec`` builds with this package's or a library's code (a built-in spec, ``timm:``), not a user's
+    (a file, a pickled module, a registered factory): only ours are built twice to estimate their memory."""
+    if build is _build_timm_spec:
+        return True
+    if build is not _build_registered:
+        return False
+    try:
+        found = _registered(spec)
+    except BadInput:
+        return False
+    return found is not None and _BUILT_INS.get(found[0]) is found[1]
 
 
 # The sources of models, tried in order: the first whose ``claims`` accepts a spec builds it (so ``x.py:f`` and
@@ -124,6 +160,7 @@ def _populate() -> None:
             built.update(source.lists())
     for spec, fn in built.items():
         _REGISTRY.setdefault(spec, fn)
+    _BUILT_INS.update(built)
     _BUILT_IN[0] = True
 
 
@@ -175,7 +212,7 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
     source = next((s for s in SOURCES.values() if s.claims(spec)), None)
     # a registered spec wins over a prefix handler (a user's register("timm:x") is not timm's "x")
     build = _build_registered if source is None or spec in _REGISTRY else source.build
-    if build is not _build_registered and not trust_code:  # user code (a file, a registered factory) runs once
+    if _ours(spec, build):  # user code (a file, a pickled module, a registered factory) runs once
         _check_fits(build, spec, num_classes, in_channels)
     return build(spec, num_classes, in_channels, trust_code)
 
