@@ -221,7 +221,9 @@ def test_cli_target_latency(tmp_path: Path, dense_ms: float) -> None:
         assert "latency" in res.stdout
     else:
         assert "target latency" in res.stderr and "not met" in res.stderr
-    assert len(lat["curve"]) >= 3 and lat["curve"][0]["flops_drop"] == 0.0
+    # the dense point and at least one probe: how many more the search takes depends on the clock (a probe that
+    # lands within the tolerance ends it; a CPU hog made one land at once), so no count beyond that is asserted
+    assert len(lat["curve"]) >= 2 and lat["curve"][0]["flops_drop"] == 0.0 and lat["curve"][1]["flops_drop"] > 0
     assert all(p["latency_ms"] > 0 and p["macs"] > 0 for p in lat["curve"])
     assert report["target"] == {**report["target"], "metric": "flops", "value": lat["chosen_drop"], "met": True}
     saved = json.loads((out / SEARCH_FILE).read_text())
