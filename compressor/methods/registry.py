@@ -17,13 +17,14 @@ from compressor.methods.psap import PSAP
 
 
 def _accepting(cls: type[Method], *args: object, options: type | None = None) -> Callable[..., Method]:
-    """A factory passing on only the keyword options ``cls`` takes (methods share one option namespace)."""
+    """A factory of ``cls`` with ``args`` fixed; its ``parameters`` name the options it takes (:func:`build_method`
+    refuses any other, so the factory passes them on as they are)."""
     signature = inspect.signature(cls.__init__).parameters
     params = {p for p, v in signature.items() if v.kind is not v.VAR_KEYWORD}
     own = {f.name for f in fields(options)} if options else set()
 
     def factory(**kw: object) -> Method:
-        return cls(*args, **{k: v for k, v in kw.items() if k in params or k in own})  # type: ignore[call-arg]
+        return cls(*args, **kw)  # type: ignore[call-arg]
 
     bound = list(signature)[1 : 1 + len(args)]  # the arguments the factory fixes
     factory.parameters = frozenset((params | own) - {"self", *bound})  # type: ignore[attr-defined]

@@ -100,13 +100,18 @@ def _build_registered(spec: str, num_classes: int, in_channels: int, trust_code:
     return found[1](num_classes, in_channels)
 
 
+def _builder(spec: str) -> Builder:
+    """How ``spec`` is built: its source's builder; a registered spec wins over a prefix handler (a user's
+    ``register("timm:x")`` is not timm's ``x``), and a spec no source claims is looked up in the registry."""
+    _populate()
+    source = next((s for s in SOURCES.values() if s.claims(spec)), None)
+    return _build_registered if source is None or spec in _REGISTRY else source.build
+
+
 def known_spec(spec: str) -> bool:
     """Whether :func:`build_model` can resolve ``spec`` (a source claims it or the registry has it); the spec's own
     checks (a user file exists, timm is installed, weights are cached) happen when it is built."""
-    if pretrained_spec(spec) is not None:
-        return True
-    source = next((s for s in SOURCES.values() if s.claims(spec)), None)
-    if source is not None and source.build is not _build_registered:
+    if pretrained_spec(spec) is not None or _builder(spec) is not _build_registered:
         return True
     try:
         return _registered(spec) is not None
@@ -208,10 +213,7 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
         if arch not in list_models("torchvision:*"):
             raise BadInput(f"unknown model spec {arch!r}{_suggest(arch)}")
         return build_pretrained(spec, num_classes, in_channels, load=pretrained, head=weights_head)
-    _populate()
-    source = next((s for s in SOURCES.values() if s.claims(spec)), None)
-    # a registered spec wins over a prefix handler (a user's register("timm:x") is not timm's "x")
-    build = _build_registered if source is None or spec in _REGISTRY else source.build
+    build = _builder(spec)
     if _ours(spec, build):  # user code (a file, a pickled module, a registered factory) runs once
         _check_fits(build, spec, num_classes, in_channels)
     return build(spec, num_classes, in_channels, trust_code)
