@@ -29,6 +29,7 @@ import numpy as np
 
 from compressor.errors import BadInput, Unavailable, one_line
 from compressor.runtime.ort_gpu import preload_gpu_libraries
+from compressor.runtime.ort_options import NO_SPINNING
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -51,9 +52,7 @@ TORCH_BACKENDS = {
 BACKENDS = (*ORT_PROVIDERS, *TORCH_BACKENDS)
 GPU_BACKENDS = ("cuda", "tensorrt", "torch-cuda", "torch-compile-cuda")
 IO_MODES = ("device", "host")
-#: ORT's intra-op threads spin-wait after each run; with interleaved models an idle session's spinning
-#: threads would steal cores from the session being timed, so spinning is disabled.
-SESSION_CONFIG = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+SESSION_CONFIG = NO_SPINNING  # interleaved models: an idle session's spinning threads would steal the timed one's cores
 
 
 def is_gpu(backend: str) -> bool:

@@ -17,6 +17,7 @@ import torch
 
 from compressor.errors import BadInput, Unavailable, one_line
 from compressor.runtime.ort_gpu import preload_gpu_libraries
+from compressor.runtime.ort_options import session_options
 from compressor.train import Tally
 
 #: ``provider`` names of :func:`onnx_accuracy` and the ONNX Runtime providers they mean.
@@ -36,10 +37,7 @@ def session(model: onnx.ModelProto | bytes | str | os.PathLike[str], provider: s
     if name not in ort.get_available_providers():
         raise Unavailable(f"ONNX Runtime provider {name} is not available here (installed: "
                           f"{', '.join(ort.get_available_providers())})")  # fmt: skip
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
+    opts = session_options(threads)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     source = source if isinstance(source, bytes) else os.fspath(source)
     try:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from compressor.errors import one_line
+from compressor.runtime.ort_options import session_options
 from exporters.files import _stage
 from exporters.torch_model import _example_input, _flatten_outputs
 
@@ -58,9 +59,7 @@ def verify(
     import onnxruntime as ort
 
     model = model.eval()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(_as_model_bytes(onnx_model), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_as_model_bytes(onnx_model), session_options(), providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
     out_names = [o.name for o in sess.get_outputs()]
     per_output: _Stats = {n: {"max_abs_diff": 0.0, "max_rel_diff": 0.0} for n in out_names}

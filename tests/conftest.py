@@ -1,7 +1,20 @@
 """Shared fixtures."""
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker takes its share of the cores for PyTorch's intra-op threads: two workers on two
+    cores with two threads each would run four busy threads on two cores. The processes a test starts inherit
+    the same share (``OMP_NUM_THREADS``), so a run split between a subprocess and this one computes alike."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if os.environ.get("PYTEST_XDIST_WORKER") and workers > 1:
+        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

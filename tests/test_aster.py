@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 
+import cli_process
 import pytest
 import torch
 from torch import nn
@@ -265,10 +264,10 @@ def test_bad_options_are_value_errors(bad) -> None:
 
 def test_cli_run_writes_records_and_plot(tmp_path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "compressor.cli", "prune", "--model", "cifar:resnet20", "--method", "aster",
+    cmd = ["prune", "--model", "cifar:resnet20", "--method", "aster",
            "--data", "synthetic:1x28x28:10:128:32", "--epochs", "2", "--target-flops", "0.4", "--bn-init", "0.5",
            "--out", str(out), "--device", "cpu", "--quiet", "--aster-variant", "v1"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = cli_process.run(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["method"]["name"] == "aster" and report["method"]["options"]["sensitivity"] == "lbfgs"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_process
 import pytest
 import torch
 
@@ -109,18 +108,18 @@ def test_torch_cuda_without_gpu_is_a_failed_gate(run_dir):
 @pytest.mark.slow
 def test_cli_outputs_and_gates(run_dir, tmp_path):
     """One CLI run writes JSON, CSV, Markdown and PNG; --fail-above-p50 and --compare gate it (exit 1)."""
-    base = [sys.executable, "-m", "compressor.cli", "bench", str(run_dir), "--baseline", str(run_dir / "dense.onnx"),
-            "--iters", "5", "--warmup", "1", "--threads", "1"]  # fmt: skip
+    base = ["bench", str(run_dir), "--baseline", str(run_dir / "dense.onnx"), "--iters", "5", "--warmup", "1",
+            "--threads", "1"]  # fmt: skip
     outs = {k: tmp_path / f"b.{k}" for k in ("json", "csv", "md", "png")}
-    proc = subprocess.run([*base, "--json-out", outs["json"], "--csv", outs["csv"], "--md", outs["md"],
-                           "--plot", outs["png"]], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = cli_process.run([*base, "--json-out", outs["json"], "--csv", outs["csv"], "--md", outs["md"],
+                            "--plot", outs["png"]], timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(outs["json"].read_text())
     assert result["schema"] == 2 and result["gates"]["passed"] and "| cpu | host | 1 | model |" in proc.stdout
     assert outs["csv"].read_text().count("\n") == 3 and outs["md"].read_text().startswith("ONNX Runtime")
     assert outs["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    slow = subprocess.run([*base, "--fail-above-p50", "0.000001"], capture_output=True, text=True, timeout=120)
+    slow = cli_process.run([*base, "--fail-above-p50", "0.000001"], timeout=120)
     assert slow.returncode == 1 and slow.stderr.count("\n") == 1, slow.stderr
     assert slow.stderr.startswith("error: cpu/host/batch 1: model p50") and "above 1e-06 ms" in slow.stderr
 
@@ -130,11 +129,10 @@ def test_cli_outputs_and_gates(run_dir, tmp_path):
             st["p50_ms"] /= 100
     prev = tmp_path / "prev.json"
     prev.write_text(json.dumps(faster))
-    regress = subprocess.run([*base, "--compare", prev, "--max-regression", "50"], capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+    regress = cli_process.run([*base, "--compare", prev, "--max-regression", "50"], timeout=120)
     assert regress.returncode == 1 and "model" in regress.stderr.splitlines()[-1], regress.stderr
 
-    bad = subprocess.run([*base, "--compare", tmp_path / "missing.json"], capture_output=True, text=True, timeout=60)
+    bad = cli_process.run([*base, "--compare", tmp_path / "missing.json"], timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.json" in bad.stderr
 
 
@@ -177,17 +175,15 @@ def test_github_step_summary_gets_the_table_even_when_a_gate_fails(run_dir, tmp_
     summary = tmp_path / "step_summary.md"
     summary.write_text("earlier step\n")
     env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}
-    base = [sys.executable, "-m", "compressor.cli", "bench", str(run_dir / "pruned.onnx"), "--iters", "3",
-            "--warmup", "1", "--threads", "1"]  # fmt: skip
-    ok = subprocess.run(base, capture_output=True, text=True, timeout=120, env=env)
+    base = ["bench", str(run_dir / "pruned.onnx"), "--iters", "3", "--warmup", "1", "--threads", "1"]
+    ok = cli_process.run(base, timeout=120, env=env)
     assert ok.returncode == 0, ok.stderr
-    gated = subprocess.run([*base, "--fail-above-p50", "0.000001"], capture_output=True, text=True, timeout=120,
-                           env=env)  # fmt: skip
+    gated = cli_process.run([*base, "--fail-above-p50", "0.000001"], timeout=120, env=env)
     assert gated.returncode == 1, gated.stderr
     text = summary.read_text()
     assert text.startswith("earlier step\n") and text.count("| cpu | host | 1 |") == 2, text
     unset = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
-    assert subprocess.run(base, capture_output=True, text=True, timeout=120, env=unset).returncode == 0
+    assert cli_process.run(base, timeout=120, env=unset).returncode == 0
     assert summary.read_text() == text  # nothing appended without the variable
 
 
@@ -196,8 +192,8 @@ def test_github_step_summary_gets_the_table_even_when_a_gate_fails(run_dir, tmp_
 def test_an_unavailable_provider_exits_4_not_1(run_dir, provider):
     """CI tells a missing GPU (4) from a failed gate (1): one error line naming the provider."""
     model = run_dir / ("pruned.onnx" if provider == "cuda" else "pruned.pt")
-    proc = subprocess.run([sys.executable, "-m", "compressor.cli", "bench", str(model), "--provider", provider,
-                           "--iters", "2", "--warmup", "0"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = cli_process.run(["bench", str(model), "--provider", provider, "--iters", "2", "--warmup", "0"],
+                           timeout=120)  # fmt: skip
     assert proc.returncode == 4, proc.stderr
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # ORT logs its own lines too
     assert len(ours) == 1 and ours[0].startswith(f"error: provider {provider} unavailable"), proc.stderr

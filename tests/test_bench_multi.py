@@ -12,10 +12,10 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import cli_process
 import numpy as np
 import onnx
 import pytest
@@ -65,8 +65,7 @@ def _invoke(args: list[str], code: int = 0) -> Any:
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "compressor.cli", "bench", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    return cli_process.run(["bench", *args], cwd=cwd, env=ENV, timeout=180)
 
 
 # --------------------------------------------------------------------------------------------- one run, many models

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+import cli_process
 import pytest
 import torch
 import yaml
@@ -32,10 +31,6 @@ SYN = "synthetic:3x32x32:10"
 SYN_TINY = "synthetic:1x28x28:10:64:32"  # 64 train / 32 test images: for runs whose accuracy is irrelevant
 SMALL = ["--train-subset", "128", "--test-subset", "64", "--device", "cpu", "--quiet"]
 RUN_FILES = {"pruned.pt", "dense.pt", "report.json", "report.md", "config.yaml", "history.jsonl"}
-
-
-def _cmd(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "compressor.cli", *args]
 
 
 def _assert_one_line(stderr: str) -> None:
@@ -158,11 +153,9 @@ def test_bench_with_baseline_writes_json(l1_run: Path, exported: dict[str, Any],
 
 
 def test_bench_fail_below_speedup_exits_1(l1_run: Path, exported: dict[str, Any], tmp_path: Path) -> None:
-    proc = subprocess.run(
-        _cmd(["bench", str(l1_run / "pruned.onnx"), "--baseline", str(l1_run / "dense.onnx"), "--iters", "3",
-              "--warmup", "1", "--fail-below-speedup", "1000"]),
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = cli_process.run(["bench", str(l1_run / "pruned.onnx"), "--baseline", str(l1_run / "dense.onnx"),
+                            "--iters", "3", "--warmup", "1", "--fail-below-speedup", "1000"],
+                           module="compressor.cli", cwd=tmp_path, env=ENV, timeout=120)  # fmt: skip
     assert proc.returncode == 1, proc
     _assert_one_line(proc.stderr)
     assert "speedup" in proc.stderr and "1000" in proc.stderr, proc.stderr
@@ -270,7 +263,7 @@ def test_config_values_are_used_and_command_line_wins(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _wait_for_prune_checkpoint(proc: subprocess.Popen[str], ckpt: Path, timeout: float = 150) -> dict[str, Any]:
+def _wait_for_prune_checkpoint(proc: cli_process.Process, ckpt: Path, timeout: float = 150) -> dict[str, Any]:
     """Poll ``ckpt``; SIGKILL ``proc`` as soon as it holds a prune-phase checkpoint. Returns that state."""
     seen = None
     deadline = time.monotonic() + timeout
@@ -303,8 +296,7 @@ def test_resume_after_kill_completes_the_run(tmp_path: Path) -> None:
             "--pretrain-epochs", "1", "--epochs", "2", "--target-flops", "0.4", "--train-subset", "128",
             "--test-subset", "64", "--batch-size", "16", "--device", "cpu", "--quiet", "--seed", "0",
             "--out", str(run_dir)]  # fmt: skip
-    proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=ENV, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = cli_process.start(args, module="compressor.cli", cwd=tmp_path, env=ENV)
     state = _wait_for_prune_checkpoint(proc, run_dir / "checkpoint.pt")
     assert proc.returncode == -signal.SIGKILL
     assert (state["phase"], state["epoch"]) == ("prune", 1)
@@ -340,7 +332,7 @@ def test_unreachable_target_fails_before_any_work(tmp_path: Path) -> None:
     """A target the graph cannot reach is a failed gate (exit 1), known before training: nothing is written."""
     out = tmp_path / "run"
     args = [*_PRUNE_BASE, "--target-flops", "0.95", "--max-layer-ratio", "0.5", "--pretrain-epochs", "3"]
-    proc = subprocess.run(_cmd([*args, "--out", str(out)]), capture_output=True, text=True, timeout=120)
+    proc = cli_process.run([*args, "--out", str(out)], module="compressor.cli", timeout=120)
     assert proc.returncode == 1, proc.stderr
     _assert_one_line(proc.stderr)
     assert "out of reach" in proc.stderr

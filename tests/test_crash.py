@@ -1,7 +1,8 @@
 """Crash safety: checksummed rotating checkpoints, SIGKILL at random points then --resume, SIGINT/SIGTERM.
 
-The end-to-end tests run ``compress prune`` as real subprocesses on the CPU with a fixed seed and compare
-the final masks, weights and report with one uninterrupted run of the same command.
+The end-to-end tests run ``compress prune`` as real processes (forked from a warm interpreter, :mod:`cli_process`)
+on the CPU with a fixed seed and compare the final masks, weights and report with one uninterrupted run of the same
+command.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import cli_process
 import pytest
 import torch
 
@@ -34,11 +35,11 @@ VOLATILE = {"created", "seconds"}  # wall-clock fields: the only report fields a
 
 
 def _cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "compressor", *ARGS, "--out", str(out), *extra]
+    return [*ARGS, "--out", str(out), *extra]
 
 
 def _run(out: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_cmd(out, *extra), env=ENV, capture_output=True, text=True, timeout=timeout)
+    return cli_process.run(_cmd(out, *extra), env=ENV, timeout=timeout)
 
 
 def _stable(obj: Any) -> Any:
@@ -65,10 +66,16 @@ def _assert_same_run(got: Path, want: Path) -> None:
     assert names == {p.name for p in want.iterdir()}, "leftover files (checkpoints, temp files)"
 
 
+SPAN: dict[str, float] = {}  # how long the reference run took here, now (the SIGKILL test draws its kill times from it)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("crash") / "reference"
+    cli_process.warm()
+    t0 = time.monotonic()
     proc = _run(out)
+    SPAN["reference"] = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -149,16 +156,13 @@ def test_sigkill_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path: Pat
     """Kill the run at random instants (startup, training, checkpoint writes, the finish) and resume each time."""
     out = tmp_path / "run"
     rng = random.Random(7)
-    t0 = time.monotonic()
-    _run(tmp_path / "timing")  # how long one run takes on this machine now
-    span = time.monotonic() - t0
+    span = SPAN["reference"]  # how long one run takes on this machine now
     kills, phases = 0, []
     for attempt in range(12):
-        proc = subprocess.Popen(_cmd(out, *(["--resume"] if attempt else [])), env=ENV, text=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        proc = cli_process.start(_cmd(out, *(["--resume"] if attempt else [])), env=ENV)
         if attempt < 8:
             try:
-                proc.wait(timeout=rng.uniform(0.3, span))
+                proc.wait(timeout=rng.uniform(0.2, span / 2))  # a resumed run has less left to do
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
@@ -168,7 +172,7 @@ def test_sigkill_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path: Pat
                 continue
         else:
             proc.wait(timeout=300)
-        err = proc.stderr.read() if proc.stderr else ""
+        err = proc.stderr_text()
         assert proc.returncode == 0, err
         if (out / "report.json").is_file() and not (out / "checkpoint.pt").exists():
             break
@@ -192,8 +196,7 @@ def test_resume_on_a_finished_run_does_nothing(tmp_path: Path, reference: Path) 
 
 def _signal_mid_training(out: Path, sig: int) -> subprocess.CompletedProcess[str]:
     """Start the run, send ``sig`` once it is in the pruning phase, return the finished process."""
-    proc = subprocess.Popen(_cmd(out, "--checkpoint-every", "0"), env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = cli_process.start(_cmd(out, "--checkpoint-every", "0"), env=ENV)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # the pretraining epoch's checkpoint is written
         state = checkpoint.load(out / "checkpoint.pt", lambda _m: None) if (out / "checkpoint.pt").exists() else None
@@ -229,7 +232,7 @@ def test_signal_stops_cleanly_and_resumes(tmp_path: Path, reference: Path, sig: 
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt(tmp_path: Path,
                                                                                  reference: Path) -> None:  # fmt: skip
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(out), env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = cli_process.start(_cmd(out), env=ENV)
     deadline = time.monotonic() + 120
     while (
         time.monotonic() < deadline and proc.poll() is None and not checkpoint.previous(out / "checkpoint.pt").exists()

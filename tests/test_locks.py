@@ -8,12 +8,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import cli_process
 import pytest
 
 from compressor.errors import BadInput
@@ -30,8 +30,7 @@ HOLDER = f"PID {os.getpid()} on {socket.gethostname()}"
 
 
 def compress(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compressor", *args], capture_output=True, text=True, env=ENV,
-                          cwd=ROOT, timeout=600)  # fmt: skip
+    return cli_process.run(args, env=ENV, cwd=ROOT, timeout=600)
 
 
 def assert_refused(r: subprocess.CompletedProcess, what: str, holder: str = HOLDER) -> None:
@@ -53,8 +52,7 @@ def test_lock_refuses_a_second_holder_and_is_removed(tmp_path: Path) -> None:
         assert path.is_file()
         code = ("import sys; from compressor.runtime import lock\n"
                 "with lock.run_directory(sys.argv[1]): pass")  # fmt: skip
-        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                           env=ENV, cwd=ROOT)  # fmt: skip
+        r = cli_process.run([str(tmp_path / "run")], code=code, env=ENV, cwd=ROOT)
         assert r.returncode != 0 and f"is being written by {HOLDER}" in r.stderr
     assert not (tmp_path / "run").exists()  # the directory was made for the lock alone: removed with it
 
@@ -127,7 +125,7 @@ def test_export_quantize_bench_refused_while_the_output_is_held(tmp_path: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 300) -> bool:
+def _wait_for(path: Path, proc: cli_process.Process, limit: float = 300) -> bool:
     """Poll until ``path`` exists (True) or ``proc`` ended (False); a generous limit, not a timing check."""
     end = time.monotonic() + limit
     while time.monotonic() < end:
@@ -140,10 +138,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 300) -> bool:
 
 
 @contextmanager
-def _running(*args: str) -> Iterator[subprocess.Popen[str]]:
+def _running(*args: str) -> Iterator[cli_process.Process]:
     """``python -m compressor ARGS`` in the background; killed on the way out if it still runs."""
-    proc = subprocess.Popen([sys.executable, "-m", "compressor", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)  # fmt: skip
+    proc = cli_process.start(args, env=ENV, cwd=ROOT)
     try:
         yield proc
     finally:

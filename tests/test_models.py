@@ -214,3 +214,40 @@ def test_a_module_that_checks_its_state_version_reloads_from_our_files(tmp_path)
     dense = build_model("torchvision:mnasnet0_5", num_classes=4, in_channels=3)
     load_weights(dense, out / "dense.pt")  # --weights from our own dense file
     assert slim.eval()(x).shape == dense.eval()(x).shape == (2, 4)
+
+
+FRESH_PROCESS = """
+import sys
+from torch import nn
+from compressor.models import build_model, list_models, register
+
+@register("mine:tiny")  # before any built-in spec is listed: it must hide none of them
+def tiny(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+
+@register("cifar:resnet20")  # a user's factory under a built-in name keeps the user's factory
+def mine(num_classes=10, in_channels=3):
+    return tiny(num_classes, in_channels)
+
+assert isinstance(build_model("cifar:resnet20", num_classes=4, in_channels=1), nn.Sequential)
+assert build_model("cifar:resnet32", num_classes=4, in_channels=1).fc.out_features == 4
+# a cifar: model is built (and its memory estimated on the meta device) without torchvision or torch._dynamo
+assert "torchvision" not in sys.modules and "torch._dynamo" not in sys.modules, "imported what it did not need"
+names = list_models()
+assert {"mine:tiny", "cifar:resnet56", "torchvision:resnet18"} <= set(names)
+assert isinstance(build_model("cifar:resnet20"), nn.Sequential)
+print("ok")
+"""
+
+
+def test_a_cifar_model_imports_only_what_it_needs_and_user_specs_hide_nothing() -> None:
+    """Building ``cifar:*`` lists only the cifar specs: torchvision (and the ``torch._dynamo`` it imports, ~1 s
+    per process) stays unimported; a spec registered before the first build hides no built-in one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import cli_process
 import pytest
 import torch
 import torchvision
@@ -59,8 +60,7 @@ def _run(args: list[str], torch_home: Path, cwd: Path) -> subprocess.CompletedPr
     env = {**os.environ, "TORCH_HOME": str(torch_home), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     env.pop("COMPRESS_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "compressor", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return cli_process.run(args, cwd=cwd, env=env, timeout=300)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:

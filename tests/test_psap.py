@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 
+import cli_process
 import pytest
 import torch
 from torch import nn
@@ -177,11 +176,11 @@ def test_state_round_trips_through_weights_only_load(data) -> None:
 @pytest.mark.slow
 def test_cli_from_scratch_writes_records_and_plot(tmp_path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "compressor.cli", "prune", "--model", "cifar:resnet20", "--data",
+    cmd = ["prune", "--model", "cifar:resnet20", "--data",
            "synthetic:1x28x28:10:256:64", "--from-scratch", "--target-flops", "0.5", "--epochs", "2",
            "--finetune-epochs", "1", "--device", "cpu", "--out", str(out), "--quiet",
            "--psap-variant", "v1"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **_env()})
+    proc = cli_process.run(cmd, env={"OMP_NUM_THREADS": "1", **_env()})
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["method"]["name"] == "psap" and report["method"]["options"]["schedule"] is None

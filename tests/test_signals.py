@@ -14,11 +14,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import cli_process
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -79,13 +79,12 @@ def _interrupt(args: list[str], slow_at: str, sig: int, tmp_path: Path) -> subpr
     mark, scratch = tmp_path / "inside", tmp_path / "tmpdir"
     scratch.mkdir()
     env = {**ENV, "SLOW_AT": slow_at, "SLOW_MARK": str(mark), "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", HOOK, *args], env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = cli_process.start(args, code=HOOK, env=env)
     try:
         deadline = time.monotonic() + 240
         while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert mark.exists(), f"never reached {slow_at} (exit {proc.poll()}): {proc.stderr and proc.stderr.read()}"
+        assert mark.exists(), f"never reached {slow_at} (exit {proc.poll()}): {proc.stderr_text()}"
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
     finally:

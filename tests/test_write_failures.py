@@ -13,9 +13,9 @@ import errno
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_process
 import pytest
 
 from compressor.errors import WriteFailed
@@ -68,10 +68,8 @@ def compress(*args: str, fill_fs: Path | None = None, fill_at: str | None = None
     env = dict(ENV)
     if fill_at is not None:
         env.update(FILL_FS=str(fill_fs), FILL_AT=fill_at)
-        cmd = [sys.executable, "-c", WRAPPER, *args]
-    else:
-        cmd = [sys.executable, "-m", "compressor", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        return cli_process.run(args, code=WRAPPER, env=env, cwd=ROOT, timeout=600)
+    return cli_process.run(args, env=env, cwd=ROOT, timeout=600)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,11 +40,8 @@ _SHUFFLE_SITES = (("torchvision.models.shufflenetv2", "channel_shuffle"), ("torc
 def _opaque_ops() -> Iterator[None]:
     saved = []
     for mod_name, attr in _SHUFFLE_SITES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        if hasattr(mod, attr):
+        mod = sys.modules.get(mod_name)  # a model that calls it has imported it: nothing else is imported here
+        if mod is not None and hasattr(mod, attr):
             saved.append((mod, attr, getattr(mod, attr)))
             setattr(mod, attr, lambda x, groups: _OpaqueShuffle.apply(x, int(groups)))
     try:

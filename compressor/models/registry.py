@@ -31,9 +31,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from compressor.config import WEIGHTS_HEADS, pretrained_spec
 from compressor.errors import BadInput
@@ -43,7 +45,7 @@ from compressor.models.user_code import PICKLED_SUFFIXES, _build_pickled, _build
 from compressor.runtime.memory import check_fits
 
 _REGISTRY: dict[str, Factory] = {}
-_BUILT_IN = [False]  # the built-in specs are added once, whatever a user registered before
+_LISTED: set[str] = set()  # the sources whose built-in specs were added (each once, whatever a user registered)
 _BUILT_INS: dict[str, Factory] = {}  # the built-in factories (a user's register() under the same spec wins)
 
 Builder = Callable[[str, int, int, bool], nn.Module]  # (spec, num_classes, in_channels, trust_code) -> model
@@ -79,7 +81,7 @@ def _build_timm_spec(spec: str, num_classes: int, in_channels: int, trust_code: 
 
 def _registered(spec: str) -> tuple[str, Factory] | None:
     """The registered spec and factory ``spec`` names (a bare name: when exactly one spec has it), else None."""
-    _populate()
+    _populate(spec)
     if spec in _REGISTRY:
         return spec, _REGISTRY[spec]
     if ":" not in spec:
@@ -103,8 +105,9 @@ def _build_registered(spec: str, num_classes: int, in_channels: int, trust_code:
 def _builder(spec: str) -> Builder:
     """How ``spec`` is built: its source's builder; a registered spec wins over a prefix handler (a user's
     ``register("timm:x")`` is not timm's ``x``), and a spec no source claims is looked up in the registry."""
-    _populate()
     source = next((s for s in SOURCES.values() if s.claims(spec)), None)
+    if source is None or source.lists is not None:  # built-in names are only ever cifar:, torchvision: or bare
+        _populate(spec)
     return _build_registered if source is None or spec in _REGISTRY else source.build
 
 
@@ -155,18 +158,19 @@ def register(spec: str) -> Callable[[Factory], Factory]:
     return deco
 
 
-def _populate() -> None:
-    """Add the built-in specs (once); a spec the user registered under the same name keeps the user's factory."""
-    if _BUILT_IN[0]:
-        return
-    built: dict[str, Factory] = {}
-    for source in SOURCES.values():
-        if source.lists is not None:
-            built.update(source.lists())
-    for spec, fn in built.items():
-        _REGISTRY.setdefault(spec, fn)
-    _BUILT_INS.update(built)
-    _BUILT_IN[0] = True
+def _populate(spec: str | None = None) -> None:
+    """Add the built-in specs a lookup of ``spec`` can find (all of them for ``None`` or a spec no listing source
+    claims, such as a bare name), each source once; a spec the user registered under the same name keeps the
+    user's factory. Only what is needed is listed: building ``cifar:resnet20`` never imports torchvision."""
+    claiming = [k for k, s in SOURCES.items() if s.lists is not None and spec is not None and s.claims(spec)]
+    for key in claiming or [k for k, s in SOURCES.items() if s.lists is not None]:
+        if key in _LISTED:
+            continue
+        built = SOURCES[key].lists()  # type: ignore[misc]
+        for name, fn in built.items():
+            _REGISTRY.setdefault(name, fn)
+        _BUILT_INS.update(built)
+        _LISTED.add(key)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -219,12 +223,26 @@ def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust
     return build(spec, num_classes, in_channels, trust_code)
 
 
+_RANDOM_FILLS = {"normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_"}
+
+
+class _NoInitOnMeta(TorchFunctionMode):
+    """Skips weight initialisation (``nn.init.*`` and the random fills) while a model is built on ``meta``: its
+    values do not exist, and PyTorch's meta kernels for random fills import ``torch._dynamo`` (about 1 s)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", "") in _RANDOM_FILLS:
+            return args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        return func(*args, **kwargs)
+
+
 def _check_fits(build: Callable[..., nn.Module], spec: str, num_classes: int, in_channels: int) -> None:
     """:class:`BadInput` before building when the model's parameters and buffers alone (counted on the ``meta``
     device: no memory, no random numbers drawn) exceed the memory available. A model that cannot be built on
     ``meta`` is not estimated."""
     try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoInitOnMeta():
             meta = build(spec, num_classes, in_channels, False)
         needed = sum(t.numel() * t.element_size() for t in [*meta.parameters(), *meta.buffers()])
         count = sum(t.numel() for t in meta.parameters())
