@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,12 +124,16 @@ class _Zygote:
 _ZYGOTE: list[_Zygote] = []
 
 
+_FAILED: list[str] = []
+
+
 def _zygote() -> _Zygote | None:
-    if not _ZYGOTE and sys.platform == "linux":
+    if not _ZYGOTE and not _FAILED and sys.platform == "linux":
         try:
             _ZYGOTE.append(_Zygote())
-        except OSError:
-            return None
+        except (OSError, RuntimeError) as exc:  # slower, still correct: say so in pytest's warnings summary
+            _FAILED.append(str(exc))
+            warnings.warn(f"no zygote ({exc}): command-line tests start fresh interpreters", stacklevel=2)
     return _ZYGOTE[0] if _ZYGOTE else None
 
 
@@ -179,13 +184,19 @@ class CliProcess:
 
 
 class _Fresh(subprocess.Popen):
-    """A fresh interpreter with the same surface (where no zygote can run)."""
+    """A fresh interpreter with the same surface (where no zygote can run): output to files as well."""
 
-    def stdout_text(self) -> str:
-        return self.stdout.read() if self.stdout else ""
+    def __init__(self, cmd: list[str], out: Path, err: Path, **kwargs: Any) -> None:
+        self._out, self._err = out, err
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            super().__init__(cmd, stdout=stdout, stderr=stderr, **kwargs)
 
-    def stderr_text(self) -> str:
-        return self.stderr.read() if self.stderr else ""
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[str, str]:  # noqa: A002
+        self.wait(timeout)
+        return self.stdout_text(), self.stderr_text()
+
+    stdout_text = CliProcess.stdout_text
+    stderr_text = CliProcess.stderr_text
 
 
 Process = CliProcess | _Fresh
@@ -199,7 +210,11 @@ def start(args: Sequence[str], *, module: str = "compressor", code: str | None =
     zygote = _zygote()
     if zygote is None:
         cmd = [sys.executable, *(["-c", code] if code is not None else ["-m", module]), *args]
-        return _Fresh(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fd, name = tempfile.mkstemp(prefix="cli-process-", suffix=".out")
+        os.close(fd)
+        out = Path(name)
+        atexit.register(lambda: [p.unlink(missing_ok=True) for p in (out, out.with_suffix(".err"))])
+        return _Fresh(cmd, out, out.with_suffix(".err"), cwd=cwd, env=env)
     pid, out, err = zygote.fork({"args": args, "module": module, "code": code, "cwd": str(cwd), "env": env})
     return CliProcess(args, pid, out, err)
 

@@ -560,3 +560,13 @@ def test_recipe_export_options_are_checked_before_any_work(tmp_path, export, mes
     with pytest.raises(BadInput, match=message):
         run_recipe({"prune": prune, "export": export})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verification_and_accuracy_sessions_do_not_spin() -> None:
+    """ORT's intra-op threads would spin after each run and take the cores PyTorch needs between runs."""
+    from compressor.runtime.ort_options import NO_SPINNING, session_options
+
+    opts = session_options(threads=2)
+    assert opts.intra_op_num_threads == 2 and opts.log_severity_level == 3
+    assert all(opts.get_session_config_entry(k) == v == "0" for k, v in NO_SPINNING.items())
+    assert session_options().intra_op_num_threads == 0  # ORT's default: one thread per core
