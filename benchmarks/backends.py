@@ -52,7 +52,8 @@ TORCH_BACKENDS = {
 BACKENDS = (*ORT_PROVIDERS, *TORCH_BACKENDS)
 GPU_BACKENDS = ("cuda", "tensorrt", "torch-cuda", "torch-compile-cuda")
 IO_MODES = ("device", "host")
-SESSION_CONFIG = NO_SPINNING  # interleaved models: an idle session's spinning threads would steal the timed one's cores
+# interleaved models: an idle session's spinning threads would steal the timed one's cores
+SESSION_CONFIG = dict(NO_SPINNING)
 
 
 def is_gpu(backend: str) -> bool:

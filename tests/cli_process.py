@@ -1,13 +1,16 @@
 """``python -m compressor ARGS`` as a real child process, without the seconds of imports a fresh interpreter pays.
 
-A fresh interpreter spends ~2.5 s importing torch, ONNX, ONNX Runtime and the CLI before a command does anything,
-and the crash, signal, lock and write-failure tests start a hundred of them. Here a *zygote* (one per pytest
-process) imports all that once and forks on request. A fork is a real process: its own PID, the command's own
-signal handlers, a real exit status (a SIGKILL reads -9), atexit handlers, real files. It is reparented to this
-process (Linux's child subreaper), so ``wait``/``poll``/``send_signal`` work as with ``subprocess.Popen``; its
-stdout and stderr go to files read when it ends. Where that cannot be set up (not Linux), :func:`start` runs a
-fresh interpreter instead. What a fork does not test is the interpreter's own start: ``test_cli_startup.py``
-and the ``--nproc``/torchrun tests start real ones.
+A fresh interpreter spends ~2.5 s importing torch, ONNX and the CLI before a command does anything (~4 s on an
+AVX2 box), and the crash, signal, lock and write-failure tests start a hundred of them. Here a *zygote* (one per
+pytest process) imports all that once and forks on request. A fork is a real process: its own PID, the command's
+own signal handlers, a real exit status (a SIGKILL reads -9), atexit handlers, real files. It is reparented to
+this process (Linux's child subreaper, set only while it is handed over), so ``wait``/``poll``/``send_signal``
+work as with ``subprocess.Popen``; its stdout and stderr go to files read when it ends.
+
+A fresh interpreter runs instead where a fork would not behave as one: not Linux, a zygote that died or printed
+anything while importing (a command's stderr would miss it), an environment that differs where Python or the
+CLI read it at import time (:data:`IMPORT_TIME_ENV`), or ``fresh=True`` (its own start and hash seed: the crash
+tests' reference run). ``test_cli_startup.py`` and the ``--nproc``/torchrun tests start real interpreters.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Environment a fresh interpreter reads while importing (Python itself, our import-time settings, BLAS, the home
+#: directory): a command whose environment differs from the zygote's there runs in a fresh interpreter.
+IMPORT_TIME_ENV = ("PYTHON", "COMPRESS_", "HOME", "XDG_", "OPENBLAS_", "MKL_")
 
 ZYGOTE = r"""
 import json, os, runpy, sys, tempfile
@@ -42,11 +48,6 @@ _reply.write("ready\n")
 _reply.flush()
 
 def child(req):
-    os.chdir(req["cwd"])
-    os.environ.clear()
-    os.environ.update(req["env"])
-    tempfile.tempdir = None  # TMPDIR is read again from this environment
-    torch.set_num_threads(int(req["env"].get("OMP_NUM_THREADS") or DEFAULT_THREADS))
     _reply.close()
     sys.stdin.close()  # the requests: the command reads /dev/null
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
@@ -55,6 +56,11 @@ def child(req):
         os.dup2(f, fd)
         os.close(f)
     sys.stdin = open(0)
+    os.chdir(req["cwd"])  # from here on, errors go to the command's own stderr
+    os.environ.clear()
+    os.environ.update(req["env"])
+    tempfile.tempdir = None  # TMPDIR is read again from this environment
+    torch.set_num_threads(int(req["env"].get("OMP_NUM_THREADS") or DEFAULT_THREADS))
     if req.get("code") is not None:  # python -c CODE ARGS
         sys.argv = ["-c", *req["args"]]
         exec(compile(req["code"], "<string>", "exec"), {"__name__": "__main__"})
@@ -88,30 +94,44 @@ class _Zygote:
     """The forking process of this pytest process (started on first use, ended at exit)."""
 
     def __init__(self) -> None:
-        if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+        _subreaper(False)  # fails here, not mid-test, where prctl is refused
+        self.dir = Path(tempfile.mkdtemp(prefix="cli-process-"))
+        atexit.register(self.close)
         r, w = os.pipe()
-        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(w)], stdin=subprocess.PIPE, env=env,
-                                     pass_fds=(w,), text=True, cwd=ROOT)  # fmt: skip
+        self.env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        with open(self.dir / "zygote.log", "w") as log:  # its own output (import-time warnings), not a test's
+            self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(w)], stdin=subprocess.PIPE, stdout=log,
+                                         stderr=log, env=self.env, pass_fds=(w,), text=True, cwd=ROOT)  # fmt: skip
         os.close(w)
         self.replies = os.fdopen(r)
         if self.replies.readline() != "ready\n":  # its imports are done
-            raise RuntimeError(f"the zygote did not start (exit {self.proc.wait()})")
-        self.dir = Path(tempfile.mkdtemp(prefix="cli-process-"))
+            raise RuntimeError(f"the zygote did not start (exit {self.proc.wait()}): {self.log()}")
+        if self.log():  # a command's stderr must not lose what a fresh interpreter would print at import
+            raise RuntimeError(f"importing printed: {self.log()}")
         self.count = 0
-        atexit.register(self.close)
+
+    def log(self) -> str:
+        return (self.dir / "zygote.log").read_text(errors="replace").strip()
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a fork runs as a fresh interpreter with ``env`` would: nothing read at import time differs."""
+        return all(env.get(k) == self.env.get(k) for k in {*env, *self.env}
+                   if k.startswith(IMPORT_TIME_ENV) and k != "PYTHONPATH")  # fmt: skip
 
     def fork(self, request: dict[str, Any]) -> tuple[int, Path, Path]:
         self.count += 1
         out, err = self.dir / f"{self.count}.out", self.dir / f"{self.count}.err"
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}) + "\n")
-        self.proc.stdin.flush()
-        line = self.replies.readline()
+        _subreaper(True)  # only while the command is being reparented: later orphans go to init as usual
+        try:
+            self.proc.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}) + "\n")
+            self.proc.stdin.flush()
+            line = self.replies.readline()
+        finally:
+            _subreaper(False)
         if not line:
-            raise RuntimeError(f"the zygote ended (exit {self.proc.wait()})")
+            raise RuntimeError(f"the zygote ended (exit {self.proc.wait()}): {self.log()}")
         return int(line), out, err
 
     def close(self) -> None:
@@ -121,20 +141,34 @@ class _Zygote:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _subreaper(on: bool) -> None:
+    """Linux's PR_SET_CHILD_SUBREAPER on this process: a forked command's parent exits and it becomes ours."""
+    if ctypes.CDLL(None, use_errno=True).prctl(36, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 _ZYGOTE: list[_Zygote] = []
-
-
 _FAILED: list[str] = []
+
+
+def _failed(exc: Exception) -> None:
+    """No more forks in this process: slower, still correct; said in pytest's warnings summary."""
+    _FAILED.append(str(exc))
+    warnings.warn(f"no zygote ({exc}): command-line tests start fresh interpreters", stacklevel=3)
 
 
 def _zygote() -> _Zygote | None:
     if not _ZYGOTE and not _FAILED and sys.platform == "linux":
         try:
             _ZYGOTE.append(_Zygote())
-        except (OSError, RuntimeError) as exc:  # slower, still correct: say so in pytest's warnings summary
-            _FAILED.append(str(exc))
-            warnings.warn(f"no zygote ({exc}): command-line tests start fresh interpreters", stacklevel=2)
-    return _ZYGOTE[0] if _ZYGOTE else None
+        except (OSError, RuntimeError) as exc:
+            _failed(exc)
+    return _ZYGOTE[0] if _ZYGOTE and not _FAILED else None
+
+
+def forking() -> bool:
+    """Whether commands run as forks here (False: fresh interpreters, each paying its start)."""
+    return _zygote() is not None
 
 
 def warm() -> None:
@@ -203,20 +237,24 @@ Process = CliProcess | _Fresh
 
 
 def start(args: Sequence[str], *, module: str = "compressor", code: str | None = None, cwd: Path | str = ROOT,
-          env: dict[str, str] | None = None) -> Process:  # fmt: skip
-    """``python -m MODULE ARGS`` (or ``python -c CODE ARGS``) in ``cwd`` with ``env`` (default: this process's)."""
+          env: dict[str, str] | None = None, fresh: bool = False) -> Process:  # fmt: skip
+    """``python -m MODULE ARGS`` (or ``python -c CODE ARGS``) in ``cwd`` with ``env`` (default: this process's);
+    ``fresh``: in a new interpreter (its own start, its own hash seed), not a fork."""
     args = [str(a) for a in args]
     env = dict(os.environ if env is None else env)
-    zygote = _zygote()
-    if zygote is None:
-        cmd = [sys.executable, *(["-c", code] if code is not None else ["-m", module]), *args]
-        fd, name = tempfile.mkstemp(prefix="cli-process-", suffix=".out")
-        os.close(fd)
-        out = Path(name)
-        atexit.register(lambda: [p.unlink(missing_ok=True) for p in (out, out.with_suffix(".err"))])
-        return _Fresh(cmd, out, out.with_suffix(".err"), cwd=cwd, env=env)
-    pid, out, err = zygote.fork({"args": args, "module": module, "code": code, "cwd": str(cwd), "env": env})
-    return CliProcess(args, pid, out, err)
+    zygote = None if fresh else _zygote()
+    if zygote is not None and zygote.serves(env):
+        try:
+            pid, out, err = zygote.fork({"args": args, "module": module, "code": code, "cwd": str(cwd), "env": env})
+            return CliProcess(args, pid, out, err)
+        except (OSError, RuntimeError) as exc:  # the zygote died: fresh interpreters from now on
+            _failed(exc)
+    cmd = [sys.executable, *(["-c", code] if code is not None else ["-m", module]), *args]
+    fd, name = tempfile.mkstemp(prefix="cli-process-", suffix=".out")
+    os.close(fd)
+    out = Path(name)
+    atexit.register(lambda: [p.unlink(missing_ok=True) for p in (out, out.with_suffix(".err"))])
+    return _Fresh(cmd, out, out.with_suffix(".err"), cwd=cwd, env=env)
 
 
 def run(args: Sequence[str], *, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess[str]:

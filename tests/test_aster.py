@@ -267,7 +267,7 @@ def test_cli_run_writes_records_and_plot(tmp_path) -> None:
     cmd = ["prune", "--model", "cifar:resnet20", "--method", "aster",
            "--data", "synthetic:1x28x28:10:128:32", "--epochs", "2", "--target-flops", "0.4", "--bn-init", "0.5",
            "--out", str(out), "--device", "cpu", "--quiet", "--aster-variant", "v1"]  # fmt: skip
-    proc = cli_process.run(cmd, timeout=300)
+    proc = cli_process.run(cmd, module="compressor.cli", timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["method"]["name"] == "aster" and report["method"]["options"]["sensitivity"] == "lbfgs"

@@ -40,3 +40,13 @@ def test_signals_and_statuses_are_real() -> None:
     assert proc.wait(timeout=30) == -signal.SIGKILL
     r = cli_process.run(["info", "nope:x"], timeout=120)  # the real CLI: one line, exit 2
     assert r.returncode == 2 and r.stderr.startswith("error: unknown model spec 'nope:x'"), r.stderr
+
+
+def test_an_environment_read_at_import_time_gets_a_fresh_interpreter() -> None:
+    """A fork has torch imported already; a variable read while importing (here ``COMPRESS_DATA_DIR``) would be the
+    zygote's, so such a command, or one asked ``fresh``, starts a new interpreter."""
+    code = "import sys; print('torch' in sys.modules)"
+    assert cli_process.run([], code=code).stdout.strip() == str(cli_process.forking())
+    elsewhere = {**os.environ, "COMPRESS_DATA_DIR": "/elsewhere"}
+    assert cli_process.run([], code=code, env=elsewhere).stdout.strip() == "False"
+    assert cli_process.run([], code=code, fresh=True).stdout.strip() == "False"

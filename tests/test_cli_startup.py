@@ -26,3 +26,16 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr
     heavy = proc.stdout.strip().splitlines()[-1]
     assert heavy == "HEAVY:", f"imported at startup: {heavy}"
+
+
+@pytest.mark.parametrize("args", [["info", "nope:x"],
+                                  ["prune", "--model", "nope:x", "--data", "synthetic:1x8x8:2:8:4", "--out", "run",
+                                   "--target-flops", "0.3"]])
+def test_a_fresh_interpreter_prints_one_error_line(tmp_path, args: list[str]) -> None:
+    """The forked command-line tests (``cli_process``) cannot see what importing prints: a real interpreter, from
+    its first import to its error, writes exactly one line on stderr."""
+    proc = subprocess.run([sys.executable, "-m", "compressor", *args], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("error: unknown model spec 'nope:x'") and proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []

@@ -180,7 +180,7 @@ def test_cli_from_scratch_writes_records_and_plot(tmp_path) -> None:
            "synthetic:1x28x28:10:256:64", "--from-scratch", "--target-flops", "0.5", "--epochs", "2",
            "--finetune-epochs", "1", "--device", "cpu", "--out", str(out), "--quiet",
            "--psap-variant", "v1"]  # fmt: skip
-    proc = cli_process.run(cmd, env={"OMP_NUM_THREADS": "1", **_env()})
+    proc = cli_process.run(cmd, module="compressor.cli", env={"OMP_NUM_THREADS": "1", **_env()})
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["method"]["name"] == "psap" and report["method"]["options"]["schedule"] is None
