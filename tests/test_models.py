@@ -251,3 +251,20 @@ def test_a_cifar_model_imports_only_what_it_needs_and_user_specs_hide_nothing() 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_spec_registered_without_a_prefix_does_not_break_lookups() -> None:
+    """``register("mine")`` (no ``prefix:``): building it, and looking up or suggesting any other bare name."""
+    from compressor.models import registry
+
+    @registry.register("mine")
+    def _mine(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+
+    try:
+        assert isinstance(registry.build_model("mine", num_classes=3, in_channels=1), nn.Sequential)
+        assert isinstance(registry.build_model("resnet20", num_classes=3, in_channels=1), nn.Module)
+        with pytest.raises(BadInput, match="unknown model spec 'minee'"):
+            registry.build_model("minee")
+    finally:
+        registry._REGISTRY.pop("mine", None)

@@ -86,7 +86,7 @@ def _registered(spec: str) -> tuple[str, Factory] | None:
         return spec, _REGISTRY[spec]
     if ":" not in spec:
         # Bare names are accepted when unambiguous (resnet20 -> cifar:resnet20, resnet18 -> torchvision:).
-        matches = [s for s in _REGISTRY if s.split(":", 1)[1] == spec]
+        matches = [s for s in _REGISTRY if s.split(":", 1)[-1] == spec]
         if len(matches) > 1:
             raise BadInput(f"ambiguous model name {spec!r}: use one of {', '.join(sorted(matches))}")
         if matches:
@@ -185,7 +185,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 def _suggest(spec: str) -> str:
     """A hint naming up to three registered specs close to ``spec`` (full or bare), or where to list them."""
     names = list_models()
-    bare = {n.split(":", 1)[1]: n for n in names}
+    bare = {n.split(":", 1)[-1]: n for n in names}
     key = spec.split(":", 1)[-1]
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
     close += [bare[b] for b in difflib.get_close_matches(key, list(bare), n=3, cutoff=0.6)]
