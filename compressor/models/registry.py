@@ -102,13 +102,17 @@ def _build_registered(spec: str, num_classes: int, in_channels: int, trust_code:
     return found[1](num_classes, in_channels)
 
 
+def _source_of(spec: str) -> str | None:
+    """The key of the first source in :data:`SOURCES` that claims ``spec``, or None."""
+    return next((key for key, source in SOURCES.items() if source.claims(spec)), None)
+
+
 def _builder(spec: str) -> Builder:
     """How ``spec`` is built: its source's builder; a registered spec wins over a prefix handler (a user's
     ``register("timm:x")`` is not timm's ``x``), and a spec no source claims is looked up in the registry."""
-    source = next((s for s in SOURCES.values() if s.claims(spec)), None)
-    if source is None or source.lists is not None:  # built-in names are only ever cifar:, torchvision: or bare
-        _populate(spec)
-    return _build_registered if source is None or spec in _REGISTRY else source.build
+    _populate(spec)
+    key = _source_of(spec)
+    return _build_registered if key is None or spec in _REGISTRY else SOURCES[key].build
 
 
 def known_spec(spec: str) -> bool:
@@ -159,11 +163,14 @@ def register(spec: str) -> Callable[[Factory], Factory]:
 
 
 def _populate(spec: str | None = None) -> None:
-    """Add the built-in specs a lookup of ``spec`` can find (all of them for ``None`` or a spec no listing source
-    claims, such as a bare name), each source once; a spec the user registered under the same name keeps the
-    user's factory. Only what is needed is listed: building ``cifar:resnet20`` never imports torchvision."""
-    claiming = [k for k, s in SOURCES.items() if s.lists is not None and spec is not None and s.claims(spec)]
-    for key in claiming or [k for k, s in SOURCES.items() if s.lists is not None]:
+    """Add the built-in specs a lookup of ``spec`` can find, each source once: its own source's, none for a spec a
+    source without listings claims (a file, a pickled module, ``timm:``: only a user's register() can name one),
+    all of them for ``None`` or a spec no source claims (a bare name). A spec the user registered under the same
+    name keeps the user's factory. Only what is needed is listed: building ``cifar:resnet20`` never imports
+    torchvision."""
+    claimed = None if spec is None else _source_of(spec)
+    listing = [k for k, s in SOURCES.items() if s.lists is not None]
+    for key in listing if claimed is None else [k for k in listing if k == claimed]:
         if key in _LISTED:
             continue
         built = SOURCES[key].lists()  # type: ignore[misc]
