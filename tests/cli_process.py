@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import itertools
 import json
 import os
 import shutil
@@ -95,12 +96,12 @@ class _Zygote:
 
     def __init__(self) -> None:
         _subreaper(False)  # fails here, not mid-test, where prctl is refused
-        self.dir = Path(tempfile.mkdtemp(prefix="cli-process-"))
+        self.logfile = _outputs()[0].with_suffix(".zygote.log")
         atexit.register(self.close)
         r, w = os.pipe()
         self.env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        with open(self.dir / "zygote.log", "w") as log:  # its own output (import-time warnings), not a test's
+        with open(self.logfile, "w") as log:  # its own output (import-time warnings), not a test's
             self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(w)], stdin=subprocess.PIPE, stdout=log,
                                          stderr=log, env=self.env, pass_fds=(w,), text=True, cwd=ROOT)  # fmt: skip
         os.close(w)
@@ -109,10 +110,9 @@ class _Zygote:
             raise RuntimeError(f"the zygote did not start (exit {self.proc.wait()}): {self.log()}")
         if self.log():  # a command's stderr must not lose what a fresh interpreter would print at import
             raise RuntimeError(f"importing printed: {self.log()}")
-        self.count = 0
 
     def log(self) -> str:
-        return (self.dir / "zygote.log").read_text(errors="replace").strip()
+        return self.logfile.read_text(errors="replace").strip()
 
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a fork runs as a fresh interpreter with ``env`` would: nothing read at import time differs."""
@@ -120,8 +120,7 @@ class _Zygote:
                    if k.startswith(IMPORT_TIME_ENV) and k != "PYTHONPATH")  # fmt: skip
 
     def fork(self, request: dict[str, Any]) -> tuple[int, Path, Path]:
-        self.count += 1
-        out, err = self.dir / f"{self.count}.out", self.dir / f"{self.count}.err"
+        out, err = _outputs()
         assert self.proc.stdin is not None
         _subreaper(True)  # only while the command is being reparented: later orphans go to init as usual
         try:
@@ -138,7 +137,19 @@ class _Zygote:
         if self.proc.poll() is None and self.proc.stdin is not None:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
-        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_OUTPUTS: list[Path] = []  # this process's folder of command outputs (removed at exit)
+_NUMBERS = itertools.count()
+
+
+def _outputs() -> tuple[Path, Path]:
+    """Paths for the next command's stdout and stderr."""
+    if not _OUTPUTS:
+        _OUTPUTS.append(Path(tempfile.mkdtemp(prefix="cli-process-")))
+        atexit.register(shutil.rmtree, _OUTPUTS[0], ignore_errors=True)
+    n = next(_NUMBERS)
+    return _OUTPUTS[0] / f"{n}.out", _OUTPUTS[0] / f"{n}.err"
 
 
 def _subreaper(on: bool) -> None:
@@ -167,13 +178,9 @@ def _zygote() -> _Zygote | None:
 
 
 def forking() -> bool:
-    """Whether commands run as forks here (False: fresh interpreters, each paying its start)."""
+    """Whether commands run as forks here (False: fresh interpreters, each paying its start); starts the zygote
+    (its imports take seconds) if it is not running yet."""
     return _zygote() is not None
-
-
-def warm() -> None:
-    """Start the zygote now (its imports take seconds), e.g. before timing a command."""
-    _zygote()
 
 
 class CliProcess:
@@ -250,11 +257,7 @@ def start(args: Sequence[str], *, module: str = "compressor", code: str | None =
         except (OSError, RuntimeError) as exc:  # the zygote died: fresh interpreters from now on
             _failed(exc)
     cmd = [sys.executable, *(["-c", code] if code is not None else ["-m", module]), *args]
-    fd, name = tempfile.mkstemp(prefix="cli-process-", suffix=".out")
-    os.close(fd)
-    out = Path(name)
-    atexit.register(lambda: [p.unlink(missing_ok=True) for p in (out, out.with_suffix(".err"))])
-    return _Fresh(cmd, out, out.with_suffix(".err"), cwd=cwd, env=env)
+    return _Fresh(cmd, *_outputs(), cwd=cwd, env=env)
 
 
 def run(args: Sequence[str], *, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess[str]:

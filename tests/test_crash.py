@@ -151,13 +151,13 @@ def test_sigkill_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path: Pat
     """Kill the run at random instants (startup, training, checkpoint writes, the finish) and resume each time."""
     out = tmp_path / "run"
     rng = random.Random(7)
-    cli_process.warm()  # the zygote's own start is not part of a run
+    forks = cli_process.forking()  # starts the zygote first: its own start is not part of a run
     t0 = time.monotonic()
     _run(tmp_path / "timing")  # how long one run takes on this machine now
     span = time.monotonic() - t0
     # A forked attempt starts at once and a resumed one has less left to do: kills within the first half land
     # all along the run. A fresh interpreter spends its first seconds importing: draw over the whole span.
-    low, high = (0.2, span / 2) if cli_process.forking() else (0.3, span)
+    low, high = (0.2, span / 2) if forks else (0.3, span)
     kills, phases = 0, []
     for attempt in range(12):
         proc = cli_process.start(_cmd(out, *(["--resume"] if attempt else [])), env=ENV)
