@@ -10,7 +10,8 @@ work as with ``subprocess.Popen``; its stdout and stderr go to files read when i
 A fresh interpreter runs instead where a fork would not behave as one: not Linux, a zygote that died or printed
 anything while importing (a command's stderr would miss it), an environment that differs where Python or the
 CLI read it at import time (:data:`IMPORT_TIME_ENV`), or ``fresh=True`` (its own start and hash seed: the crash
-tests' reference run). ``test_cli_startup.py`` and the ``--nproc``/torchrun tests start real interpreters.
+tests' reference run). ``test_cli_startup.py`` starts real interpreters; under ``--nproc``/torchrun the
+launcher is forked and its ranks are fresh interpreters, as for a user.
 """
 
 from __future__ import annotations

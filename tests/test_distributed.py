@@ -1,7 +1,9 @@
 """DDP under torchrun with the gloo backend on the CPU: ranks agree exactly, and 2 processes match 1.
 
 ``compress prune --nproc 2`` (our launcher) and plain ``torchrun -m compressor prune`` both run here as real
-subprocesses; the collectives' unit tests run in a real 2-process gloo group (``torch.multiprocessing``).
+processes: the launcher is forked from the test's warm interpreter (``cli_process``), and it starts its ranks as
+fresh interpreters, as it does for a user; the collectives' unit tests run in a real 2-process gloo group
+(``torch.multiprocessing``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import cli_process
 import pytest
 import torch
 import torch.distributed as dist
@@ -44,13 +46,12 @@ pytestmark = pytest.mark.ddp  # every test here launches or emulates several ran
 
 
 def _compress(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "compressor", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return cli_process.run(args, cwd=cwd, env=ENV, timeout=300)
 
 
 def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "compressor"]
-    return subprocess.run([*cmd, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    launcher = ["--standalone", "--nproc-per-node", "2", "-m", "compressor"]
+    return cli_process.run([*launcher, *args], module="torch.distributed.run", cwd=cwd, env=ENV, timeout=300)
 
 
 def _report(out: Path) -> dict[str, Any]:
@@ -207,8 +208,7 @@ def test_sigint_under_nproc_saves_once_and_resumes_bit_identically(tmp_path: Pat
     """Ctrl-C on ``--nproc 2``: every rank stops at the same step, rank 0 saves, --resume equals a clean run."""
     args = ["prune", "--model", "cifar:resnet20", "--method", "psap", "--epochs", "3", "--target-flops", "0.4",
             *DATA, "--data", "synthetic:1x28x28:10:768:64", "--nproc", "2"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "compressor", *args, "--out", "run"], cwd=tmp_path, env=ENV,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = cli_process.start([*args, "--out", "run"], cwd=tmp_path, env=ENV)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
         time.sleep(0.05)
