@@ -57,7 +57,7 @@ class Pruner:
     rebuilds the dense model from it.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, method: str | Method = "psap",
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, method: str | Method = _P.method,
                  target_flops: float | None = None, target_params: float | None = None, epochs: int,
                  steps_per_epoch: int, round_to: int | str = _P.round_to, max_layer_ratio: float = _P.max_layer_ratio,
                  ignore: Iterable[str] = (), ignore_stem: bool = False, group_max_ratio: dict[str, float] | None = None,

@@ -261,7 +261,11 @@ class PruneOptions:
     )
     out: str = opt(REQUIRED, "Run directory to write.", resume="free")
     data: str = opt("fashion-mnist", "fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic:CxHxW:classes.")
-    method: str = opt("psap", "psap | aster | l1 | l2 | bn-scale | taylor | random.")
+    method: str = opt(
+        "aster",
+        "aster | psap | l1 | l2 | bn-scale | taylor | random. ASTER is the default: chosen over PSAP on validation "
+        "at the methods study's confirm tier (docs/methods.md); it needs BatchNorm, use psap or l1 on a model without.",
+    )
     weights: str | None = opt(None, "state_dict checkpoint to start from (weights_only load).")
     weights_head: str = opt(
         WEIGHTS_HEADS[0],

@@ -181,7 +181,8 @@ def test_library_signatures_take_the_option_defaults() -> None:
     def sig(fn: object) -> dict:
         return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
 
-    assert (sig(Pruner)["round_to"], sig(Pruner)["max_layer_ratio"]) == (prune["round_to"], prune["max_layer_ratio"])
+    assert [sig(Pruner)[k] for k in ("method", "round_to", "max_layer_ratio")] == [
+        prune["method"], prune["round_to"], prune["max_layer_ratio"]]  # fmt: skip
     assert (sig(model_info)["round_to"], sig(model_info)["max_ratio"]) == (prune["round_to"], prune["max_layer_ratio"])
     assert sig(load_data)["batch_size"] == prune["batch_size"]
     for fn in (export_onnx, check_options):

@@ -25,7 +25,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.e
 DATA = "synthetic:1x28x28:10:64:32"
 PRUNE = ["prune", "--model", "cifar:resnet20", "--data", DATA, "--target-flops", "0.3", "--device", "cpu",
          "--quiet"]  # fmt: skip
-RUN_FILES = {"pruned.pt", "dense.pt", "report.json", "report.md", "config.yaml", "history.jsonl", "psap_kept.png"}
+RUN_FILES = {"pruned.pt", "dense.pt", "report.json", "report.md", "config.yaml", "history.jsonl",
+             "aster_tau.png"}  # the default method's plot
 HOLDER = f"PID {os.getpid()} on {socket.gethostname()}"
 
 
@@ -93,7 +94,8 @@ def test_stale_run_lock_taken_over_and_removed(tmp_path: Path) -> None:
     r = compress(*PRUNE, "--epochs", "0", "--out", str(run))
     assert r.returncode == 0, r.stderr
     assert "note: taking over the stale lock" in r.stderr and "PID 999999999 on gone" in r.stderr
-    assert {p.name for p in run.iterdir()} == RUN_FILES - {"history.jsonl"}  # no lock left (no epochs: no history)
+    # no lock left (no epochs: no history and no tau plot)
+    assert {p.name for p in run.iterdir()} == RUN_FILES - {"history.jsonl", "aster_tau.png"}
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ def test_state_round_trips_through_weights_only_load(data) -> None:
 @pytest.mark.slow
 def test_cli_from_scratch_writes_records_and_plot(tmp_path) -> None:
     out = tmp_path / "run"
-    cmd = ["prune", "--model", "cifar:resnet20", "--data",
+    cmd = ["prune", "--model", "cifar:resnet20", "--method", "psap", "--data",
            "synthetic:1x28x28:10:256:64", "--from-scratch", "--target-flops", "0.5", "--epochs", "2",
            "--finetune-epochs", "1", "--device", "cpu", "--out", str(out), "--quiet",
            "--psap-variant", "v1"]  # fmt: skip
