@@ -254,14 +254,18 @@ def _user(factory: str, *extra: str, command: str = "prune") -> Callable[[Path],
 # --------------------------------------------------------------------------------------------
 
 
-def _case_no_bn_model(d: Path) -> list[str]:
-    """A user model file (conv-relu only): nothing ASTER can score."""
-    path = _user_file(d, "nobn", (
-        "def make(num_classes=10, in_channels=1):\n"
-        "    return nn.Sequential(nn.Conv2d(in_channels, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),\n"
-        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n"
-    ))  # fmt: skip
-    return _prune("--trust-code", "--method", "aster", model=f"{path}:make")
+def _no_bn_model(*method: str) -> Callable[[Path], list[str]]:
+    """A user model file (conv-relu only): nothing ASTER (the default method) can score."""
+
+    def make(d: Path) -> list[str]:
+        path = _user_file(d, "nobn", (
+            "def make(num_classes=10, in_channels=1):\n"
+            "    return nn.Sequential(nn.Conv2d(in_channels, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),\n"
+            "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n"
+        ))  # fmt: skip
+        return _prune("--trust-code", *method, model=f"{path}:make")
+
+    return make
 
 
 def _case_user_import_raises(d: Path) -> list[str]:
@@ -536,7 +540,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
     "group-max-ratio-out-of-range": (lambda d: _prune("--group-max-ratio", "layer1.*=1.5"), 2, "[0, 1)"),
     "info-swin-refused": (lambda d: ["info", "torchvision:swin_t", "--input-shape", "3x224x224"], 2,
                           "cannot be pruned"),
-    "aster-no-batchnorm": (_case_no_bn_model, 2, "BatchNorm"),
+    "aster-no-batchnorm": (_no_bn_model("--method", "aster"), 2, "BatchNorm"),
+    "default-method-no-batchnorm": (_no_bn_model(), 2, "pass --method psap"),
     # --- unknown specs and names
     "unknown-model": (lambda d: _prune(model="cifar:resnet99"), 2, "resnet99"),
     "info-unknown-model": (lambda d: ["info", "torchvision:resnet1800"], 2, "resnet1800"),
