@@ -233,6 +233,33 @@ def test_summary_best_baseline_is_chosen_on_validation_not_test():
     assert "On validation, beat the best baseline: none." in md  # psap's validation accuracy trails l1's
 
 
+def test_controls_and_distillation_are_paired_with_the_row_they_copy():
+    rows = []
+    for s in range(3):
+        rows += [_row("l1", s, 0.80, 0.90), _row("bn-scale", s, 0.79, 0.85), _row("psap", s, 0.81, 0.88),
+                 _row("l1-iter3", s, 0.80 + 0.01 * s, 0.90), _row("l1-matched-psap", s, 0.78, 0.86),
+                 _row("random-alloc-psap", s, 0.75 - 0.01 * s, 0.84), _row("psap+distill", s, 0.83, 0.89),
+                 _row("l1+distill", s, 0.80 + (0.01 if s else -0.01), 0.90)]  # fmt: skip
+    summary = methods.summarize(rows)
+    entry = {e["variant"]: e for e in summary if e["kind"] == "variant"}
+    want = {"l1-iter3": ("l1", [0.0, 0.01, 0.02]), "l1-matched-psap": ("psap", [-0.03] * 3),
+            "random-alloc-psap": ("psap", [-0.06, -0.07, -0.08]), "psap+distill": ("psap", [0.02] * 3),
+            "l1+distill": ("l1", [-0.01, 0.01, 0.01])}  # fmt: skip
+    for variant, (ref, diffs) in want.items():
+        got = entry[variant]["vs_ref"]
+        assert got["reference"] == ref and got["test"]["diffs"] == pytest.approx(diffs), variant
+    assert entry["random-alloc-psap"]["vs_ref"]["test"]["verdict"] == "loses"
+    assert entry["psap+distill"]["vs_ref"]["val"]["mean"] == pytest.approx(0.01)
+    assert all("vs_ref" not in entry[v] for v in ("l1", "bn-scale", "psap"))  # nothing they copy
+    result = {"summary": summary, "rows": rows, "machine": methods.machine_info(), "overhead": {},
+              "protocol": {"tier_settings": {"confirm": methods.TIERS["confirm"]}, "commands": []}}  # fmt: skip
+    md = methods.render_markdown(result)
+    assert md.index("## Confirm tier") < md.index("## Controls and distillation") < md.index("## Noise floor")
+    line = next(x for x in md.splitlines() if x.startswith("| trained 70% | random-alloc-psap | psap |"))
+    assert "-7.00 [" in line and "0/3 **loses**" in line and "random channels" in line
+    assert sum(x.startswith("| trained 70% |") for x in md.splitlines()) == len(want)
+
+
 # --------------------------------------------------------------------------------------------- end to end
 
 

@@ -235,6 +235,25 @@ def _base(variant: str) -> str:
     return variant[: -len(DISTILL)] if variant.endswith(DISTILL) else variant
 
 
+#: What a control or a distilled row answers, read as "variant − reference" (paired over seeds).
+QUESTIONS = {
+    "l1-iter3": "does pruning in 3 steps beat one shot?",
+    "l1-matched": "does L1 at the method's own mask timing match the method (its channel choice, not its timing)?",
+    "random-alloc": "do random channels at the method's per-group counts match it (its allocation alone)?",
+    "distill": "does distillation from the dense model help?",
+}
+
+
+def reference(variant: str) -> str | None:
+    """The row a control or distilled variant is compared with: its method (a control), the variant without
+    distillation, or one-shot ``l1`` for ``l1-iter3``; None for the others."""
+    if variant.endswith(DISTILL) and variant != BEST_DISTILL:
+        return _base(variant)
+    if variant in CONTROLS:
+        return CONTROLS[variant][0]
+    return "l1" if variant == "l1-iter3" else None
+
+
 def dependency(variant: str) -> str | None:
     """The variant whose row (same tier, model, start, target, seed) a control needs first."""
     entry = CONTROLS.get(_base(variant))
@@ -719,6 +738,11 @@ def _add_paired(out: list[dict[str, Any]], pruned: dict[tuple, list[dict[str, An
             theirs = [r for r in members if r["variant"] == base] if base else []
             entry["vs_best"] = None if base is None else {"baseline": base, "test": paired(mine, theirs, "acc"),
                                                           "val": paired(mine, theirs, "last_val_acc")}  # fmt: skip
+            ref = reference(entry["variant"])
+            refs = [r for r in members if r["variant"] == ref]
+            if refs:
+                entry["vs_ref"] = {"reference": ref, "test": paired(mine, refs, "acc"),
+                                   "val": paired(mine, refs, "last_val_acc")}  # fmt: skip
 
 
 def _noise_entries(out: list[dict[str, Any]], pruned: dict[tuple, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -840,7 +864,11 @@ def _band_cell(e: dict[str, Any] | None) -> str:
 def _diff_cell(e: dict[str, Any] | None, which: str = "test") -> str:
     if e is None or not e.get("vs_best"):
         return "" if e is None or "vs_best" not in e else "no baseline"
-    p = e["vs_best"][which]
+    return _paired_cell(e["vs_best"][which])
+
+
+def _paired_cell(p: dict[str, Any]) -> str:
+    """A :func:`paired` result as "mean [lo, hi] wins/n verdict" in percentage points."""
     if p["n"] == 0:
         return "–"
     sign = lambda v: f"{100 * v:+.2f}"  # noqa: E731
@@ -915,6 +943,31 @@ def _confirm_lines(entries: list[dict[str, Any]], model: str) -> list[str]:
     return lines + [""]
 
 
+def _question(variant: str) -> str:
+    if variant.endswith(DISTILL):
+        return QUESTIONS["distill"]
+    return next((q for prefix, q in QUESTIONS.items() if variant.startswith(prefix)), "")
+
+
+def _control_lines(entries: list[dict[str, Any]], model: str) -> list[str]:
+    """Each control and distilled variant against the row it copies (``vs_ref``), per setting."""
+    found = sorted((e for e in entries if e["tier"] == "confirm" and e["model"] == model and e.get("vs_ref")),
+                   key=lambda e: (_label((e["start"], e["target"])), _variant_order(e["variant"])))  # fmt: skip
+    if not found:
+        return []
+    lines = [f"## Controls and distillation · {model}", "",
+             "Each row against the row it copies, paired per seed: Δ = variant − reference (percentage points), "
+             "95% t-interval, wins/pairs, verdict.", "",
+             "| setting | variant | reference | Δ val (pp) | Δ test (pp) | the question |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for e in found:
+        ref = e["vs_ref"]
+        cells = [_label((e["start"], e["target"])), e["variant"], ref["reference"], _paired_cell(ref["val"]),
+                 _paired_cell(ref["test"]), _question(e["variant"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _dev_lines(entries: list[dict[str, Any]], model: str) -> list[str]:
     settings = _settings_of(entries, "dev", model)
     if not settings:
@@ -967,6 +1020,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = ["# Pruning methods: protocol study", ""]
     for model in models:
         lines += _confirm_lines(entries, model)
+        lines += _control_lines(entries, model)
     for model in models:
         lines += _dev_lines(entries, model)
     noise = [e for e in summary if e["kind"] == "noise"]
