@@ -84,7 +84,7 @@ class Pruner:
         if isinstance(method, Method) and method_options:
             raise BadInput(f"method options ({', '.join(sorted(method_options))}) go with a method name; this "
                            f"{type(method).__name__} object is already built with its own")  # fmt: skip
-        self.method = method if isinstance(method, Method) else make_method(method, method_options)
+        self.method = method if isinstance(method, Method) else build_method(method, **method_options)
         self.weights = weights
         self._ctx_args = {"train_loader": train_loader, "loss_fn": loss_fn or nn.CrossEntropyLoss(), "lr": lr,
                           "device": torch.device(device) if device is not None else _device_of(model),
@@ -178,11 +178,6 @@ class Pruner:
         if self.ctx is None:
             raise RuntimeError("Pruner.start() was not called (the Pruner was built with start=False)")
         return self.ctx
-
-
-def make_method(name: str, options: dict[str, Any]) -> Method:
-    """A method by name with its own options; an option it does not take is BadInput (nothing is dropped)."""
-    return build_method(name, **options)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -49,13 +49,12 @@ def test_variant_choices_are_the_variants() -> None:
 
 
 def test_unknown_or_invalid_method_options_raise() -> None:
-    from compressor.api import make_method
     from compressor.errors import BadInput
     from compressor.methods.options import PSAPOptions
     from compressor.methods.registry import build_method
 
-    with pytest.raises(BadInput, match="has no option 'gama'"):
-        make_method("psap", {"gama": 2.0})
+    with pytest.raises(BadInput, match="method 'psap' has no option 'gama'"):
+        build_method("psap", gama=2.0)
     with pytest.raises(BadInput, match="method 'l1' has no option 'gama'"):
         build_method("l1", gama=2.0)
     with pytest.raises(BadInput, match="method 'l1' has no option 'variant'"):  # PSAP's, not l1's
@@ -163,6 +162,9 @@ def test_a_built_method_takes_no_more_options() -> None:
     with pytest.raises(BadInput, match="go with a method name"):
         Pruner(build_model("cifar:resnet20"), torch.zeros(1, 3, 32, 32), method=build_method("psap"),
                target_flops=0.5, epochs=1, steps_per_epoch=1, gama=2.0)  # fmt: skip
+    with pytest.raises(BadInput, match="method 'psap' has no option 'gama'"):  # nothing is silently dropped
+        Pruner(build_model("cifar:resnet20"), torch.zeros(1, 3, 32, 32), method="psap", target_flops=0.5, epochs=1,
+               steps_per_epoch=1, gama=2.0)  # fmt: skip
 
 
 def test_library_signatures_take_the_option_defaults() -> None:

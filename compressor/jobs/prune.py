@@ -28,7 +28,7 @@ from compressor.jobs.accuracy import gate_failures, preprocessing, raise_failed
 from compressor.jobs.config import RESUME_FIXED, PruneConfig
 from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.methods.base import Method
-from compressor.methods.registry import build_method, method_parameters, options_for
+from compressor.methods.registry import build_method, options_for
 from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
 from compressor.models.checkpoints import with_module_versions
 from compressor.runtime import checkpoint, distributed, lock
@@ -528,9 +528,8 @@ def _allocation_record(out: Path) -> dict[str, Any]:
 
 
 def _method_report_options(cfg: PruneConfig) -> dict[str, Any]:
-    """The options the run's method takes (every method option is passed; each takes its own)."""
-    taken = method_parameters(cfg.method)
-    return {k: v for k, v in cfg.method_options().items() if k in taken or k == "from_scratch"}
+    """The options the run's method takes, and whether it started from scratch."""
+    return {**options_for(cfg.method, cfg.method_options()), "from_scratch": cfg.from_scratch}
 
 
 def _train_cfg(cfg: PruneConfig, epochs: int, lr: float) -> TrainConfig:
