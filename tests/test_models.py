@@ -47,6 +47,23 @@ def test_resnet20_structure():
     assert 1.7e6 < n_params(build_model("cifar:resnet110")) < 1.75e6
 
 
+@pytest.mark.parametrize(("spec", "linear_std"), [("cifar:resnet20", None), ("cifar:vgg16", 0.01)])
+def test_cifar_init_is_the_papers(spec, linear_std):
+    """Kaiming-normal (fan out) convs, BN 1/0, zero Linear biases; VGG's classifier N(0, 0.01), ResNet's Kaiming."""
+    torch.manual_seed(0)
+    m = build_model(spec)
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d) and c.weight.numel() > 5000]
+    for c in convs:  # fan_out = out_channels * k * k: std sqrt(2 / fan_out), within sampling error
+        fan_out = c.out_channels * c.kernel_size[0] * c.kernel_size[1]
+        assert float(c.weight.std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+    bns = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+    assert bns and all(bool((b.weight == 1).all() and (b.bias == 0).all()) for b in bns)
+    fc = next(x for x in m.modules() if isinstance(x, nn.Linear))
+    assert bool((fc.bias == 0).all())
+    want = linear_std if linear_std is not None else (2 / fc.in_features) ** 0.5  # Kaiming fan_in
+    assert float(fc.weight.std()) == pytest.approx(want, rel=0.25)
+
+
 def test_deterministic_given_seed():
     torch.manual_seed(0)
     a = build_model("cifar:resnet20").state_dict()
