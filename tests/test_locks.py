@@ -25,8 +25,9 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.e
 DATA = "synthetic:1x28x28:10:64:32"
 PRUNE = ["prune", "--model", "cifar:resnet20", "--data", DATA, "--target-flops", "0.3", "--device", "cpu",
          "--quiet"]  # fmt: skip
+# a prune's run directory with the default method (aster_tau.png is its plot)
 RUN_FILES = {"pruned.pt", "dense.pt", "report.json", "report.md", "config.yaml", "history.jsonl",
-             "aster_tau.png"}  # the default method's plot
+             "aster_tau.png"}  # fmt: skip
 HOLDER = f"PID {os.getpid()} on {socket.gethostname()}"
 
 
