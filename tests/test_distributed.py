@@ -209,12 +209,19 @@ def test_sigint_under_nproc_saves_once_and_resumes_bit_identically(tmp_path: Pat
     args = ["prune", "--model", "cifar:resnet20", "--method", "psap", "--epochs", "3", "--target-flops", "0.4",
             *DATA, "--data", "synthetic:1x28x28:10:768:64", "--nproc", "2"]  # fmt: skip
     proc = cli_process.start([*args, "--out", "run"], cwd=tmp_path, env=ENV)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the next epoch
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the next epoch
+        proc.send_signal(signal.SIGINT)  # the launcher passes it to its ranks
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a hung launcher: SIGINT again stops its ranks too, then kill it
+            proc.send_signal(signal.SIGINT)
+            time.sleep(5)
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines() == [f"error: interrupted by SIGINT: resumable checkpoint at "
                                            f"{Path('run') / 'checkpoint.pt'}, continue with --resume"]  # fmt: skip

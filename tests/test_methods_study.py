@@ -258,6 +258,8 @@ def test_controls_and_distillation_are_paired_with_the_row_they_copy():
     line = next(x for x in md.splitlines() if x.startswith("| trained 70% | random-alloc-psap | psap |"))
     assert "-7.00 [" in line and "0/3 **loses**" in line and "random channels" in line
     assert sum(x.startswith("| trained 70% |") for x in md.splitlines()) == len(want)
+    winners = next(x for x in md.splitlines() if x.startswith("**Winner(s)**"))
+    assert "psap at trained 70%" in winners and "distill" not in winners  # controls are not methods
 
 
 # --------------------------------------------------------------------------------------------- end to end

@@ -923,8 +923,9 @@ def _confirm_lines(entries: list[dict[str, Any]], model: str) -> list[str]:
         base = next((e.get("best_baseline") for e in entries if e["tier"] == "confirm" and e["model"] == model
                      and (e["start"], e["target"]) == s and e.get("best_baseline")), None)  # fmt: skip
         bests.append(f"{_label(s)}: {base or 'none'}")
-        for e in entries:
-            if e["tier"] != "confirm" or e["model"] != model or (e["start"], e["target"]) != s or not e.get("vs_best"):
+        for e in entries:  # the methods; controls and distilled rows have a table of their own
+            here = e["tier"] == "confirm" and e["model"] == model and (e["start"], e["target"]) == s
+            if not here or not e.get("vs_best") or family(e["variant"]) != "main":
                 continue
             p = e["vs_best"]["test"]
             text = f"{e['variant']} at {_label(s)} ({100 * p['mean']:+.2f} pp, n={p['n']})" if p["n"] else ""
@@ -951,8 +952,9 @@ def _question(variant: str) -> str:
 
 def _control_lines(entries: list[dict[str, Any]], model: str) -> list[str]:
     """Each control and distilled variant against the row it copies (``vs_ref``), per setting."""
+    order = _settings_of(entries, "confirm", model)  # higher targets first, then the starts' order
     found = sorted((e for e in entries if e["tier"] == "confirm" and e["model"] == model and e.get("vs_ref")),
-                   key=lambda e: (_label((e["start"], e["target"])), _variant_order(e["variant"])))  # fmt: skip
+                   key=lambda e: (order.index((e["start"], e["target"])), _variant_order(e["variant"])))  # fmt: skip
     if not found:
         return []
     lines = [f"## Controls and distillation · {model}", "",
@@ -1003,6 +1005,7 @@ def _dev_lines(entries: list[dict[str, Any]], model: str) -> list[str]:
             e["tier"] == "dev"
             and e["model"] == model
             and e.get("vs_best")
+            and family(e["variant"]) == "main"
             and e["vs_best"]["val"]["verdict"] == "beats"
         ):
             beats.setdefault(e["variant"], []).append(_label((e["start"], e["target"])))

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from compressor.jobs.accuracy import gate_failures, preprocessing, raise_failed
 from compressor.jobs.config import RESUME_FIXED, PruneConfig
 from compressor.jobs.report import build_report, group_table, plot_kept_ratios, plot_threshold, render_markdown
 from compressor.methods.base import Method
-from compressor.methods.registry import build_method, options_for
+from compressor.methods.options import METHOD_OPTIONS
+from compressor.methods.registry import METHODS, build_method, method_parameters, options_for
 from compressor.models import init_bn_gamma, load_weights, pretrained_record, read_checkpoint
 from compressor.models.checkpoints import with_module_versions
 from compressor.runtime import checkpoint, distributed, lock
@@ -106,6 +107,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     metric, target = cfg.target()
     cfg.check()
     round_note = _resolve_round_to(cfg)  # before the run directory (and --resume) sees the config
+    _refuse_unused_method_options(cfg)
     method = build_method(cfg.method, **options_for(cfg.method, cfg.method_options()))  # a bad name/value: BadInput
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -525,6 +527,28 @@ def _allocation_record(out: Path) -> dict[str, Any]:
     """The report's ``allocation`` section: the measured per-group weights (see ``latency_alloc``)."""
     saved = json.loads((out / ALLOCATION_FILE).read_text())
     return {k: saved.get(k) for k in ("provider", "batch", "threads", "probe", "power", "dense_ms", "table")}
+
+
+#: Shared method options: the name a method takes -> the prune option that sets it.
+_SHARED_METHOD_OPTIONS = {"steps": "steps", "prune_every": "prune_every", "schedule": "prune_schedule",
+                          "max_prune_fraction": "max_prune_fraction"}  # fmt: skip
+
+
+def _refuse_unused_method_options(cfg: PruneConfig) -> None:
+    """BadInput for an option set away from its default that ``cfg.method`` does not take (``--psap-gamma`` with
+    ``--method aster``): it would be ignored without a word, and the run would not be the one asked for."""
+    default = {f.name: f.default for f in fields(PruneConfig)}
+    owners: dict[str, list[str]] = {}
+    for key, name in _SHARED_METHOD_OPTIONS.items():
+        owners[name] = [m for m in METHODS if key in method_parameters(m)]
+    for method, cls in METHOD_OPTIONS.items():
+        owners.update({f"{method}_{f.name}": [method] for f in fields(cls)})
+    for name, methods in owners.items():
+        if cfg.method not in methods and getattr(cfg, name) != default[name]:
+            which = sorted(methods)
+            which = ", ".join(which[:-1]) + " or " + which[-1] if len(which) > 1 else which[0]
+            raise BadInput(f"--{name.replace('_', '-')} applies to --method {which}, not {cfg.method} (the default "
+                           f"method is {default['method']})")  # fmt: skip
 
 
 def _method_report_options(cfg: PruneConfig) -> dict[str, Any]:

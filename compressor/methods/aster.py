@@ -149,7 +149,7 @@ class ASTER(Method):
                 chan.append(torch.tensor(m.root_idxs, dtype=torch.long) + self.offsets[g.id])
         if not self.params:
             raise BadInput(f"ASTER needs BatchNorm on the prunable groups; none of the {len(graph.groups)} groups "
-                           "has one (pass --method psap, l1 or l2)")  # fmt: skip
+                           "has one: choose method psap, l1 or l2 (--method, or method= in Python)")  # fmt: skip
         self.total = total
         starts = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0)[:-1]
         self.entry_flat = starts[torch.cat(pos)[:, 0]] + torch.cat(pos)[:, 1]  # index into the concatenated weights
