@@ -9,8 +9,14 @@ import importlib
 import importlib.metadata
 from typing import Any
 
-_PUBLIC = {"Pruner": "compressor.api", "save_pruned": "compressor.api", "list_models": "compressor.api",
-           "list_methods": "compressor.api", "load_pruned": "compressor.artifacts", "export_onnx": "exporters.onnx"}
+_PUBLIC = {
+    "Pruner": "compressor.api",
+    "save_pruned": "compressor.api",
+    "list_models": "compressor.api",
+    "list_methods": "compressor.api",
+    "load_pruned": "compressor.artifacts",
+    "export_onnx": "exporters.onnx",
+}
 __all__ = ["tool_version", *_PUBLIC]
 
 

@@ -28,4 +28,3 @@ def test_a_limit_hit_inside_a_failing_c_call_stays_inside_the_block() -> None:
         b.close()
     time.sleep(0.3)  # several polls: a leaked watcher would interrupt here
     assert caught is not None and restored
-

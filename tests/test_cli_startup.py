@@ -28,9 +28,13 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
     assert heavy == "HEAVY:", f"imported at startup: {heavy}"
 
 
-@pytest.mark.parametrize("args", [["info", "nope:x"],
-                                  ["prune", "--model", "nope:x", "--data", "synthetic:1x8x8:2:8:4", "--out", "run",
-                                   "--target-flops", "0.3"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["info", "nope:x"],
+        ["prune", "--model", "nope:x", "--data", "synthetic:1x8x8:2:8:4", "--out", "run", "--target-flops", "0.3"],
+    ],
+)
 def test_a_fresh_interpreter_prints_one_error_line(tmp_path, args: list[str]) -> None:
     """The forked command-line tests (``cli_process``) cannot see what importing prints: a real interpreter, from
     its first import to its error, writes exactly one line on stderr."""

@@ -95,8 +95,16 @@ def test_cli_recipe_and_api_defaults_are_one_object() -> None:
                                     ("info", (InfoOptions,), {"model", "list_models", "list_methods", "trust_code",
                                                               "weights_head", "round_to", "max_layer_ratio", "ignore",
                                                               "ignore_stem", "group_max_ratio"})):  # fmt: skip
-        assert extra <= set().union(*shared) | {"list_models", "list_methods", "weights_head", "round_to",
-                                                "max_layer_ratio", "ignore", "ignore_stem", "group_max_ratio"}
+        assert extra <= set().union(*shared) | {
+            "list_models",
+            "list_methods",
+            "weights_head",
+            "round_to",
+            "max_layer_ratio",
+            "ignore",
+            "ignore_stem",
+            "group_max_ratio",
+        }
         every = [f for cls in classes for f in fields(cls)]
         want = {k: v for cls in classes for k, v in defaults(cls).items()}
         params = {p.name: p for p in main.commands[command].params if p.name not in ("config", "as_json")}

@@ -955,9 +955,17 @@ def test_prune_and_export_a_pickled_module(tmp_path: Path) -> None:
     assert json.loads(exported.stdout)["verification"]["passed"]
 
 
-@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
-                                                "allocate memory: you tried to allocate 2560000000000 bytes"),
-                                   MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+            "allocate memory: you tried to allocate 2560000000000 bytes"
+        ),
+        MemoryError(),
+        RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB"),
+    ],
+)
 def test_an_allocation_failure_no_estimate_caught_is_bad_input(error: BaseException, monkeypatch) -> None:
     """Past the up-front estimates, an allocator failure is still a request beyond the machine: exit 2, one line."""
     from click.testing import CliRunner

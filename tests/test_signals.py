@@ -158,8 +158,17 @@ def test_eval(run_dir: Path, tmp_path: Path) -> None:
 def test_run_after_pruning_keeps_the_pruned_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
-    prune = {"model": "cifar:resnet20", "data": DATA, "method": "l1", "epochs": 0, "target_flops": 0.3,
-             "device": "cpu", "quiet": True, "seed": 0, "out": str(out)}  # PRUNE as a recipe section
+    prune = {
+        "model": "cifar:resnet20",
+        "data": DATA,
+        "method": "l1",
+        "epochs": 0,
+        "target_flops": 0.3,
+        "device": "cpu",
+        "quiet": True,
+        "seed": 0,
+        "out": str(out),
+    }  # PRUNE as a recipe section
     recipe.write_text(yaml.safe_dump({"prune": prune, "bench": {"iters": 5, "warmup": 1}}))
     proc = _interrupt(["run", str(recipe)], "exporters.files:_save", signal.SIGTERM, tmp_path)
     line = _check_stopped(proc, signal.SIGTERM, 143, "export")

@@ -125,8 +125,18 @@ def _run_reload(path: Path, exporter: str) -> None:
     res = export_onnx(model, tuple(payload["input_shape"]), path.with_suffix(".reloaded.onnx"), exporter=exporter,
                       verify_batches=(1, 2))  # fmt: skip
     v = res["verification"]
-    print("RELOAD " + json.dumps({"reload_max_abs_diff": diff, "same_outputs": diff <= 1e-5 + 1e-4 * scale,
-                                  "export_passed": bool(v["passed"]), "export_errors": v["errors"]}), flush=True)
+    print(
+        "RELOAD "
+        + json.dumps(
+            {
+                "reload_max_abs_diff": diff,
+                "same_outputs": diff <= 1e-5 + 1e-4 * scale,
+                "export_passed": bool(v["passed"]),
+                "export_errors": v["errors"],
+            }
+        ),
+        flush=True,
+    )
 
 
 def _method_row(name: str, method: str, model: Any, graph: Any, shape: tuple[int, ...], target: float,

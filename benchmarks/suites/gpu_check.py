@@ -73,8 +73,16 @@ def run_checks(work: Path, env: dict[str, Any]) -> list[dict[str, Any]]:
                            "--pretrain-epochs", "1", "--epochs", "2", "--target-flops", "0.5", "--device", device,
                            "--quiet", "--json", "--out", str(run))  # fmt: skip
     report = json.loads(out) if rc == 0 else {}
-    rows.append(_row(f"prune on {device} (psap, AMP on CUDA)", rc, out, err, s,
-                     **({"pruned_acc": report["pruned"]["acc"], "flops_drop": report["flops_drop"]} if report else {})))
+    rows.append(
+        _row(
+            f"prune on {device} (psap, AMP on CUDA)",
+            rc,
+            out,
+            err,
+            s,
+            **({"pruned_acc": report["pruned"]["acc"], "flops_drop": report["flops_drop"]} if report else {}),
+        )
+    )
     if rc != 0:
         return rows
     for extra, name in (([], "export fp32"), (["--fp16", "--out", str(run / "pruned.fp16.onnx")], "export fp16")):

@@ -408,8 +408,14 @@ def _read_yaml_or_bad(path: str) -> dict[str, Any]:
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--list-models", "list_models", flag_value="*", default=None, is_flag=False,
-              help="List the model specs matching a glob (e.g. 'torchvision:resnet*'; '*' or no value: all) and exit.")
+@click.option(
+    "--list-models",
+    "list_models",
+    flag_value="*",
+    default=None,
+    is_flag=False,
+    help="List the model specs matching a glob (e.g. 'torchvision:resnet*'; '*' or no value: all) and exit.",
+)
 @click.option("--list-methods", is_flag=True, help="List every pruning method with its options and exit.")
 @click_options(InfoOptions)
 @click.option("--trust-code", is_flag=True, help=TRUST_HELP)

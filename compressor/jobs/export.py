@@ -66,8 +66,15 @@ def _export(run_dir: Path, out: Path, name: str, o: ExportOptions, trust_code: b
         _log.warning("%s has no config.yaml (not made by compress prune): the file's accuracy is not measured; "
                      "compress eval FILE --data SPEC measures it", run_dir)  # fmt: skip
     evaluate, bundle = _accuracy_on_test(cfg) if o.accuracy and cfg is not None else (None, None)
-    meta.update(deployment_metadata(run_dir, cfg, bundle, o.class_names,
-                                    categories(payload["spec"]["model"], int(payload["spec"]["num_classes"]))))
+    meta.update(
+        deployment_metadata(
+            run_dir,
+            cfg,
+            bundle,
+            o.class_names,
+            categories(payload["spec"]["model"], int(payload["spec"]["num_classes"])),
+        )
+    )
     result = export_onnx(model.eval(), tuple(payload["input_shape"]), out, opset=o.opset,
                          dynamic_batch=o.dynamic_batch, simplify=o.simplify, metadata=meta, rtol=o.rtol,
                          atol=o.atol, exporter=o.exporter, fp16=o.fp16, external_data=o.external_data,

@@ -145,8 +145,15 @@ def _summary(run_dir: Path, report: dict[str, Any], pruned: dict[str, Any], dens
         "pruned_acc": report["pruned"]["acc"],
         "dense_onnx_acc": acc(dense),
         "pruned_onnx_acc": acc(pruned),
-        **({"int8_acc": acc(int8), "int8_p50_ms": row["models"]["pruned-int8"]["p50_ms"],
-            "int8_speedup": row["speedup"]["pruned-int8"]["p50"]} if int8 else {}),  # fmt: skip
+        **(
+            {
+                "int8_acc": acc(int8),
+                "int8_p50_ms": row["models"]["pruned-int8"]["p50_ms"],
+                "int8_speedup": row["speedup"]["pruned-int8"]["p50"],
+            }
+            if int8
+            else {}
+        ),  # fmt: skip
         "flops_drop": report["flops_drop"],
         "params_drop": report["params_drop"],
         "export_max_abs_diff": max(_diff(pruned), _diff(dense)),
@@ -216,9 +223,15 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         f"{100 * (s['pruned_onnx_acc'] - s['dense_onnx_acc']):+.2f} pt"))  # fmt: skip
     if "int8_acc" in s:
         int8_acc = "" if s["int8_acc"] is None else f"{100 * s['int8_acc']:.2f}%"
-        rows += [("INT8 file: test accuracy", "", int8_acc,
-                  "" if s["int8_acc"] is None else f"{100 * (s['int8_acc'] - s['dense_acc']):+.2f} pt vs dense"),
-                 ("INT8 file: p50 latency", "", f"{s['int8_p50_ms']:.3f} ms", f"{s['int8_speedup']:.2f}x speedup")]
+        rows += [
+            (
+                "INT8 file: test accuracy",
+                "",
+                int8_acc,
+                "" if s["int8_acc"] is None else f"{100 * (s['int8_acc'] - s['dense_acc']):+.2f} pt vs dense",
+            ),
+            ("INT8 file: p50 latency", "", f"{s['int8_p50_ms']:.3f} ms", f"{s['int8_speedup']:.2f}x speedup"),
+        ]
     return rows
 
 

@@ -40,8 +40,12 @@ BN_BATCHES = 10  # v2: batches that re-estimate BN statistics after a prune chan
 #: epoch, with BN re-estimation after each prune and rounding only at the freeze; eta0 fixed at the authors' 0.1.
 VARIANTS: dict[str, dict[str, Any]] = {
     "v1": {"search": "rounded", "eta": "lr", "curvature": "consecutive", "prunes_per_epoch": 1},
-    "v2": {"search": "exact", "eta": "fixed", "curvature": "consecutive",
-           "prunes_per_epoch": 1},  # 1: chosen on validation at the dev tier over 4 (docs/methods.md)
+    "v2": {
+        "search": "exact",
+        "eta": "fixed",
+        "curvature": "consecutive",
+        "prunes_per_epoch": 1,
+    },  # 1: chosen on validation at the dev tier over 4 (docs/methods.md)
 }
 TINY_GROUP = 0.05  # freeze when a group would keep <= 5% of its channels
 TRACE_POINTS = 64  # tau samples kept per epoch for the plot

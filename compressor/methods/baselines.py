@@ -108,8 +108,18 @@ class ImportanceBaseline(Method):
         if self.counts is not None:  # another run's per-group kept counts (the allocation control)
             self._masks = ctx.graph.legalize(masks_from_counts(scores, self.counts))
         else:
-            self._masks = ctx.graph.legalize(solve_masks(ctx.graph, ctx.budget, scores, target, metric=ctx.metric,
-                                                         max_ratio=ctx.max_ratio, caps=caps, weights=ctx.weights))
+            self._masks = ctx.graph.legalize(
+                solve_masks(
+                    ctx.graph,
+                    ctx.budget,
+                    scores,
+                    target,
+                    metric=ctx.metric,
+                    max_ratio=ctx.max_ratio,
+                    caps=caps,
+                    weights=ctx.weights,
+                )
+            )
         ctx.graph.apply_masks(self._masks)
         drop = ctx.budget.drop(self._masks, ctx.metric)
         self.log.append({"step": self.done_steps, "target": target, f"{ctx.metric}_drop": drop})
