@@ -215,6 +215,12 @@ ALLOCATIONS = ("uniform", "latency")
 BASELINES = ("l1", "l2", "bn-scale", "taylor", "random")
 
 
+#: The shared method options: the keyword a method's constructor takes -> the prune option that sets it.
+SHARED_METHOD_OPTIONS = {"steps": "steps", "seed": "seed", "prune_every": "prune_every", "prune_at": "prune_at",
+                         "allocation_from": "allocation_from", "from_scratch": "from_scratch",
+                         "schedule": "prune_schedule", "max_prune_fraction": "max_prune_fraction"}  # fmt: skip
+
+
 def check_allocation(allocation: str, method: str) -> None:
     """BadInput for an unknown allocation, or ``latency`` with a method that sets its own per-group ratios."""
     if allocation not in ALLOCATIONS:
@@ -464,10 +470,7 @@ class PruneOptions:
         """Every method option (a shared namespace: ``methods.registry.options_for`` takes a method's part)."""
         own = f"{self.method}_"  # psap_* options go to PSAP, aster_* to ASTER (both have e.g. a variant)
         prefixed = {k[len(own) :]: getattr(self, k) for k in vars(self) if k.startswith(own)}
-        return {"steps": self.steps, "seed": self.seed, "prune_every": self.prune_every, "prune_at": self.prune_at,
-                "allocation_from": self.allocation_from,
-                "from_scratch": self.from_scratch, "schedule": self.prune_schedule,
-                "max_prune_fraction": self.max_prune_fraction, **prefixed}  # fmt: skip
+        return {key: getattr(self, name) for key, name in SHARED_METHOD_OPTIONS.items()} | prefixed
 
 
 # --------------------------------------------------------------------------------------------- compress export

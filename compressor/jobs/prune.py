@@ -21,6 +21,7 @@ from compressor import tool_version
 from compressor.api import Pruner
 from compressor.artifacts import build_from_spec, load_pruned, pruned_payload
 from compressor.budget import Budget
+from compressor.config import SHARED_METHOD_OPTIONS
 from compressor.data import load_data
 from compressor.errors import BadInput, GateFailed, WriteFailed
 from compressor.graph import PruningGraph, count_ops_and_params
@@ -529,18 +530,14 @@ def _allocation_record(out: Path) -> dict[str, Any]:
     return {k: saved.get(k) for k in ("provider", "batch", "threads", "probe", "power", "dense_ms", "table")}
 
 
-#: Shared method options: the name a method takes -> the prune option that sets it.
-_SHARED_METHOD_OPTIONS = {"steps": "steps", "prune_every": "prune_every", "schedule": "prune_schedule",
-                          "max_prune_fraction": "max_prune_fraction"}  # fmt: skip
-
-
 def _refuse_unused_method_options(cfg: PruneConfig) -> None:
     """BadInput for an option set away from its default that ``cfg.method`` does not take (``--psap-gamma`` with
     ``--method aster``): it would be ignored without a word, and the run would not be the one asked for."""
     default = {f.name: f.default for f in fields(PruneConfig)}
     owners: dict[str, list[str]] = {}
-    for key, name in _SHARED_METHOD_OPTIONS.items():
-        owners[name] = [m for m in METHODS if key in method_parameters(m)]
+    for key, name in SHARED_METHOD_OPTIONS.items():
+        if name not in ("seed", "from_scratch"):  # they also set up the run itself, whichever the method
+            owners[name] = [m for m in METHODS if key in method_parameters(m)]
     for method, cls in METHOD_OPTIONS.items():
         owners.update({f"{method}_{f.name}": [method] for f in fields(cls)})
     for name, methods in owners.items():
