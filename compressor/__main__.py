@@ -1,5 +1,5 @@
 """``python -m compressor``: the ``compress`` command line (what ``torchrun -m compressor`` runs)."""
 
-from compressor.cli import main
+from compressor.cli import entry_point
 
-main()
+entry_point()

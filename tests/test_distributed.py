@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 from compressor.data import load_data
 from compressor.errors import BadInput
-from compressor.runtime import distributed
+from compressor.runtime import distributed, launch
 from compressor.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +112,19 @@ def test_bad_input_under_nproc_is_one_line_exit_2(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--batch-size 33" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_launcher_reports_a_rank_that_failed_while_rank_0_was_stopped(tmp_path: Path) -> None:
+    """torchrun stops the other ranks as soon as one fails: the launcher prints the line a rank left, whichever."""
+    (tmp_path / "rank1").write_text(json.dumps({"code": 2, "error": "--batch-size 33 is not a multiple of 2"}))
+    assert launch.outcome(tmp_path) == (2, "--batch-size 33 is not a multiple of 2")  # rank 0 left nothing
+    (tmp_path / "rank0").write_text(json.dumps({"code": 143, "error": "interrupted by SIGTERM"}))
+    (tmp_path / "rank2").write_text(json.dumps({"code": 143, "error": "interrupted by SIGTERM on rank 2"}))
+    assert launch.outcome(tmp_path) == (143, "interrupted by SIGTERM")  # the highest code, its lowest rank
+    (tmp_path / "rank3").write_text("{")  # a rank that could not finish its record counts as a failure
+    assert launch.outcome(tmp_path) == (143, "interrupted by SIGTERM")
+    (tmp_path / "none").mkdir()
+    assert launch.outcome(tmp_path / "none") == (1, None)  # every rank killed before it could record
 
 
 # --------------------------------------------------------------------------------------------

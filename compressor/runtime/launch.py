@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -25,11 +26,13 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Run ``python -m compressor ARGV`` under torchrun (standalone rendezvous); the command's exit code.
+def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
+    """Run ``python -m compressor ARGV`` under torchrun (standalone rendezvous); the command's exit code and
+    its one-line error (None: the ranks printed none), for the launcher to print.
 
     torchrun reports any failed worker as its own failure with a traceback; each worker instead records its
-    exit code in a temp directory, and the highest one (bad input 2 over a gate 1) is returned.
+    exit code and error in a temp directory, and the highest code (bad input 2 over a gate 1) is returned with
+    the error of the lowest rank that exited with it.
     """
     from compressor.runtime import distributed  # torch: imported only when launching (not for `compress --help`)
 
@@ -56,15 +59,42 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
             pass
         finally:
             os.environ.pop(EXIT_FILE_ENV, None)
-        texts = [p.read_text().strip() for p in Path(tmp).glob("rank*")]
-    codes = [int(t) for t in texts if t.lstrip("-").isdigit()]
-    return max(codes) if codes else 1
+        return outcome(Path(tmp))
 
 
-def record_exit(code: int) -> None:
-    """Called by a worker on exit: leave its exit code for :func:`launch_torchrun`."""
+def outcome(where: Path) -> tuple[int, str | None]:
+    """The exit code and error line of the ranks that recorded theirs in ``where``: the highest code, with the
+    error of the lowest rank that exited with it; (1, None) where none recorded (all killed)."""
+    exits = sorted(_read_exit(p) for p in where.glob("rank*"))
+    if not exits:
+        return 1, None
+    code = max(c for _, c, _ in exits)
+    return code, next((line for _, c, line in exits if c == code and line is not None), None)
+
+
+def _read_exit(path: Path) -> tuple[int, int, str | None]:
+    """(rank, exit code, error line) a worker recorded; code 1 where the file is unreadable (a rank killed while
+    writing it)."""
+    rank = int(path.name.removeprefix("rank"))
+    try:
+        got = json.loads(path.read_text())
+        return rank, int(got["code"]), got.get("error")
+    except (OSError, ValueError, KeyError, TypeError):
+        return rank, 1, None
+
+
+def reports_to_launcher() -> bool:
+    """Whether this process is a worker of :func:`launch_torchrun` (which prints the ranks' error line)."""
     where = os.environ.get(EXIT_FILE_ENV)
-    if where and Path(where).is_dir():
+    return bool(where) and Path(where).is_dir()
+
+
+def record_exit(code: int, error: str | None = None) -> None:
+    """Called by a worker on exit: leave its exit code and one-line error for :func:`launch_torchrun`."""
+    if reports_to_launcher():
         from compressor.runtime import distributed
 
-        Path(where, f"rank{distributed.rank()}").write_text(str(code))
+        where = Path(os.environ[EXIT_FILE_ENV])
+        tmp = where / f".rank{distributed.rank()}.tmp"
+        tmp.write_text(json.dumps({"code": code, "error": error}))
+        tmp.replace(where / tmp.name[1:].removesuffix(".tmp"))  # whole or absent, never half
