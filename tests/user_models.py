@@ -137,7 +137,7 @@ def tiny_vit(num_classes: int = 10) -> nn.Module:
     )
 
 
-# Hostile models (tests/test_hostile.py): each must be refused with one clear line, never a crash.
+# Hostile models (tests/integration/test_hostile.py): each must be refused with one clear line, never a crash.
 
 
 def _small(num_classes: int, in_channels: int) -> nn.Sequential:

@@ -70,6 +70,19 @@ def _fail(message: str, code: int) -> None:
     raise _Failed(code, line)
 
 
+def _stopped_by_signal(exc: BaseException) -> Interrupted | KeyboardInterrupt | None:
+    """The SIGINT/SIGTERM stop behind ``exc``, if any: a signal that lands while a C extension initializes (ONNX
+    Runtime's, imported on first use) surfaces as that import's ``ImportError`` with the stop as its cause."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (Interrupted, KeyboardInterrupt)):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class _Group(click.Group):
     """Map our errors and click's usage errors to one line and the documented exit codes.
 
@@ -107,6 +120,10 @@ class _Group(click.Group):
         except Exception as exc:  # a bug or an environment failure: one line unless --debug
             if debug:
                 raise
+            if isinstance(stop := _stopped_by_signal(exc), Interrupted):  # a C extension's import wrapped it
+                _fail(str(stop), 128 + stop.signum)
+            if stop is not None:
+                _fail("interrupted", 130)
             if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:  # a write the write layer did not wrap
                 _fail(str(WriteFailed.of(exc, exc.filename or "an output file")), 2)
             if out_of_memory(exc):  # a request beyond the machine that no estimate caught up front

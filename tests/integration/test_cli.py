@@ -25,7 +25,7 @@ from compressor.cli import main
 from compressor.runtime import checkpoint
 from exporters.onnx import read_metadata
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 SYN = "synthetic:3x32x32:10"
 SYN_TINY = "synthetic:1x28x28:10:64:32"  # 64 train / 32 test images: for runs whose accuracy is irrelevant

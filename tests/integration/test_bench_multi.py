@@ -26,7 +26,7 @@ from compressor.cli import main
 from compressor.errors import BadInput, GateFailed
 from compressor.jobs.bench import auto_labels, bench_gate, model_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
 FAST = ["--iters", "3", "--warmup", "0", "--threads", "1"]

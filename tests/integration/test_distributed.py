@@ -28,7 +28,7 @@ from compressor.errors import BadInput
 from compressor.runtime import distributed, launch
 from compressor.train import evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
        "OMP_NUM_THREADS": "1"}  # fmt: skip
 DATA = ["--data", "synthetic:1x28x28:10:256:64", "--batch-size", "32", "--device", "cpu", "--quiet", "--seed", "0"]

@@ -27,7 +27,7 @@ from compressor.errors import BadInput
 from compressor.models import build_model, categories, load_weights, pretrained_record
 from compressor.models.pretrained import cache_file, resolve_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = "synthetic:1x32x32:10:64:32"  # 1 channel (the RGB stem is adapted), 10 classes (the ImageNet head is not)
 MOBILE = "torchvision:mobilenet_v3_small:IMAGENET1K_V1"
 

@@ -23,7 +23,7 @@ import torch
 from compressor.errors import BadInput
 from compressor.runtime import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
        "OMP_NUM_THREADS": "1"}  # fmt: skip
 # Every phase (dense training, pruning with PSAP, fine-tuning the slim model), 16 steps an epoch.

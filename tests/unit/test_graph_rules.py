@@ -25,7 +25,7 @@ SHAPE = (3, 32, 32)
 
 
 def _user(name: str) -> nn.Module:
-    spec = importlib.util.spec_from_file_location("user_models", Path(__file__).with_name("user_models.py"))
+    spec = importlib.util.spec_from_file_location("user_models", Path(__file__).resolve().parents[1] / "user_models.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return getattr(mod, name)()

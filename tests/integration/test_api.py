@@ -14,7 +14,7 @@ import compressor
 from compressor.errors import BadInput
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_public_names_are_reexported() -> None:

@@ -19,7 +19,7 @@ import pytest
 from compressor.errors import BadInput
 from compressor.runtime import lock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
        "OMP_NUM_THREADS": "1"}  # fmt: skip
 DATA = "synthetic:1x28x28:10:64:32"

@@ -36,14 +36,14 @@ from torch import nn
 from compressor.artifacts import pruned_payload
 from compressor.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     "OMP_NUM_THREADS": "1",
 }
 ENV.pop("COMPRESS_DEBUG", None)
-USER = str(Path(__file__).with_name("user_models.py"))
+USER = str(Path(__file__).resolve().parents[1] / "user_models.py")
 SYN_TINY = "synthetic:1x28x28:10:64:32"  # 64 train / 32 test images
 PARALLEL = 4
 CASE_TIMEOUT = 180  # seconds

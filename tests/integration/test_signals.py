@@ -24,8 +24,9 @@ import yaml
 from click.testing import CliRunner
 
 from compressor.cli import main
+from compressor.errors import Interrupted
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 DATA = "synthetic:3x32x32:10:64:32"
 PRUNE = ["prune", "--model", "cifar:resnet20", "--data", DATA, "--method", "l1", "--epochs", "0",
@@ -224,3 +225,24 @@ def test_interrupted_survives_pickling() -> None:  # sent between ranks (runtime
     for exc in (Interrupted(15, "runs/x/checkpoint.pt"), Interrupted(2, during="quantize", note="kept")):
         again = pickle.loads(pickle.dumps(exc))
         assert (type(again), again.signum, str(again)) == (Interrupted, exc.signum, str(exc))
+
+
+@pytest.mark.parametrize(("stop", "code", "line"), [
+    (lambda: Interrupted(signal.SIGTERM, during="bench", note="nothing written"), 143,
+     "error: interrupted by SIGTERM during bench; nothing written"),
+    (KeyboardInterrupt, 130, "error: interrupted"),
+], ids=["SIGTERM", "SIGINT"])  # fmt: skip
+def test_a_signal_inside_a_c_extensions_import_is_still_a_stop(run_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               stop: Any, code: int, line: str) -> None:  # fmt: skip
+    """A signal that lands while ONNX Runtime's extension initializes reaches the command as that import's
+    ``ImportError("initialization failed")`` with the stop as its cause (how pybind11 reports any error in a
+    module's init; the window is too short to hit on purpose): it is a stop, 130/143, not an internal error."""
+    import compressor.jobs.bench as jobs_bench
+
+    def failing_import(*_: Any, **__: Any) -> None:
+        raise ImportError("initialization failed") from stop()
+
+    monkeypatch.setattr(jobs_bench, "bench_models", failing_import)
+    result = CliRunner().invoke(main, ["bench", str(run_dir / "pruned.onnx")])
+    assert result.exit_code == code, result.output
+    assert result.output.strip().splitlines() == [line]

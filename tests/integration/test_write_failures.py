@@ -22,7 +22,7 @@ from compressor.errors import WriteFailed
 from compressor.runtime import atomic
 from compressor.runtime import checkpoint as checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
        "OMP_NUM_THREADS": "1"}  # fmt: skip
 DATA = "synthetic:1x28x28:10:64:32"

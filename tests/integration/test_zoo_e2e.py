@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from compressor.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-USER = str(Path(__file__).with_name("user_models.py"))
+USER = str(Path(__file__).resolve().parents[1] / "user_models.py")
 TV = "3x64x64"
 CASES = [
     ("torchvision:resnet18", TV, "l2", 0.5),
