@@ -33,6 +33,7 @@ from compressor.config import (
     PruneOptions,
     QuantizeInputs,
     QuantizeOptions,
+    defaults,
 )
 from compressor.errors import BadInput, GateFailed, Interrupted, Unavailable, WriteFailed, one_line, out_of_memory
 from compressor.runtime.signals import interruptible
@@ -484,8 +485,9 @@ def info(model: str | None, list_models: str | None, list_methods: bool, data: s
     if list_methods:
         from compressor.api import list_methods as all_methods
 
+        default = defaults(PruneOptions)["method"]
         for name, options in all_methods().items():
-            click.echo(f"{name}: {', '.join(options) or '(no options)'}")
+            click.echo(f"{name}{' (default)' if name == default else ''}: {', '.join(options) or '(no options)'}")
         return
     if not model:
         raise BadInput("give a MODEL spec (or --list-models)")
