@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from compressor.errors import BadInput
@@ -28,11 +32,10 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
     """Run ``python -m compressor ARGV`` under torchrun (standalone rendezvous); the command's exit code and
-    its one-line error (None: the ranks printed none), for the launcher to print.
+    its one-line error (None: it succeeded), for the launcher to print.
 
     torchrun reports any failed worker as its own failure with a traceback; each worker instead records its
-    exit code and error in a temp directory, and the highest code (bad input 2 over a gate 1) is returned with
-    the error of the lowest rank that exited with it.
+    exit code and error in a temp directory, and :func:`outcome` reads them.
     """
     from compressor.runtime import distributed  # torch: imported only when launching (not for `compress --help`)
 
@@ -51,36 +54,67 @@ def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
     for name in list(logging.root.manager.loggerDict):  # the workers print their own one-line errors
         if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    signalled, died = None, {}
     with tempfile.TemporaryDirectory(prefix="compress-ranks-") as tmp:
         os.environ[EXIT_FILE_ENV] = tmp
         try:
             run(args)
-        except (ChildFailedError, SignalException):
-            pass
+        except ChildFailedError as exc:
+            died = {rank: f"signal {f.signal_name()}" if f.exitcode < 0 else f"exit {f.exitcode}"
+                    for rank, f in exc.failures.items()}  # fmt: skip
+        except SignalException as exc:
+            signalled = int(exc.sigval)
         finally:
             os.environ.pop(EXIT_FILE_ENV, None)
-        return outcome(Path(tmp))
+        return outcome(Path(tmp), nproc, signalled=signalled, died=died)
 
 
-def outcome(where: Path) -> tuple[int, str | None]:
-    """The exit code and error line of the ranks that recorded theirs in ``where``: the highest code, with the
-    error of the lowest rank that exited with it; (1, None) where none recorded (all killed)."""
-    exits = sorted(_read_exit(p) for p in where.glob("rank*"))
-    if not exits:
-        return 1, None
-    code = max(c for _, c, _ in exits)
-    return code, next((line for _, c, line in exits if c == code and line is not None), None)
+#: A rank's exit record: rank, exit code, one-line error, when it exited (seconds since the epoch).
+RankExit = tuple[int, int, str | None, float]
+_STOPS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
-def _read_exit(path: Path) -> tuple[int, int, str | None]:
-    """(rank, exit code, error line) a worker recorded; code 1 where the file is unreadable (a rank killed while
-    writing it)."""
-    rank = int(path.name.removeprefix("rank"))
+def outcome(where: Path, nproc: int, *, signalled: int | None = None,
+            died: dict[int, str] | None = None) -> tuple[int, str | None]:  # fmt: skip
+    """The launcher's exit code and error line from the records the ranks left in ``where``.
+
+    - The launcher was stopped (``signalled``): 128 + the signal, with the line of the lowest rank that
+      recorded that stop (rank 0's names the resumable checkpoint).
+    - Else a rank failed (any code but 0, 130, 143): the first to fail, by time, says why. torchrun then stops
+      the others with SIGTERM (their 143s) or they see a broken connection (an internal error, later); where
+      rank 0 failed the same way, its line is printed, as a run without ``--nproc`` would print it.
+    - Else a rank left no record (killed, or crashed outside Python): exit 3, naming it (``died``: torchrun's
+      word on how each failed rank ended).
+    - Else the stops a signal sent to the ranks alone, or success.
+    """
+    exits = sorted(e for e in map(_read_exit, where.glob("rank*")) if e is not None)
+    if signalled is not None:
+        code = 128 + signalled
+        line = next((e for _, c, e, _ in exits if c == code and e), None)
+        return code, line or f"interrupted by {signal.Signals(signalled).name}"
+    failed = sorted((e for e in exits if e[1] not in (0, *_STOPS)), key=lambda e: (e[3], e[0]))
+    if failed:
+        _, code, line, _ = failed[0]
+        rank0 = next((e for r, c, e, _ in failed if r == 0 and c == code and e), None)
+        return code, rank0 or line or f"a rank exited with code {code}"
+    missing = sorted(set(range(nproc)) - {e[0] for e in exits})
+    if missing:
+        how = (died or {}).get(missing[0], "killed or crashed")
+        return 3, f"rank {missing[0]} of {nproc} ended without a result ({how})"
+    stops = [e for e in exits if e[1] != 0]
+    if stops:
+        _, code, line, _ = stops[0]
+        return code, line or f"interrupted by {signal.Signals(code - 128).name}"
+    return 0, None
+
+
+def _read_exit(path: Path) -> RankExit | None:
+    """The record a worker left (None where it cannot be read: as if it left none)."""
     try:
         got = json.loads(path.read_text())
-        return rank, int(got["code"]), got.get("error")
+        return int(path.name.removeprefix("rank")), int(got["code"]), got.get("error"), float(got.get("at", 0.0))
     except (OSError, ValueError, KeyError, TypeError):
-        return rank, 1, None
+        return None
 
 
 def reports_to_launcher() -> bool:
@@ -96,5 +130,11 @@ def record_exit(code: int, error: str | None = None) -> None:
 
         where = Path(os.environ[EXIT_FILE_ENV])
         tmp = where / f".rank{distributed.rank()}.tmp"
-        tmp.write_text(json.dumps({"code": code, "error": error}))
-        tmp.replace(where / tmp.name[1:].removesuffix(".tmp"))  # whole or absent, never half
+        try:
+            tmp.write_text(json.dumps({"code": code, "error": error, "at": time.time()}))
+            tmp.replace(where / tmp.name[1:].removesuffix(".tmp"))  # whole or absent, never half
+        except OSError:  # the launcher's directory is full or gone: rank 0 says it itself
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if error is not None and distributed.rank() == 0:
+                print(f"error: {error}", file=sys.stderr)

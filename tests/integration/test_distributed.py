@@ -114,17 +114,39 @@ def test_bad_input_under_nproc_is_one_line_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_the_launcher_reports_a_rank_that_failed_while_rank_0_was_stopped(tmp_path: Path) -> None:
-    """torchrun stops the other ranks as soon as one fails: the launcher prints the line a rank left, whichever."""
-    (tmp_path / "rank1").write_text(json.dumps({"code": 2, "error": "--batch-size 33 is not a multiple of 2"}))
-    assert launch.outcome(tmp_path) == (2, "--batch-size 33 is not a multiple of 2")  # rank 0 left nothing
-    (tmp_path / "rank0").write_text(json.dumps({"code": 143, "error": "interrupted by SIGTERM"}))
-    (tmp_path / "rank2").write_text(json.dumps({"code": 143, "error": "interrupted by SIGTERM on rank 2"}))
-    assert launch.outcome(tmp_path) == (143, "interrupted by SIGTERM")  # the highest code, its lowest rank
-    (tmp_path / "rank3").write_text("{")  # a rank that could not finish its record counts as a failure
-    assert launch.outcome(tmp_path) == (143, "interrupted by SIGTERM")
-    (tmp_path / "none").mkdir()
-    assert launch.outcome(tmp_path / "none") == (1, None)  # every rank killed before it could record
+def _record(where: Path, rank: int, code: int, error: str | None, at: float) -> None:
+    (where / f"rank{rank}").write_text(json.dumps({"code": code, "error": error, "at": at}))
+
+
+def test_the_launcher_reports_the_first_rank_that_failed(tmp_path: Path) -> None:
+    """torchrun stops the other ranks as soon as one fails (SIGTERM: their 143s; a peer sees a broken connection
+    later): the launcher prints why the first one failed, whatever the others left."""
+    bad = "--batch-size 33 is not a multiple of 2"
+    _record(tmp_path, 1, 2, bad, at=10.0)
+    assert launch.outcome(tmp_path, 2) == (2, bad)  # rank 0 was stopped before it could record
+    _record(tmp_path, 0, 143, "interrupted by SIGTERM", at=11.0)
+    assert launch.outcome(tmp_path, 2) == (2, bad)  # torchrun's SIGTERM is not the cause
+    _record(tmp_path, 0, 3, "internal error: RuntimeError: connection closed by peer", at=11.0)
+    assert launch.outcome(tmp_path, 2) == (2, bad)  # nor is the broken connection it saw afterwards
+    _record(tmp_path, 0, 2, bad, at=10.5)
+    assert launch.outcome(tmp_path, 2) == (2, bad)  # both failed alike: rank 0's line
+
+
+def test_the_launcher_reports_a_stop_and_a_rank_that_left_nothing(tmp_path: Path) -> None:
+    stopped = "interrupted by SIGINT: resumable checkpoint at run/checkpoint.pt, continue with --resume"
+    _record(tmp_path, 0, 130, stopped, at=10.0)
+    _record(tmp_path, 1, 130, "interrupted by SIGINT", at=10.0)
+    assert launch.outcome(tmp_path, 2, signalled=signal.SIGINT) == (130, stopped)  # rank 0 names the checkpoint
+    assert launch.outcome(tmp_path, 2) == (130, stopped)  # the ranks alone got the signal
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert launch.outcome(empty, 2, signalled=signal.SIGTERM) == (143, "interrupted by SIGTERM")
+    # a rank killed or crashed outside Python leaves no record (nor does an unreadable one): exit 3, never 0 or 1
+    _record(empty, 0, 0, None, at=10.0)
+    (empty / "rank2").write_text("{")
+    assert launch.outcome(empty, 3, died={1: "signal SIGKILL"}) == (3, "rank 1 of 3 ended without a result "
+                                                                       "(signal SIGKILL)")  # fmt: skip
+    assert launch.outcome(empty, 1) == (0, None)
 
 
 # --------------------------------------------------------------------------------------------
