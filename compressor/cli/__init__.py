@@ -72,6 +72,14 @@ def _fail(message: str, code: int) -> None:
     raise _Failed(code, line)
 
 
+def _fail_stopped(stop: BaseException) -> None:
+    """Exit 128 + the signal for a SIGINT/SIGTERM stop (``Interrupted``; click's ``Abort`` and
+    ``KeyboardInterrupt`` are SIGINT: 130)."""
+    if isinstance(stop, Interrupted):
+        _fail(str(stop), 128 + stop.signum)
+    _fail("interrupted", 130)
+
+
 def _stopped_by_signal(exc: BaseException) -> Interrupted | KeyboardInterrupt | None:
     """The SIGINT/SIGTERM stop behind ``exc``, if any: a signal that lands while a C extension initializes (ONNX
     Runtime's, imported on first use) surfaces as that import's ``ImportError`` with the stop as its cause."""
@@ -112,20 +120,16 @@ class _Group(click.Group):
         except (BadInput, GateFailed, Interrupted, click.ClickException, click.Abort, KeyboardInterrupt) as exc:
             if debug:
                 traceback.print_exc()
-            if isinstance(exc, Interrupted):
-                _fail(str(exc), 128 + exc.signum)
-            if isinstance(exc, (click.Abort, KeyboardInterrupt)):
-                _fail("interrupted", 130)
+            if isinstance(exc, (Interrupted, click.Abort, KeyboardInterrupt)):
+                _fail_stopped(exc)
             if isinstance(exc, click.ClickException):  # usage errors, bad option values, --config problems
                 _fail(exc.format_message(), exc.exit_code)
             _fail(str(exc), 4 if isinstance(exc, Unavailable) else 1 if isinstance(exc, GateFailed) else 2)
         except Exception as exc:  # a bug or an environment failure: one line unless --debug
             if debug:
                 raise
-            if isinstance(stop := _stopped_by_signal(exc), Interrupted):  # a C extension's import wrapped it
-                _fail(str(stop), 128 + stop.signum)
-            if stop is not None:
-                _fail("interrupted", 130)
+            if (stop := _stopped_by_signal(exc)) is not None:  # a C extension's import wrapped it
+                _fail_stopped(stop)
             if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:  # a write the write layer did not wrap
                 _fail(str(WriteFailed.of(exc, exc.filename or "an output file")), 2)
             if out_of_memory(exc):  # a request beyond the machine that no estimate caught up front

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from compressor.errors import BadInput
 
@@ -69,8 +70,15 @@ def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
         return outcome(Path(tmp), nproc, signalled=signalled, died=died)
 
 
-#: A rank's exit record: rank, exit code, one-line error, when it exited (seconds since the epoch).
-RankExit = tuple[int, int, str | None, float]
+class RankExit(NamedTuple):
+    """What a rank recorded at exit."""
+
+    rank: int
+    code: int
+    error: str | None  # its one-line error
+    at: float  # when it exited (seconds since the epoch)
+
+
 _STOPS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
@@ -87,24 +95,23 @@ def outcome(where: Path, nproc: int, *, signalled: int | None = None,
       word on how each failed rank ended).
     - Else the stops a signal sent to the ranks alone, or success.
     """
-    exits = sorted(e for e in map(_read_exit, where.glob("rank*")) if e is not None)
+    exits = sorted(e for e in map(_read_exit, where.glob("rank*")) if e is not None)  # by rank
     if signalled is not None:
         code = 128 + signalled
-        line = next((e for _, c, e, _ in exits if c == code and e), None)
+        line = next((e.error for e in exits if e.code == code and e.error), None)
         return code, line or f"interrupted by {signal.Signals(signalled).name}"
-    failed = sorted((e for e in exits if e[1] not in (0, *_STOPS)), key=lambda e: (e[3], e[0]))
+    failed = sorted((e for e in exits if e.code not in (0, *_STOPS)), key=lambda e: (e.at, e.rank))
     if failed:
-        _, code, line, _ = failed[0]
-        rank0 = next((e for r, c, e, _ in failed if r == 0 and c == code and e), None)
-        return code, rank0 or line or f"a rank exited with code {code}"
-    missing = sorted(set(range(nproc)) - {e[0] for e in exits})
+        first = failed[0]
+        rank0 = next((e.error for e in failed if e.rank == 0 and e.code == first.code and e.error), None)
+        return first.code, rank0 or first.error or f"a rank exited with code {first.code}"
+    missing = sorted(set(range(nproc)) - {e.rank for e in exits})
     if missing:
         how = (died or {}).get(missing[0], "killed or crashed")
         return 3, f"rank {missing[0]} of {nproc} ended without a result ({how})"
-    stops = [e for e in exits if e[1] != 0]
+    stops = [e for e in exits if e.code != 0]
     if stops:
-        _, code, line, _ = stops[0]
-        return code, line or f"interrupted by {signal.Signals(code - 128).name}"
+        return stops[0].code, stops[0].error or f"interrupted by {signal.Signals(stops[0].code - 128).name}"
     return 0, None
 
 
@@ -112,7 +119,8 @@ def _read_exit(path: Path) -> RankExit | None:
     """The record a worker left (None where it cannot be read: as if it left none)."""
     try:
         got = json.loads(path.read_text())
-        return int(path.name.removeprefix("rank")), int(got["code"]), got.get("error"), float(got.get("at", 0.0))
+        return RankExit(int(path.name.removeprefix("rank")), int(got["code"]), got.get("error"),
+                        float(got.get("at", 0.0)))  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -128,13 +136,13 @@ def record_exit(code: int, error: str | None = None) -> None:
     if reports_to_launcher():
         from compressor.runtime import distributed
 
-        where = Path(os.environ[EXIT_FILE_ENV])
-        tmp = where / f".rank{distributed.rank()}.tmp"
+        rank, where = distributed.rank(), Path(os.environ[EXIT_FILE_ENV])
+        tmp = where / f".rank{rank}.tmp"  # not matched by the launcher's rank* until whole
         try:
             tmp.write_text(json.dumps({"code": code, "error": error, "at": time.time()}))
-            tmp.replace(where / tmp.name[1:].removesuffix(".tmp"))  # whole or absent, never half
+            tmp.replace(where / f"rank{rank}")
         except OSError:  # the launcher's directory is full or gone: rank 0 says it itself
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            if error is not None and distributed.rank() == 0:
+            if error is not None and rank == 0:
                 print(f"error: {error}", file=sys.stderr)
