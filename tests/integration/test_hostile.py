@@ -30,6 +30,7 @@ import onnx
 import pytest
 import torch
 import yaml
+from once import once
 from onnx import TensorProto, helper
 from torch import nn
 
@@ -49,8 +50,8 @@ PARALLEL = 4
 CASE_TIMEOUT = 180  # seconds
 
 
-def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 def _assert_one_line(stderr: str) -> None:
@@ -876,11 +877,16 @@ def _run_processes(base: Path, names: list[str], extra: tuple[str, ...] = ()) ->
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    names = [n for n in CASES if _read_only_works() or n not in NEEDS_CHMOD]
-    try:
-        return _run_forked(tmp_path_factory.mktemp("hostile"), names)
-    finally:
-        _unmount_read_only()
+    """Every case's exit code, output and files before and after, run once for all the workers (``once``)."""
+
+    def run_all(base: Path) -> dict[str, dict[str, Any]]:
+        names = [n for n in CASES if _read_only_works() or n not in NEEDS_CHMOD]
+        try:
+            return _run_forked(base, names)
+        finally:
+            _unmount_read_only()
+
+    return once(tmp_path_factory, "hostile", run_all)
 
 
 def _skip_without_chmod(case: str) -> None:
@@ -898,7 +904,7 @@ def test_exit_code_and_nothing_written(case: str, bad_runs: dict[str, dict[str, 
     _skip_without_chmod(case)
     r = bad_runs[case]
     assert r["rc"] == CASES[case][1], r
-    assert r["after"] == r["before"], f"files left behind: {sorted(r['after'] - r['before'])}"
+    assert r["after"] == r["before"], f"files left behind: {sorted(set(r['after']) - set(r['before']))}"
     if r["rc"] == 2:  # a failed gate (1) has done its work: its table is on stdout
         assert r["stdout"] == "", r["stdout"]
 
