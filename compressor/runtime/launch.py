@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ from typing import NamedTuple
 from compressor.errors import BadInput
 
 EXIT_FILE_ENV = "COMPRESS_EXIT_DIR"
+LAUNCHER_PID_ENV = "COMPRESS_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
@@ -57,7 +60,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     signalled, died = None, {}
     with tempfile.TemporaryDirectory(prefix="compress-ranks-") as tmp:
-        os.environ[EXIT_FILE_ENV] = tmp
+        os.environ.update({EXIT_FILE_ENV: tmp, LAUNCHER_PID_ENV: str(os.getpid())})
         try:
             run(args)
         except ChildFailedError as exc:
@@ -67,6 +70,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
             signalled = int(exc.sigval)
         finally:
             os.environ.pop(EXIT_FILE_ENV, None)
+            os.environ.pop(LAUNCHER_PID_ENV, None)
         return outcome(Path(tmp), nproc, signalled=signalled, died=died)
 
 
@@ -123,6 +127,23 @@ def _read_exit(path: Path) -> RankExit | None:
                         float(got.get("at", 0.0)))  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def follow_launcher() -> None:
+    """In a rank of :func:`launch_torchrun`: receive SIGTERM when the launcher dies, however it dies.
+
+    torchrun starts each rank in a session of its own, so a launcher killed outright (SIGKILL: the OOM killer, a
+    CI job's time limit) left its ranks training, holding the run's lock and device. Linux's parent-death signal
+    turns that into the SIGTERM a rank stops on (checkpoint, exit 143); a rank whose launcher is gone before
+    this runs sends it to itself. Elsewhere (not Linux, not a rank of ours) it does nothing.
+    """
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # refused (a sandbox's seccomp filter): the ranks outlive a killed launcher, as before
+    if os.getppid() != int(launcher):  # it died before the signal was set up
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def reports_to_launcher() -> bool:

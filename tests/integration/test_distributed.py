@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,54 @@ def test_ranks_agree_exactly_under_torchrun(tmp_path: Path, method: str) -> None
     assert report["target"]["met"]
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == [
         "config.yaml", "dense.pt", "history.jsonl", "pruned.pt", "report.json", "report.md"]  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has ended)."""
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3]
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_the_ranks_stop_when_the_launcher_is_killed(tmp_path: Path) -> None:
+    """torchrun starts each rank in a session of its own: a launcher killed outright (SIGKILL, which it cannot
+    pass on) left them training. Now they get SIGTERM, stop with a sound checkpoint and free the run."""
+    args = ["prune", "--model", "cifar:resnet20", "--method", "psap", "--epochs", "500", "--target-flops", "0.4",
+            *DATA, "--data", "synthetic:1x28x28:10:768:64", "--nproc", "2", "--out", "run"]  # fmt: skip
+    proc = cli_process.start(args, cwd=tmp_path, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
+            time.sleep(0.05)
+        tasks = Path(f"/proc/{proc.pid}/task").iterdir()
+        ranks = [int(pid) for task in tasks for pid in (task / "children").read_text().split()]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(ranks) == 2, ranks
+    deadline = time.monotonic() + 60  # they stop within seconds; left alone, 500 epochs take far longer
+    while time.monotonic() < deadline and any(map(_alive, ranks)):
+        time.sleep(0.1)
+    running = [pid for pid in ranks if _alive(pid)]
+    for pid in running:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not running, "ranks outlived their launcher"
+    from compressor.runtime import checkpoint
+
+    warnings: list[str] = []
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt", warnings.append)["phase"] and not warnings
+
+
+def test_a_rank_whose_launcher_is_already_gone_stops_itself() -> None:
+    """The parent-death signal only covers a launcher that dies after the rank asked for it."""
+    code = ("import signal, sys; from compressor.runtime.launch import follow_launcher\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\nfollow_launcher()\nsys.exit(0)")  # fmt: skip
+    env = {**ENV, launch.LAUNCHER_PID_ENV: "1"}  # not this process's parent: its launcher died
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 143
+    env[launch.LAUNCHER_PID_ENV] = str(os.getpid())  # its parent: nothing happens
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
 
 
 def test_bad_input_under_nproc_is_one_line_exit_2(tmp_path: Path) -> None:
