@@ -1,0 +1,137 @@
+"""How long a newcomer waits: ``compress --help``, ``make demo`` and ``make test``, timed on this machine.
+
+    python -m benchmarks.suites.newcomer --merge                 # all three (~5 min on 2 AVX-512 cores)
+    python -m benchmarks.suites.newcomer --merge --only help demo
+
+Each runs as a user runs it, from the repository root, after the one-time set-up (``make .venv/.installed``,
+not timed). The targets: ``compress --help`` within 1 s anywhere; ``make demo`` within 5 min and ``make test``
+within 10 min on a 2-core AVX2 box. AVX-512 boxes train 2-4x faster, so a row is judged only on the kind of
+CPU its target names. Every row records the CPU (model, kind, cores), the load average when it started (time
+on a quiet machine), the date and the commit; ``--merge`` keeps the rows of earlier runs, so runs on other
+machines add up in ``benchmarks/results/newcomer.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from compressor.runtime.atomic import write_json, write_text
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+#: task -> (the command, in words; target seconds; the CPU kind the target is set for, None: any)
+TARGETS: dict[str, tuple[str, float, str | None]] = {
+    "help": ("compress --help", 1.0, None),
+    "demo": ("make demo", 300.0, "avx2"),
+    "test": ("make test", 600.0, "avx2"),
+}
+
+
+def _timed(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, exit code and combined output of ``cmd`` run from the repository root."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return time.perf_counter() - t0, proc.returncode, proc.stdout
+
+
+def machine() -> dict[str, Any]:
+    """The CPU a row was timed on: model name, kind (``avx512``, ``avx2``, ``cpu``) and usable cores."""
+    from benchmarks.latency import environment
+    from compressor.runtime.hardware import cpu_kind
+
+    info = environment(need_gpu=False)["cpu"]
+    return {"cpu_model": info.get("model_name", info["processor"]), "cpu_kind": cpu_kind(),
+            "cores": info.get("usable_cpus", info["cpu_count"])}  # fmt: skip
+
+
+def meets(task: str, kind: str, seconds: float, rc: int) -> bool | None:
+    """Whether a row meets its target; None where the target is set for another kind of CPU."""
+    _, bar, on = TARGETS[task]
+    if on is not None and kind != on:
+        return None
+    return rc == 0 and seconds <= bar
+
+
+def run_task(task: str, runs: int) -> dict[str, Any]:
+    """Time ``task`` (``help``: ``runs`` times, the median): seconds, exit code and what it printed last."""
+    if task == "help":
+        exe = Path(sys.executable).with_name("compress")
+        timed = [_timed([str(exe), "--help"]) for _ in range(runs)]
+        seconds = statistics.median(t for t, _, _ in timed)
+        rc = max((c for _, c, _ in timed), key=abs)
+        return {"seconds": seconds, "max_seconds": max(t for t, _, _ in timed), "runs": runs, "rc": rc,
+                "tail": timed[-1][2].splitlines()[:1]}  # fmt: skip
+    seconds, rc, out = _timed(["make", task])
+    lines = out.rstrip().splitlines()
+    summary = next((ln.strip("= ") for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln)), None)
+    return {"seconds": seconds, "rc": rc, "summary": summary, "tail": lines[-12:]}
+
+
+def _row(task: str, runs: int, where: dict[str, Any]) -> dict[str, Any]:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty=+changes"], cwd=ROOT, capture_output=True, text=True
+    )
+    row = {"task": task, "command": TARGETS[task][0], **where, "load_at_start": load,
+           "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip() or None,
+           **run_task(task, runs)}  # fmt: skip
+    row["target_seconds"], row["target_on"] = TARGETS[task][1:]
+    row["meets"] = meets(task, row["cpu_kind"], row["seconds"], row["rc"])
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as one Markdown table, by task, then CPU kind, then date."""
+    verdict = {True: "yes", False: "**no**", None: "(set for {})"}
+    lines = ["# How long a newcomer waits", "", "`python -m benchmarks.suites.newcomer --merge`: each command "
+             "run as a user runs it, after the one-time set-up (not timed). Targets: `compress --help` ≤ 1 s; "
+             "`make demo` ≤ 5 min and `make test` ≤ 10 min on a 2-core AVX2 box.", "",
+             "| command | seconds | CPU | kind | cores | load at start | date | commit | result | meets target |",
+             "|---|---:|---|---|---:|---:|---|---|---|---|"]  # fmt: skip
+    order = list(TARGETS)
+    for r in sorted(rows, key=lambda r: (order.index(r["task"]), r["cpu_kind"], r["date"])):
+        result = r.get("summary") or (f"median of {r['runs']} (max {r['max_seconds']:.2f} s)" if "runs" in r else "")
+        result = f"exit {r['rc']}" + (f"; {result}" if result else "")
+        load = "" if r["load_at_start"] is None else f"{r['load_at_start']:.2f}"
+        lines.append(f"| `{r['command']}` | {r['seconds']:.2f} | {r['cpu_model']} | {r['cpu_kind']} | {r['cores']} | "
+                     f"{load} | {r['date']} | {r['commit']} | {result} | "
+                     f"{verdict[r['meets']].format(r['target_on'])} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time the chosen commands; write each row as it comes."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="what to time")
+    ap.add_argument("--runs", type=int, default=5, help="compress --help runs (the median is reported)")
+    ap.add_argument("--merge", action="store_true", help="keep the rows already in the results file")
+    ap.add_argument("--out", type=Path, default=RESULTS / "newcomer", help="results path, without .json/.md")
+    args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error("--runs must be >= 1")
+    done = Path(f"{args.out}.json")
+    rows = json.loads(done.read_text())["rows"] if args.merge and done.exists() else []
+    if {"demo", "test"} & set(args.only):  # else make would set up inside the timed command
+        setup = subprocess.run(["make", ".venv/.installed"], cwd=ROOT, capture_output=True, text=True)
+        if setup.returncode != 0:
+            sys.exit(f"error: the one-time set-up failed (make .venv/.installed):\n{setup.stdout}{setup.stderr}")
+    where = machine()
+    for task in args.only:
+        rows.append(_row(task, args.runs, where))
+        print(f"{rows[-1]['command']}: {rows[-1]['seconds']:.2f} s, exit {rows[-1]['rc']}", flush=True)
+        write_json(done, {"rows": rows})
+        write_text(Path(f"{args.out}.md"), markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
