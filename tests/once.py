@@ -1,9 +1,9 @@
 """A module fixture's work done once per test run, however many pytest-xdist workers take its tests.
 
 pytest-xdist runs a module-scoped fixture in every worker that gets one of the module's tests, and ``--dist
-worksteal`` spreads a large module over all of them: an expensive fixture then runs once per worker. The
-workers of one run share the parent of their temporary directories (``pytest-N/popen-gw0``, ``popen-gw1``, …):
-the first worker to ask computes the result under a file lock and leaves it there as JSON; the others read it.
+worksteal`` spreads a large module over all of them: an expensive fixture then runs once per worker. Here the
+first worker to ask computes the result under a file lock and leaves it as JSON, named with the run's id, beside
+the workers' temporary directories; the others read it (or the one-line error it failed with).
 """
 
 from __future__ import annotations
@@ -21,15 +21,29 @@ from filelock import FileLock
 def once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Any]) -> Any:
     """``make(directory)``'s result (JSON-able), computed once in this run and read back as JSON by every caller.
 
-    Outside xdist there is nothing to share (and the temporary directories' parent holds earlier runs), so the
-    result is computed here. A ``make`` that raises leaves nothing behind: the next worker tries again.
+    Outside xdist there is nothing to share, so the result is computed here. Where ``make`` raises, the workers
+    that asked later fail with its error instead of running it again.
     """
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
         return json.loads(json.dumps(make(factory.mktemp(name))))
-    result = factory.getbasetemp().parent / f"{name}.json"
+    result = factory.getbasetemp().parent / f"{name}-{run}.json"
     with FileLock(f"{result}.lock"):
-        if not result.exists():
-            tmp = result.with_suffix(".tmp")
-            tmp.write_text(json.dumps(make(factory.mktemp(name))))
-            tmp.replace(result)
-        return json.loads(result.read_text())
+        if result.exists():
+            got = json.loads(result.read_text())
+            if "error" in got:
+                pytest.fail(f"{name}, computed by another worker, failed: {got['error']}")
+            return got["value"]
+        try:
+            value = json.loads(json.dumps(make(factory.mktemp(name))))
+        except Exception as exc:
+            _write(result, {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+            raise
+        _write(result, {"value": value})
+        return value
+
+
+def _write(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)

@@ -205,7 +205,7 @@ def entry_point() -> None:
     from compressor.runtime.launch import follow_launcher
 
     atexit.register(gc.freeze)  # before torch and ONNX are imported: runs after their exit handlers
-    follow_launcher()  # a rank of prune --nproc stops when its launcher dies
+    follow_launcher()  # a rank under torchrun stops when its launcher dies
     main()
 
 

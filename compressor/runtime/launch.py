@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from compressor.errors import BadInput
 
 EXIT_FILE_ENV = "COMPRESS_EXIT_DIR"
 LAUNCHER_PID_ENV = "COMPRESS_LAUNCHER_PID"
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every rank it starts
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -130,19 +130,21 @@ def _read_exit(path: Path) -> RankExit | None:
 
 
 def follow_launcher() -> None:
-    """In a rank of :func:`launch_torchrun`: receive SIGTERM when the launcher dies, however it dies.
+    """In a rank under torchrun: receive SIGTERM when the process that started it dies, however it dies.
 
     torchrun starts each rank in a session of its own, so a launcher killed outright (SIGKILL: the OOM killer, a
     CI job's time limit) left its ranks training, holding the run's lock and device. Linux's parent-death signal
-    turns that into the SIGTERM a rank stops on (checkpoint, exit 143); a rank whose launcher is gone before
-    this runs sends it to itself. Elsewhere (not Linux, not a rank of ours) it does nothing.
+    turns that into the SIGTERM a rank stops on (checkpoint, exit 143). A rank of ``--nproc`` whose launcher
+    died before this ran sends it to itself (plain torchrun does not say which process started the rank).
+    Elsewhere (not Linux, not under torchrun) it does nothing.
     """
-    launcher = os.environ.get(LAUNCHER_PID_ENV)
-    if not launcher or not sys.platform.startswith("linux"):
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if not sys.platform.startswith("linux") or not (launcher or os.environ.get(TORCHRUN_ENV)):
         return
-    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        return  # refused (a sandbox's seccomp filter): the ranks outlive a killed launcher, as before
-    if os.getppid() != int(launcher):  # it died before the signal was set up
+    import ctypes  # here, not at the top: every command starts through this function
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # a sandbox may refuse
+    if launcher.isdigit() and os.getppid() != int(launcher):  # it died before the signal was set up
         os.kill(os.getpid(), signal.SIGTERM)
 
 

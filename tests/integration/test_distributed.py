@@ -114,19 +114,30 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
-def test_the_ranks_stop_when_the_launcher_is_killed(tmp_path: Path) -> None:
+def _children(pid: int) -> list[int]:
+    """The processes ``pid``'s main thread started (torchrun's agent starts the ranks there)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="reads the process tree from Linux's /proc/PID/task/TID/children")  # fmt: skip
+@pytest.mark.parametrize("launcher", ["--nproc", "torchrun"])
+def test_the_ranks_stop_when_the_launcher_is_killed(tmp_path: Path, launcher: str) -> None:
     """torchrun starts each rank in a session of its own: a launcher killed outright (SIGKILL, which it cannot
-    pass on) left them training. Now they get SIGTERM, stop with a sound checkpoint and free the run."""
+    pass on) left them training. Now they get SIGTERM, save a checkpoint and release the run's lock."""
     args = ["prune", "--model", "cifar:resnet20", "--method", "psap", "--epochs", "500", "--target-flops", "0.4",
-            *DATA, "--data", "synthetic:1x28x28:10:768:64", "--nproc", "2", "--out", "run"]  # fmt: skip
-    proc = cli_process.start(args, cwd=tmp_path, env=ENV)
+            *DATA, "--data", "synthetic:1x28x28:10:768:64", "--out", "run"]  # fmt: skip
+    env = {**ENV, "TMPDIR": str(tmp_path)}  # the killed launcher's own temp directory stays behind
+    if launcher == "--nproc":
+        proc = cli_process.start([*args, "--nproc", "2"], cwd=tmp_path, env=env)
+    else:
+        proc = cli_process.start(["--standalone", "--nproc-per-node", "2", "-m", "compressor", *args],
+                                 module="torch.distributed.run", cwd=tmp_path, env=env)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
             time.sleep(0.05)
-        tasks = Path(f"/proc/{proc.pid}/task").iterdir()
-        ranks = [int(pid) for task in tasks for pid in (task / "children").read_text().split()]
+        ranks = _children(proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -138,20 +149,23 @@ def test_the_ranks_stop_when_the_launcher_is_killed(tmp_path: Path) -> None:
     for pid in running:  # do not leave them to the next test
         os.kill(pid, signal.SIGKILL)
     assert not running, "ranks outlived their launcher"
+    assert not (tmp_path / "run" / ".compress.lock").exists(), "rank 0 did not stop through SIGTERM (a kill leaves it)"
     from compressor.runtime import checkpoint
 
     warnings: list[str] = []
     assert checkpoint.load(tmp_path / "run" / "checkpoint.pt", warnings.append)["phase"] and not warnings
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
 def test_a_rank_whose_launcher_is_already_gone_stops_itself() -> None:
     """The parent-death signal only covers a launcher that dies after the rank asked for it."""
     code = ("import signal, sys; from compressor.runtime.launch import follow_launcher\n"
             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\nfollow_launcher()\nsys.exit(0)")  # fmt: skip
-    env = {**ENV, launch.LAUNCHER_PID_ENV: "1"}  # not this process's parent: its launcher died
-    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 143
-    env[launch.LAUNCHER_PID_ENV] = str(os.getpid())  # its parent: nothing happens
-    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+    env = {k: v for k, v in ENV.items() if k not in (launch.LAUNCHER_PID_ENV, launch.TORCHRUN_ENV)}
+    gone = {**env, launch.LAUNCHER_PID_ENV: str(os.getppid())}  # never the child's parent: as if its launcher died
+    assert subprocess.run([sys.executable, "-c", code], env=gone, timeout=60).returncode == 143
+    for alive in ({launch.LAUNCHER_PID_ENV: str(os.getpid())}, {launch.TORCHRUN_ENV: "x"}, {}):
+        assert subprocess.run([sys.executable, "-c", code], env={**env, **alive}, timeout=60).returncode == 0
 
 
 def test_bad_input_under_nproc_is_one_line_exit_2(tmp_path: Path) -> None:
