@@ -200,9 +200,8 @@ def _tp_raw_row(name: str, model: Any, shape: tuple[int, ...], exporter: str, tm
     import copy
 
     import torch
-    import torch_pruning as tp
 
-    from compressor.graph import GRAPH_SECONDS, _classifiers, _memory_limit
+    from compressor.graph import GRAPH_SECONDS, _memory_limit, stock_prune
     from compressor.runtime.bounded import bounded
 
     row: dict[str, Any] = {"model": name, "method": "tp-raw", "stage": "prune"}
@@ -213,10 +212,7 @@ def _tp_raw_row(name: str, model: Any, shape: tuple[int, ...], exporter: str, tm
         # Plain Torch-Pruning gets more time than our graph (slow is not refused here), the known hangs less.
         seconds = GRAPH_SECONDS if name.startswith(("swin", "maxvit")) else TP_RAW_SECONDS
         with bounded(seconds, _memory_limit(None)):
-            pruner = tp.pruner.MetaPruner(work, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                          pruning_ratio=0.5, ignored_layers=_classifiers(work, example),
-                                          round_to=None, pruning_ratio_dict={}, ch_sparsity_dict={})  # fmt: skip
-            pruner.step()
+            stock_prune(work, example, ratio=0.5)
         with torch.no_grad():
             work(torch.zeros(2, *shape))
         _verify_export(work, shape, exporter, tmp, row)
@@ -418,8 +414,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.reload:
         _run_reload(Path(args.reload), args.exporter)
         return
-
-    import torch_pruning  # noqa: F401  (version in _save)
 
     from compressor.runtime.bounded import available_bytes
 

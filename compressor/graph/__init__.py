@@ -20,7 +20,7 @@ from compressor.graph.limits import GRAPH_MEMORY_GB, GRAPH_SECONDS, UNSUPPORTED,
 from compressor.graph.outputs import _classifiers, check_logits
 from compressor.graph.pruning_graph import PruningGraph
 from compressor.graph.rules import resolve_ignore
-from compressor.graph.tp import count_ops_and_params, tp_importances
+from compressor.graph.tp import count_ops_and_params, stock_prune, tp_importances
 
 __all__ = [
     "GRAPH_MEMORY_GB",
@@ -39,5 +39,6 @@ __all__ = [
     "count_ops_and_params",
     "rebuild_pruned",
     "resolve_ignore",
+    "stock_prune",
     "tp_importances",
 ]

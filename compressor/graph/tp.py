@@ -12,6 +12,7 @@ from torch_pruning import ops as tp_ops
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from compressor.graph.opaque import _opaque_ops
+from compressor.graph.outputs import _classifiers
 
 
 def _build_dg(model: nn.Module, example: torch.Tensor) -> Any:
@@ -83,3 +84,13 @@ def tp_importances() -> dict[str, Callable[[], Any]]:
         "taylor": lambda: tp.importance.GroupTaylorImportance(),
         "random": lambda: tp.importance.RandomImportance(),
     }
+
+
+def stock_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5) -> None:
+    """Plain Torch-Pruning on ``model``, in place: its MetaPruner with group L2 magnitude takes ``ratio`` of every
+    group's channels in one step, classifiers left alone, with no rounding and none of our rules (the opaque ops,
+    the output checks): what a user of Torch-Pruning alone gets, the coverage suite's baseline."""
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=ratio, ignored_layers=_classifiers(model, example), round_to=None,
+                                  pruning_ratio_dict={}, ch_sparsity_dict={})  # fmt: skip
+    pruner.step()

@@ -340,3 +340,15 @@ def test_tp_importances(resnet20_graphs) -> None:
             assert torch.isfinite(scores).all()
     l1 = graph.tp_importance(tp_importances()["l1"](), 0)
     assert (l1 >= 0).all() and l1.max() > 0
+
+
+def test_stock_prune_is_plain_torch_pruning() -> None:
+    """The coverage suite's baseline: half of every group's channels, the classifier kept, the model still runs."""
+    from compressor.graph import stock_prune
+
+    model = build_model("cifar:resnet20", num_classes=10, in_channels=1).eval()
+    before = sum(p.numel() for p in model.parameters())
+    stock_prune(model, torch.zeros(1, 1, 28, 28), ratio=0.5)
+    assert model.fc.out_features == 10 and model.conv1.out_channels == 8  # 16 channels, half of them gone
+    assert sum(p.numel() for p in model.parameters()) < 0.4 * before
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
