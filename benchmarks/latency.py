@@ -182,7 +182,7 @@ def _feeds(model: _Model, batch: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def check_options(providers: Sequence[str] | str, batches: Sequence[Any], threads: int | None = None,
-                  warmup: int = 10, iters: int | None = 100, duration: float | None = None,
+                  warmup: int = _B.warmup, iters: int | None = _B.iters, duration: float | None = None,
                   min_iters: int = MIN_ITERS, io: Sequence[str] | str = IO_MODES,
                   inter_threads: int | None = None) -> None:  # fmt: skip
     """Validate bench options without loading anything (so a recipe can fail before it starts work)."""

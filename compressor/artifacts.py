@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from compressor.config import WEIGHTS_HEADS
 from compressor.errors import BadInput, one_line
 from compressor.graph import TP_VERSION, rebuild_pruned
 from compressor.models import build_model, read_checkpoint
@@ -34,7 +35,8 @@ def pruned_payload(spec: dict[str, Any], input_shape: tuple[int, ...], history: 
     }
 
 
-def build_from_spec(spec: dict[str, Any], *, pretrained: bool = True, weights_head: str = "strict") -> torch.nn.Module:
+def build_from_spec(spec: dict[str, Any], *, pretrained: bool = True,
+                    weights_head: str = WEIGHTS_HEADS[0]) -> torch.nn.Module:  # fmt: skip
     """The model of a spec dict; ``pretrained=False``: the architecture of a ``torchvision:NAME:WEIGHTS`` spec
     without reading its weights (a pruned-model file holds its own)."""
     return build_model(

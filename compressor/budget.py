@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.errors import GateFailed
 from compressor.graph import Masks, PruningGraph
 
@@ -96,7 +97,7 @@ def solve_counts(
     *,
     metric: str = "flops",
     weights: Mapping[int, float] | None = None,
-    max_ratio: float = 0.8,
+    max_ratio: float = _P.max_layer_ratio,
     tol: float = 0.005,
     caps: Mapping[int, int] | None = None,
     floors: Mapping[int, int] | None = None,

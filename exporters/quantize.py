@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compressor.config import ACTIVATION_TYPES
+from compressor.config import ACTIVATION_TYPES, CALIB_METHODS
+from compressor.config import DEFAULT_QUANTIZE as _Q
 from compressor.errors import BadInput, one_line
 from exporters.check import _check
 from exporters.files import _write, load_model
@@ -39,14 +40,15 @@ from exporters.proto import _input_batch_is_symbolic
 
 log = logging.getLogger("compress.quantize")
 
-CALIBRATE = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+CALIBRATE = dict(zip(CALIB_METHODS, ("MinMax", "Entropy", "Percentile"), strict=True))  # ORT's names
 _HEAD_OPS = ("Gemm", "MatMul", "Conv")
 
 
 def quantize_onnx(src: str | os.PathLike[str], out: str | os.PathLike[str], calibration: Iterable[np.ndarray], *,
-                  calib_method: str = "minmax", per_channel: bool = True, activations: str = "uint8",
-                  reduce_range: bool = True, preprocess: bool = True, keep_stem: bool = False,
-                  keep_head: bool = False, keep_fp32: Iterable[str] = (),
+                  calib_method: str = _Q.calib_method, per_channel: bool = _Q.per_channel,
+                  activations: str = _Q.activations, reduce_range: bool = _Q.reduce_range,
+                  preprocess: bool = _Q.preprocess, keep_stem: bool = _Q.keep_stem, keep_head: bool = _Q.keep_head,
+                  keep_fp32: Iterable[str] = (),
                   metadata: dict[str, str] | None = None,
                   evaluate: Callable[[Any], dict] | None = None) -> dict[str, Any]:  # fmt: skip
     """Quantize the fp32 ONNX file ``src`` to INT8 at ``out``; see the module docstring.

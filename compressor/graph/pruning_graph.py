@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch_pruning import ops as tp_ops
 
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.errors import BadInput
 from compressor.graph import limits
 from compressor.graph.calls import Call, _record_calls
@@ -43,9 +44,9 @@ class PruningGraph:
         *,
         ignored_layers: list[nn.Module] | None = None,
         ignore: list[str] | tuple[str, ...] = (),
-        ignore_stem: bool = False,
+        ignore_stem: bool = _P.ignore_stem,
         group_max_ratio: dict[str, float] | None = None,
-        round_to: int = 8,
+        round_to: int = _P.round_to,
         arch: str = "",
         seconds: float | None = None,
         memory_gb: float | None = None,

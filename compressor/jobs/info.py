@@ -54,7 +54,7 @@ def model_info(
     target_flops: float | None = _I.target_flops,
     trust_code: bool = False,
     ignore: Any = None,
-    ignore_stem: bool = False,
+    ignore_stem: bool = _P.ignore_stem,
     group_max_ratio: Any = None,
     weights_head: str = _P.weights_head,
 ) -> dict[str, Any]:

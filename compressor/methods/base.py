@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from compressor.budget import Budget
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.graph import Masks, PruningGraph
 
 
@@ -27,7 +28,7 @@ class Context:
     train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     device: torch.device
-    max_ratio: float = 0.8
+    max_ratio: float = _P.max_layer_ratio
     lr: float = 0.0  # the phase's initial learning rate
     optimizer: torch.optim.Optimizer | None = None
     log: Callable[[str], None] = print

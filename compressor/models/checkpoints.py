@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor.config import WEIGHTS_HEADS
 from compressor.errors import BadInput, one_line
 from compressor.models.pickle_scan import _is_pickled_module, _pickle_globals
 from compressor.models.stem import adapt_weight, stem_weight
@@ -148,7 +149,8 @@ def _head_entries(model: nn.Module, sd: dict[str, torch.Tensor], own: dict[str, 
     return [k for k in bad if k not in keys]
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, head: str = "strict") -> Loaded:
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+               head: str = WEIGHTS_HEADS[0]) -> Loaded:  # fmt: skip
     """Load ``state`` into ``model`` (in place), strictly, but for two documented changes.
 
     A stem weight of other input channels is adapted (:func:`adapt_stem`'s rule: an RGB stem for a 1-channel model
@@ -180,7 +182,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     return loaded
 
 
-def load_weights(model: nn.Module, path: str | Path, head: str = "strict") -> Loaded:
+def load_weights(model: nn.Module, path: str | Path, head: str = WEIGHTS_HEADS[0]) -> Loaded:
     """Load a checkpoint into ``model`` (in place), strictly but for :func:`load_state`'s stem and head rules.
 
     Reads with ``torch.load(weights_only=True)``; accepts a raw state_dict or a dict holding it under

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from compressor.config import pretrained_spec
+from compressor.config import WEIGHTS_HEADS, pretrained_spec
 from compressor.errors import BadInput, one_line
 from compressor.models.checkpoints import _extract_state_dict, load_state, read_checkpoint
 from compressor.models.stem import adapt_stem
@@ -99,7 +99,7 @@ def _read_state(spec: str, name: str, weights: Any) -> dict[str, torch.Tensor]:
 
 
 def build_pretrained(spec: str, num_classes: int, in_channels: int, *, load: bool = True,
-                     head: str = "strict") -> nn.Module:  # fmt: skip
+                     head: str = WEIGHTS_HEADS[0]) -> nn.Module:  # fmt: skip
     """The model of a ``torchvision:NAME:WEIGHTS`` spec, with the cached weights loaded (``load=False``: the
     architecture only). The record of what was loaded is the model's ``pretrained_weights`` attribute."""
     import torchvision

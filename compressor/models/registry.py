@@ -201,7 +201,7 @@ def _suggest(spec: str) -> str:
 
 
 def build_model(spec: str, *, num_classes: int = 10, in_channels: int = 3, trust_code: bool = False,
-                pretrained: bool = True, weights_head: str = "strict") -> nn.Module:  # fmt: skip
+                pretrained: bool = True, weights_head: str = WEIGHTS_HEADS[0]) -> nn.Module:  # fmt: skip
     """Build the model named by ``spec`` (see the module docstring) with fresh weights, or the pretrained ones of a
     ``torchvision:NAME:WEIGHTS`` spec (``pretrained=False``: its architecture only, as a pruned-model file that
     loads its own weights needs; ``weights_head``: ``strict`` refuses their classifier for another class count,

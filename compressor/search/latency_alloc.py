@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from compressor.budget import Budget, masks_from_counts
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.errors import BadInput
 from compressor.graph import PruningGraph, tp_importances
 
@@ -55,7 +56,7 @@ def probe_masks(graph: PruningGraph, gid: int, probe: float, max_ratio: float) -
 
 def latency_weights(graph: PruningGraph, budget: Budget, model: nn.Module, input_shape: tuple[int, ...], *,
                     provider: str = "cpu", batch: int = 1, threads: int | None = None, probe: float = 0.5,
-                    max_ratio: float = 0.8, iters: int = 40, power: float = 2.0,
+                    max_ratio: float = _P.max_layer_ratio, iters: int = 40, power: float = 2.0,
                     log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Per-group weights from measured latency savings (see the module docstring) and the table behind them.
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from compressor.budget import Budget, reachable, solve_counts, solve_masks
+from compressor.config import DEFAULT_PRUNE as _P
 from compressor.config import LatencySpec
 from compressor.errors import BadInput, GateFailed
 from compressor.graph import Masks, PruningGraph, count_ops_and_params, tp_importances
@@ -230,7 +231,7 @@ def _line(p: Point, target: float, again: bool = False) -> str:
 
 
 def find_drop(graph: PruningGraph, budget: Budget, model: nn.Module, input_shape: tuple[int, ...],
-              spec: LatencySpec, *, importance: str = "l2", max_ratio: float = 0.8,
+              spec: LatencySpec, *, importance: str = "l2", max_ratio: float = _P.max_layer_ratio,
               log: Callable[[str], None] = lambda _m: None, meter: Meter | None = None,
               max_evals: int = MAX_EVALS, weights: dict[int, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Time the dense model, then :func:`search_drop` over real pruned, exported models; the search record.

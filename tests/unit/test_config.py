@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any
 
 import pytest
 
@@ -175,29 +176,66 @@ def test_a_built_method_takes_no_more_options() -> None:
                steps_per_epoch=1, gama=2.0)  # fmt: skip
 
 
-def test_library_signatures_take_the_option_defaults() -> None:
-    """The Python API, the exporter, the harness and the data loader default as the CLI does."""
+def _signature_defaults(fn: Any) -> dict[str, Any]:
+    """A function's or dataclass's parameters that have a default, with it."""
+    import dataclasses
     import inspect
 
-    from benchmarks.latency import bench
-    from compressor.api import Pruner
-    from compressor.config import BenchOptions, ExportOptions, PruneOptions, defaults
+    if dataclasses.is_dataclass(fn):
+        return {f.name: f.default for f in dataclasses.fields(fn) if f.default is not dataclasses.MISSING}
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def _same(value: Any, option: Any) -> bool:
+    """A library default that says what the option's default says: equal, or the same empty or listed values
+    spelled another way (None for no patterns, a tuple for a list or a comma-separated string)."""
+    if value is None and option in ([], {}, ()):
+        return True
+    if isinstance(value, (list, tuple)):
+        return list(value) == (option.split(",") if isinstance(option, str) else list(option))
+    return value == option
+
+
+def test_library_signatures_take_the_option_defaults() -> None:
+    """Every library function that takes an option defaults as the CLI does: its default is the option's."""
+    from benchmarks import latency
+    from compressor import api, artifacts, budget
+    from compressor.config import BenchOptions, ExportOptions, PruneOptions, QuantizeOptions, defaults
     from compressor.data import load_data
+    from compressor.graph import PruningGraph
     from compressor.jobs.info import model_info
-    from exporters.onnx import check_options, export_onnx
+    from compressor.methods.base import Context
+    from compressor.models import build_model, checkpoints, pretrained
+    from compressor.search import latency_alloc, latency_target
+    from exporters import onnx, quantize
 
-    prune, export, timing = defaults(PruneOptions), defaults(ExportOptions), defaults(BenchOptions)
-
-    def sig(fn: object) -> dict:
-        return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
-
-    assert [sig(Pruner)[k] for k in ("method", "round_to", "max_layer_ratio")] == [
-        prune["method"], prune["round_to"], prune["max_layer_ratio"]]  # fmt: skip
-    assert (sig(model_info)["round_to"], sig(model_info)["max_ratio"]) == (prune["round_to"], prune["max_layer_ratio"])
-    assert sig(load_data)["batch_size"] == prune["batch_size"]
-    for fn in (export_onnx, check_options):
-        for name, value in sig(fn).items():
-            if name in export and name not in ("rtol", "atol"):
-                assert value == export[name], (fn.__name__, name)
-    for name in ("warmup", "iters", "min_iters"):
-        assert sig(bench)[name] == timing[name], name
+    ratio, head = {"max_ratio": "max_layer_ratio"}, {"head": "weights_head"}
+    cases = [  # (function, its options, {parameter: option} where the names differ, parameters it means otherwise)
+        (api.Pruner, PruneOptions, ratio, ("lr", "device")),  # None: the optimizer's, the model's
+        (model_info, PruneOptions, ratio, ("num_classes",)),  # a number, not "the data's"
+        (PruningGraph, PruneOptions, {}, ()),
+        (budget.solve_counts, PruneOptions, ratio, ()),
+        (latency_target.find_drop, PruneOptions, ratio, ()),
+        (latency_alloc.latency_weights, PruneOptions, ratio, ("iters",)),
+        (Context, PruneOptions, ratio, ("lr",)),
+        (build_model, PruneOptions, head, ("num_classes", "in_channels")),
+        (artifacts.build_from_spec, PruneOptions, head, ()),
+        (pretrained.build_pretrained, PruneOptions, head, ()),
+        (checkpoints.load_state, PruneOptions, head, ()),
+        (checkpoints.load_weights, PruneOptions, head, ()),
+        (load_data, PruneOptions, {}, ()),
+        (onnx.export_onnx, ExportOptions, {}, ("rtol", "atol")),
+        (onnx.check_options, ExportOptions, {}, ("rtol", "atol")),
+        (quantize.quantize_onnx, QuantizeOptions, {}, ()),
+        (latency.bench, BenchOptions, {}, ("trt_cache",)),  # None: no cache; the CLI's auto picks a directory
+        (latency.check_options, BenchOptions, {}, ()),
+    ]
+    differ = []
+    for fn, options, renamed, other in cases:
+        want = defaults(options)
+        shared = {n: v for n, v in _signature_defaults(fn).items() if renamed.get(n, n) in want and n not in other}
+        assert shared, f"{fn.__qualname__} shares no option: the case checks nothing"
+        for name, value in shared.items():
+            option = want[renamed.get(name, name)]
+            differ += [] if _same(value, option) else [(fn.__qualname__, name, value, option)]
+    assert not differ, "\n".join(map(str, differ))
