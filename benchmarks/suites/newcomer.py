@@ -108,14 +108,19 @@ def run_task(task: str, runs: int) -> dict[str, Any]:
 
 
 def _row(task: str, runs: int, where: dict[str, Any]) -> dict[str, Any]:
-    commit = subprocess.run(["git", "describe", "--always", "--dirty=+changes"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
     target = TARGETS[task]
     row = {"task": task, "command": target.command, **where, "busy_before": busy_share(),
-           "date": datetime.date.today().isoformat(), "commit": commit or None, **run_task(task, runs),
+           "date": datetime.date.today().isoformat(), **run_task(task, runs),
            "target": {"seconds": target.seconds, "on": target.where()}}  # fmt: skip
     row["meets"] = meets(task, row["cpu_kind"], row["cores"], row["seconds"], row["rc"])
     return row
+
+
+def _commit() -> str | None:
+    """The checkout's commit (``+changes``: with uncommitted changes), read before this run writes its results."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty=+changes"], cwd=ROOT, capture_output=True,
+                          text=True)  # fmt: skip
+    return done.stdout.strip() or None
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -134,6 +139,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         verdict = {True: "yes", False: "**no**", None: f"(set for {r['target']['on']})"}[r["meets"]]
         lines.append(f"| `{r['command']}` | {r['seconds']:.2f} | {r['cpu_model']} | {r['cpu_kind']} | {r['cores']} | "
                      f"{busy} | {r['date']} | {r['commit']} | {result} | {verdict} |")  # fmt: skip
+    demos = [r for r in rows if r["task"] == "demo" and r.get("tail")]
+    if demos:  # what the demo showed, as it printed it
+        last = max(demos, key=lambda r: r["date"])
+        lines += ["", f"The demo's table, newest run ({last['date']}, {last['cpu_model']}, {last['cpu_kind']}):", "",
+                  "```", *last["tail"], "```"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         setup = subprocess.run(["make", ".venv/.installed"], cwd=ROOT, capture_output=True, text=True)
         if setup.returncode != 0:
             sys.exit(f"error: the one-time set-up failed (make .venv/.installed):\n{setup.stdout}{setup.stderr}")
-    where = machine()
+    where = {**machine(), "commit": _commit()}
     for task in args.only:
         rows.append(_row(task, args.runs, where))
         print(f"{rows[-1]['command']}: {rows[-1]['seconds']:.2f} s, exit {rows[-1]['rc']}", flush=True)

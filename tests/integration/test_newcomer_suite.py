@@ -80,3 +80,13 @@ def test_bad_runs_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         newcomer.main(["--only", "help", "--runs", "0"])
     assert exc.value.code == 2 and "--runs must be >= 1" in capsys.readouterr().err
+
+
+def test_the_newest_demo_table_is_shown() -> None:
+    base = {"task": "demo", "command": "make demo", "cpu_model": "AMD EPYC", "cpu_kind": "avx2", "cores": 2,
+            "busy_before": 0.0, "commit": "abc1234", "rc": 0, "summary": None,
+            "target": {"seconds": 300.0, "on": "2-core avx2"}, "meets": True}  # fmt: skip
+    rows = [{**base, "seconds": 170.0, "date": "2026-12-01", "tail": ["│ FLOPs drop │ 49% │"]},
+            {**base, "seconds": 160.0, "date": "2026-12-07", "tail": ["│ FLOPs drop │ 50% │"]}]  # fmt: skip
+    md = newcomer.markdown(rows)
+    assert "newest run (2026-12-07, AMD EPYC, avx2)" in md and "│ FLOPs drop │ 50% │" in md and "49%" not in md
