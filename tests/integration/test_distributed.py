@@ -168,6 +168,47 @@ def test_a_rank_whose_launcher_is_already_gone_stops_itself() -> None:
         assert subprocess.run([sys.executable, "-c", code], env={**env, **alive}, timeout=60).returncode == 0
 
 
+_THREADED_LAUNCHER = """
+import os, subprocess, sys, threading, time
+os.environ["COMPRESS_LAUNCHER_PID"] = str(os.getpid())
+for _ in range(3):  # torchrun's agent runs threads too
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True)
+time.sleep(60)
+"""
+_COUNTING_RANK = """
+import signal, sys, time
+from pathlib import Path
+log = Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *_: log.open("a").write("SIGTERM\\n"))
+from compressor.runtime.launch import follow_launcher
+follow_launcher()
+Path(sys.argv[1] + ".ready").write_text("")
+time.sleep(3)
+Path(sys.argv[1] + ".done").write_text("")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
+def test_a_killed_launcher_sends_its_rank_one_sigterm(tmp_path: Path) -> None:
+    """Linux sends the parent-death signal again as each thread of a dying launcher exits (a plain SIGTERM there
+    reached a rank three times); a second SIGTERM aborts a rank wherever it is, so a rank gets exactly one."""
+    log = tmp_path / "rank.log"
+    launcher = subprocess.Popen([sys.executable, "-c", _THREADED_LAUNCHER, _COUNTING_RANK, str(log)], env=ENV)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not Path(f"{log}.ready").exists():
+            time.sleep(0.02)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not Path(f"{log}.done").exists():
+        time.sleep(0.05)
+    assert Path(f"{log}.done").exists(), "the rank never finished"
+    assert log.read_text().splitlines() == ["SIGTERM"]
+
+
 def test_bad_input_under_nproc_is_one_line_exit_2(tmp_path: Path) -> None:
     proc = _compress("prune", "--model", "cifar:resnet20", "--target-flops", "0.4", *DATA, "--batch-size", "33",
                      "--nproc", "2", "--out", "run", cwd=tmp_path)  # fmt: skip
