@@ -202,7 +202,7 @@ def entry_point() -> None:
     model's, say); our files, locks and temp directories are closed by then and never rely on it, and the
     operating system takes back the memory.
     """
-    from compressor.runtime.launch import follow_launcher
+    from compressor.runtime.orphans import follow_launcher
 
     atexit.register(gc.freeze)  # before torch and ONNX are imported: runs after their exit handlers
     follow_launcher()  # a rank under torchrun stops when its launcher dies

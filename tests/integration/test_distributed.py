@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 
 from compressor.data import load_data
 from compressor.errors import BadInput
-from compressor.runtime import distributed, launch
+from compressor.runtime import distributed, launch, orphans
 from compressor.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,12 +159,12 @@ def test_the_ranks_stop_when_the_launcher_is_killed(tmp_path: Path, launcher: st
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
 def test_a_rank_whose_launcher_is_already_gone_stops_itself() -> None:
     """The parent-death signal only covers a launcher that dies after the rank asked for it."""
-    code = ("import signal, sys; from compressor.runtime.launch import follow_launcher\n"
+    code = ("import signal, sys; from compressor.runtime.orphans import follow_launcher\n"
             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\nfollow_launcher()\nsys.exit(0)")  # fmt: skip
-    env = {k: v for k, v in ENV.items() if k not in (launch.LAUNCHER_PID_ENV, launch.TORCHRUN_ENV)}
-    gone = {**env, launch.LAUNCHER_PID_ENV: str(os.getppid())}  # never the child's parent: as if its launcher died
+    env = {k: v for k, v in ENV.items() if k not in (orphans.LAUNCHER_PID_ENV, orphans.TORCHRUN_ENV)}
+    gone = {**env, orphans.LAUNCHER_PID_ENV: str(os.getppid())}  # never the child's parent: as if its launcher died
     assert subprocess.run([sys.executable, "-c", code], env=gone, timeout=60).returncode == 143
-    for alive in ({launch.LAUNCHER_PID_ENV: str(os.getpid())}, {launch.TORCHRUN_ENV: "x"}, {}):
+    for alive in ({orphans.LAUNCHER_PID_ENV: str(os.getpid())}, {orphans.TORCHRUN_ENV: "x"}, {}):
         assert subprocess.run([sys.executable, "-c", code], env={**env, **alive}, timeout=60).returncode == 0
 
 
@@ -181,7 +181,7 @@ import signal, sys, time
 from pathlib import Path
 log = Path(sys.argv[1])
 signal.signal(signal.SIGTERM, lambda *_: log.open("a").write("SIGTERM\\n"))
-from compressor.runtime.launch import follow_launcher
+from compressor.runtime.orphans import follow_launcher
 follow_launcher()
 Path(sys.argv[1] + ".ready").write_text("")
 time.sleep(3)
