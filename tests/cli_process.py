@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +274,19 @@ def run(args: Sequence[str], *, timeout: float = 600, **kwargs: Any) -> subproce
             proc.kill()
             proc.wait()
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def until(done: Callable[[], bool], limit: float, every: float = 0.05) -> bool:
+    """Poll ``done`` until it holds (True) or ``limit`` seconds pass (False): a generous limit, not a timing check."""
+    end = time.monotonic() + limit
+    while not done():
+        if time.monotonic() > end:
+            return False
+        time.sleep(every)
+    return True
+
+
+def wait_for(path: Path, proc: CliProcess | subprocess.Popen, limit: float = 300) -> bool:
+    """Poll until ``path`` exists (True) or ``proc`` ended (False)."""
+    until(lambda: path.exists() or proc.poll() is not None, limit)
+    return path.exists()

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from filelock import FileLock
 
+from compressor.runtime.atomic import write_text
+
 
 def once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Any]) -> Any:
     """``make(directory)``'s result (JSON-able), computed once in this run and read back as JSON by every caller.
@@ -37,13 +39,7 @@ def once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Any]
         try:
             value = json.loads(json.dumps(make(factory.mktemp(name))))
         except Exception as exc:
-            _write(result, {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+            write_text(result, json.dumps({"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}))
             raise
-        _write(result, {"value": value})
+        write_text(result, json.dumps({"value": value}))
         return value
-
-
-def _write(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)

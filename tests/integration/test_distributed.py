@@ -134,17 +134,13 @@ def test_the_ranks_stop_when_the_launcher_is_killed(tmp_path: Path, launcher: st
         proc = cli_process.start(["--standalone", "--nproc-per-node", "2", "-m", "compressor", *args],
                                  module="torch.distributed.run", cwd=tmp_path, env=env)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
-            time.sleep(0.05)
+        cli_process.wait_for(tmp_path / "run" / "checkpoint.pt", proc, 120)
         ranks = _children(proc.pid)
     finally:
         proc.kill()
         proc.wait()
     assert len(ranks) == 2, ranks
-    deadline = time.monotonic() + 60  # they stop within seconds; left alone, 500 epochs take far longer
-    while time.monotonic() < deadline and any(map(_alive, ranks)):
-        time.sleep(0.1)
+    cli_process.until(lambda: not any(map(_alive, ranks)), 60, every=0.1)  # seconds; 500 epochs take far longer
     running = [pid for pid in ranks if _alive(pid)]
     for pid in running:  # do not leave them to the next test
         os.kill(pid, signal.SIGKILL)
@@ -196,15 +192,11 @@ def test_a_killed_launcher_sends_its_rank_one_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "rank.log"
     launcher = subprocess.Popen([sys.executable, "-c", _THREADED_LAUNCHER, _COUNTING_RANK, str(log)], env=ENV)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not Path(f"{log}.ready").exists():
-            time.sleep(0.02)
+        cli_process.until(Path(f"{log}.ready").exists, 60, every=0.02)
     finally:
         launcher.kill()
         launcher.wait()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not Path(f"{log}.done").exists():
-        time.sleep(0.05)
+    cli_process.until(Path(f"{log}.done").exists, 60)
     assert Path(f"{log}.done").exists(), "the rank never finished"
     assert log.read_text().splitlines() == ["SIGTERM"]
 
@@ -349,9 +341,7 @@ def test_sigint_under_nproc_saves_once_and_resumes_bit_identically(tmp_path: Pat
             *DATA, "--data", "synthetic:1x28x28:10:768:64", "--nproc", "2"]  # fmt: skip
     proc = cli_process.start([*args, "--out", "run"], cwd=tmp_path, env=ENV)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "run" / "checkpoint.pt").exists():
-            time.sleep(0.05)
+        cli_process.wait_for(tmp_path / "run" / "checkpoint.pt", proc, 120)
         time.sleep(0.5)  # into the next epoch
         proc.send_signal(signal.SIGINT)  # the launcher passes it to its ranks
         _, stderr = proc.communicate(timeout=120)

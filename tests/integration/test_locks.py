@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,18 +127,6 @@ def test_export_quantize_bench_refused_while_the_output_is_held(tmp_path: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def _wait_for(path: Path, proc: cli_process.Process, limit: float = 300) -> bool:
-    """Poll until ``path`` exists (True) or ``proc`` ended (False); a generous limit, not a timing check."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if path.exists():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 @contextmanager
 def _running(*args: str) -> Iterator[cli_process.Process]:
     """``python -m compressor ARGS`` in the background; killed on the way out if it still runs."""
@@ -157,7 +144,7 @@ def test_second_prune_refused_while_the_first_trains_then_sigterm_and_resume(tmp
     args = [*PRUNE, "--data", "synthetic:1x28x28:10:512:32", "--epochs", "3", "--checkpoint-every", "1",
             "--out", str(run)]  # fmt: skip
     with _running(*args) as first:
-        assert _wait_for(run / "config.yaml", first), "the first prune did not start"
+        assert cli_process.wait_for(run / "config.yaml", first), "the first prune did not start"
         second = compress(*args, "--resume")
         if first.poll() is not None:
             pytest.skip("the first prune finished before the second one started (a very fast machine)")
@@ -178,7 +165,7 @@ def test_sigterm_removes_an_output_lock(tmp_path: Path, exported: Path) -> None:
     out = tmp_path / "b.json"
     args = ["bench", str(exported / "pruned.onnx"), "--warmup", "1", "--iters", "100000", "--json-out", str(out)]
     with _running(*args) as proc:
-        assert _wait_for(lock.file_lock(out), proc), "bench did not take the lock"
+        assert cli_process.wait_for(lock.file_lock(out), proc), "bench did not take the lock"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
