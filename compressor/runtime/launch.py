@@ -58,7 +58,8 @@ def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     signalled, died = None, {}
     with tempfile.TemporaryDirectory(prefix="compress-ranks-") as tmp:
-        os.environ.update({EXIT_FILE_ENV: tmp, LAUNCHER_PID_ENV: str(os.getpid())})
+        for_ranks = {EXIT_FILE_ENV: tmp, LAUNCHER_PID_ENV: str(os.getpid())}  # what the ranks inherit, then not
+        os.environ.update(for_ranks)
         try:
             run(args)
         except ChildFailedError as exc:
@@ -67,8 +68,8 @@ def launch_torchrun(nproc: int, argv: list[str]) -> tuple[int, str | None]:
         except SignalException as exc:
             signalled = int(exc.sigval)
         finally:
-            os.environ.pop(EXIT_FILE_ENV, None)
-            os.environ.pop(LAUNCHER_PID_ENV, None)
+            for key in for_ranks:
+                os.environ.pop(key, None)
         return outcome(Path(tmp), nproc, signalled=signalled, died=died)
 
 
